@@ -1,0 +1,172 @@
+"""``DollyDataModule``: databricks-dolly-15k (or any file in its layout) for distillation.
+
+Two forms, exactly one per config::
+
+    data:                                   # the raw release: one source, split by a seed
+      raw: databricks/databricks-dolly-15k  # hub name, or a local .jsonl/.jsonl.gz/.json/.parquet
+      split_sizes: [14000, 500, 500]        # train / val / test; rows beyond their sum are not used
+      split_seed: 1234
+    data:                                   # MiniLLM/DistiLLM-processed splits, used as given
+      train: ../shared/data/minillm/dolly/train.jsonl.gz
+      val: ../shared/data/minillm/dolly/dev.jsonl
+      test: ../shared/data/minillm/dolly/valid.jsonl   # MiniLLM calls its test file valid.jsonl
+
+The tokenizer comes from the model (``connect``; LightningCLI calls it), so it is named once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from lit_kd.data.collate import PadCollator
+from lit_kd.data.records import DataFormatError, load_records
+from lit_kd.data.tokenize import TokenizedSplit, tokenize_records
+from lit_kd.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+
+
+def split_records(
+    records: list[dict[str, Any]], sizes: tuple[int, int, int], seed: int, source: str = "data"
+) -> dict[str, list[dict[str, Any]]]:
+    """Shuffle with ``seed`` (a fixed permutation, the same on every machine) and cut train/val/test.
+
+    Rows after ``sum(sizes)`` in the shuffled order are left out (15,011 Dolly rows → 11 unused).
+    """
+    needed = sum(sizes)
+    if len(records) < needed:
+        raise DataFormatError(
+            f"{source}: {len(records)} rows, but split_sizes {list(sizes)} need {needed}; lower split_sizes"
+        )
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(seed)).tolist()
+    bounds = [0, sizes[0], sizes[0] + sizes[1], needed]
+    return {name: [records[i] for i in order[bounds[k] : bounds[k + 1]]] for k, name in enumerate(SPLITS)}
+
+
+class DollyDataModule(L.LightningDataModule):
+    """Instruction data in Dolly/MiniLLM layout → padded batches of ``input_ids``, ``attention_mask``, ``labels``."""
+
+    def __init__(
+        self,
+        raw: Optional[str] = None,
+        train: Optional[str] = None,
+        val: Optional[str] = None,
+        test: Optional[str] = None,
+        split_sizes: tuple[int, int, int] = (14000, 500, 500),
+        split_seed: int = 1234,
+        hub_split: str = "train",
+        max_length: int = 512,
+        batch_size: int = 8,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        cache_dir: Optional[str] = None,
+    ) -> None:
+        """
+        Args:
+            raw: One source (hub dataset name or local file) split by ``split_seed`` into ``split_sizes``.
+            train: Processed training split (local file or hub name), used as given.
+            val: Processed validation split.
+            test: Processed test split.
+            split_sizes: Train / validation / test sizes for ``raw``.
+            split_seed: Seed of the permutation that splits ``raw``.
+            hub_split: Split name to read when a source is a hub dataset.
+            max_length: Maximum tokens per sequence (prompt + response + EOS); see the truncation rule.
+            batch_size: Training batch size (per device).
+            eval_batch_size: Validation/test batch size (default: ``batch_size``).
+            num_workers: DataLoader worker processes.
+            cache_dir: Where tokenized splits are cached as Arrow files (default: the datasets cache).
+        """
+        super().__init__()
+        if raw is not None and any(s is not None for s in (train, val, test)):
+            raise ConfigError("data: give either `raw` (split by seed) or `train`/`val`/`test` files, not both")
+        if raw is None and train is None and val is None and test is None:
+            raise ConfigError(
+                "data: no source; set `raw` (e.g. databricks/databricks-dolly-15k) or `train`/`val`/`test`"
+            )
+        if len(split_sizes) != 3 or any(int(s) < 1 for s in split_sizes):
+            raise ConfigError(f"data.split_sizes must be three positive integers, got {split_sizes}")
+        if max_length < 2:
+            raise ConfigError(f"data.max_length must be at least 2, got {max_length}")
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ConfigError("data.batch_size and data.eval_batch_size must be positive")
+        self.raw, self.sources = raw, {"train": train, "val": val, "test": test}
+        self.split_sizes = tuple(int(s) for s in split_sizes)
+        self.split_seed = split_seed
+        self.hub_split = hub_split
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.cache_dir = cache_dir
+        self.tokenizer: Optional[PreTrainedTokenizerBase] = None
+        self.records: dict[str, list[dict[str, Any]]] = {}
+        self.splits: dict[str, TokenizedSplit] = {}
+
+    def connect(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Give the data module the model's tokenizer (LightningCLI does this after instantiation)."""
+        self.tokenizer = tokenizer
+
+    def load_split_records(self) -> dict[str, list[dict[str, Any]]]:
+        """Validated records of every available split (no tokenizer needed)."""
+        if not self.records:
+            if self.raw is not None:
+                rows = load_records(self.raw, split=self.hub_split)
+                self.records = split_records(rows, self.split_sizes, self.split_seed, source=self.raw)
+                unused = len(rows) - sum(self.split_sizes)
+                if unused:
+                    rank_zero_info(f"{self.raw}: {unused} of {len(rows)} rows are beyond split_sizes and not used")
+            else:
+                self.records = {
+                    name: load_records(source, split=self.hub_split)
+                    for name, source in self.sources.items()
+                    if source is not None
+                }
+        return self.records
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.tokenizer is None:
+            raise RuntimeError("DollyDataModule has no tokenizer: call connect(tokenizer) before setup")
+        needed = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage or "", SPLITS)
+        records = self.load_split_records()
+        for name in needed:
+            if name not in records:
+                raise ConfigError(f"data: stage {stage!r} needs a {name!r} split; set `data.{name}`")
+        for name in records:
+            if name in self.splits:
+                continue
+            split = tokenize_records(
+                records[name], self.tokenizer, self.max_length, self.cache_dir, desc=f"Tokenizing {name}"
+            )
+            if len(split.dataset) == 0:
+                raise DataFormatError(f"{name} split: every example was dropped (prompts longer than max_length)")
+            if split.dropped or split.truncated:
+                rank_zero_warn(split.summary(name))
+            else:
+                rank_zero_info(split.summary(name))
+            self.splits[name] = split
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        if name not in self.splits:
+            raise ConfigError(f"data: no {name!r} split is configured (set `data.{name}` or `data.raw`)")
+        return DataLoader(
+            self.splits[name].dataset,
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=PadCollator(self.tokenizer.pad_token_id),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

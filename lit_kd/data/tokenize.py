@@ -1,0 +1,116 @@
+"""Turning records into supervised token sequences, cached with the ``datasets`` Arrow cache.
+
+Sequence = prompt tokens + response tokens + EOS. Labels are ``-100`` on the prompt (and on padding,
+added later by the collator), so only the response and its EOS are supervised.
+
+Truncation rule (``max_length`` tokens in all): the prompt is kept whole and the response (with its
+EOS) is cut from the right to fit. An example whose prompt alone leaves no room for a single response
+token is dropped. Truncated and dropped examples are counted (``TokenizedSplit``) and reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from transformers import PreTrainedTokenizerBase
+
+from lit_kd.data.prompt import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, format_prompt
+
+IGNORE_INDEX = -100
+
+
+def encode_example(
+    tokenizer: PreTrainedTokenizerBase, instruction: str, input: str, output: str, max_length: int
+) -> dict[str, Any]:
+    """``input_ids``/``labels`` of one example, with ``truncated``/``dropped`` flags (dropped: empty ids)."""
+    prompt_ids = tokenizer(format_prompt(instruction, input), add_special_tokens=True)["input_ids"]
+    response_ids = tokenizer(output, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    room = max_length - len(prompt_ids)
+    if room < 1:
+        return {"input_ids": [], "labels": [], "truncated": False, "dropped": True}
+    truncated = len(response_ids) > room
+    response_ids = response_ids[:room]
+    return {
+        "input_ids": prompt_ids + response_ids,
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + response_ids,
+        "truncated": truncated,
+        "dropped": False,
+    }
+
+
+@dataclass
+class TokenizedSplit:
+    """A tokenized split (an Arrow-backed ``datasets.Dataset``) and what the truncation rule did to it."""
+
+    dataset: Any
+    examples: int
+    truncated: int
+    dropped: int
+
+    def summary(self, name: str) -> str:
+        return (
+            f"{name}: {len(self.dataset)} examples kept of {self.examples} "
+            f"({self.truncated} responses truncated, {self.dropped} dropped: prompt too long)"
+        )
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A content hash of the tokenizer (its full serialisation for fast tokenizers)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    content = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = f"{tokenizer.eos_token_id}|{tokenizer.bos_token_id}|{type(tokenizer).__name__}"
+    return hashlib.sha256((content + extra).encode()).hexdigest()
+
+
+def default_cache_dir() -> Path:
+    import datasets
+
+    return Path(datasets.config.HF_DATASETS_CACHE) / "lit_kd_tokenized"
+
+
+def tokenize_records(
+    records: list[dict[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    cache_dir: Optional[str] = None,
+    desc: str = "Tokenizing",
+) -> TokenizedSplit:
+    """Tokenize records with ``Dataset.map``; the result is cached in an Arrow file keyed by the
+    records' content, the tokenizer, the template and ``max_length``, and reused on the next run."""
+    import datasets
+
+    key = hashlib.sha256()
+    for part in (
+        json.dumps([[r["instruction"], r["input"], r["output"]] for r in records]),
+        tokenizer_fingerprint(tokenizer),
+        PROMPT_NO_INPUT,
+        PROMPT_WITH_INPUT,
+        str(max_length),
+    ):
+        key.update(part.encode())
+    fingerprint = key.hexdigest()[:32]
+    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def encode(row: dict[str, Any]) -> dict[str, Any]:
+        return encode_example(tokenizer, row["instruction"], row["input"], row["output"], max_length)
+
+    table = datasets.Dataset.from_dict({k: [r[k] for r in records] for k in ("instruction", "input", "output")})
+    encoded = table.map(
+        encode,
+        remove_columns=table.column_names,
+        cache_file_name=str(directory / f"{fingerprint}.arrow"),
+        new_fingerprint=fingerprint,
+        desc=desc,
+    )
+    kept = [i for i, dropped in enumerate(encoded["dropped"]) if not dropped]
+    return TokenizedSplit(
+        dataset=encoded.select(kept).with_format(columns=["input_ids", "labels"]),
+        examples=len(encoded),
+        truncated=sum(encoded["truncated"]),
+        dropped=len(encoded) - len(kept),
+    )

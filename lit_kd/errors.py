@@ -1,0 +1,10 @@
+"""lit_kd's error types. Each message names the problem and where it is (file and line, config key,
+model path); the command line prints it as one line instead of a traceback."""
+
+
+class LitKDError(Exception):
+    """Base of every error lit_kd raises on bad input."""
+
+
+class ConfigError(LitKDError, ValueError):
+    """A configuration value is invalid (unknown loss name, τ ≤ 0, a hyperparameter out of range, ...)."""

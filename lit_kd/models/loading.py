@@ -1,0 +1,144 @@
+"""Loading causal LMs and tokenizers from a hub id, a local directory, a GGUF file or a config."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_kd.errors import LitKDError
+from lit_kd.models.config import ModelConfig
+
+
+class ModelLoadError(LitKDError, RuntimeError):
+    """A model or tokenizer could not be loaded; the message names the role and the source."""
+
+
+def resolve_path(path: str) -> str:
+    """Expand ``~`` and ``pkg://package/rest`` (a file or folder shipped inside an installed package)."""
+    if path.startswith("pkg://"):
+        package, _, rest = path[len("pkg://") :].partition("/")
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelLoadError(f"{path}: Python package {package!r} is not installed")
+        return str(Path(spec.submodule_search_locations[0]) / rest)
+    return os.path.expanduser(path)
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[\w.-]+)?")
+
+
+def _check_local(path: str, role: str, what: str) -> None:
+    """Anything that cannot be a hub id (``name`` or ``org/name``) is a local path and must exist."""
+    if not os.path.exists(path) and not _HUB_ID.fullmatch(path):
+        raise ModelLoadError(f"{what} not found: {path}")
+
+
+def gguf_location(config: ModelConfig) -> tuple[str, str]:
+    """(directory, file name) of the config's GGUF file; an error if the file is missing."""
+    assert config.gguf_file is not None
+    gguf = resolve_path(config.gguf_file)
+    if config.path is not None and not os.path.isabs(gguf):
+        gguf = os.path.join(resolve_path(config.path), gguf)
+    if not os.path.isfile(gguf):
+        raise ModelLoadError(f"GGUF file not found: {gguf}")
+    return os.path.dirname(os.path.abspath(gguf)), os.path.basename(gguf)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LIT_KD_CACHE", Path.home() / ".cache" / "lit_kd"))
+
+
+def _gguf_cache_dir(directory: str, filename: str) -> Path:
+    stat = os.stat(os.path.join(directory, filename))
+    key = hashlib.sha1(f"{os.path.join(directory, filename)}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    return cache_root() / "gguf" / f"{Path(filename).stem}-{key[:12]}"
+
+
+def _load_gguf(config: ModelConfig, role: str) -> PreTrainedModel:
+    directory, filename = gguf_location(config)
+    cached = _gguf_cache_dir(directory, filename)
+    if config.cache_gguf_conversion and (cached / "config.json").is_file():
+        return AutoModelForCausalLM.from_pretrained(cached, dtype=config.torch_dtype)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+    # The weights are de-quantized now: drop the GGUF quantizer so the model saves and derives as a plain one.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if config.cache_gguf_conversion:
+        _save_atomically(model, AutoTokenizer.from_pretrained(directory, gguf_file=filename), cached)
+    return model.to(config.torch_dtype)
+
+
+def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
+    """Write to a temporary sibling folder, then rename: a crash never leaves a half-written cache."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").is_file():  # another process may have won the race
+            raise
+
+
+def load_model(config: ModelConfig, role: str = "model") -> PreTrainedModel:
+    """Build the causal LM a ``ModelConfig`` describes (``role`` names it in errors: teacher, student)."""
+    if not config.has_source:
+        raise ModelLoadError(f"{role} has no source: set `path`, `gguf_file` or `config`")
+    try:
+        if config.config is not None:
+            fields = dict(config.config)
+            hf_config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+            return AutoModelForCausalLM.from_config(hf_config, dtype=config.torch_dtype)
+        if config.gguf_file is not None:
+            return _load_gguf(config, role)
+        path = resolve_path(config.path)
+        _check_local(path, role, "model path")
+        return AutoModelForCausalLM.from_pretrained(path, dtype=config.torch_dtype, revision=config.revision)
+    except ModelLoadError as err:
+        raise ModelLoadError(f"{role}: {err}") from err
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"could not load {role} model from {config.describe()!r}: {err}") from err
+
+
+def load_tokenizer(config: ModelConfig, role: str = "model") -> PreTrainedTokenizerBase:
+    """The tokenizer of a model source; a missing pad token falls back to EOS."""
+    try:
+        if config.tokenizer is not None:
+            source = resolve_path(config.tokenizer)
+            _check_local(source, role, "tokenizer path")
+            tokenizer = AutoTokenizer.from_pretrained(source)
+        elif config.gguf_file is not None:
+            directory, filename = gguf_location(config)
+            cached = _gguf_cache_dir(directory, filename)
+            if config.cache_gguf_conversion and (cached / "tokenizer_config.json").is_file():
+                tokenizer = AutoTokenizer.from_pretrained(cached)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+        elif config.path is not None:
+            source = resolve_path(config.path)
+            _check_local(source, role, "model path")
+            tokenizer = AutoTokenizer.from_pretrained(source, revision=config.revision)
+        else:
+            raise ModelLoadError("needs a `tokenizer` source (a model built from `config` has none)")
+    except ModelLoadError as err:
+        raise ModelLoadError(f"{role}: {err}") from err
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"could not load {role} tokenizer from {config.describe()!r}: {err}") from err
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError(f"{role} tokenizer has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token is None:
+        raise ModelLoadError(f"{role} tokenizer has no EOS token: responses could not be terminated")
+    return tokenizer

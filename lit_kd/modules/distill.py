@@ -1,0 +1,228 @@
+"""``DistillModule``: a frozen teacher, a trainable student and a τ-scaled objective from the registry.
+
+    L = (1 − kd_ratio) · CE(student, labels) + kd_ratio · L_KD(student, teacher; τ)
+
+Both terms are token means over the response positions of the micro-batch (labels ≠ −100 after
+the causal shift). The module orchestrates; the math lives in ``lit_kd.losses``.
+
+The teacher is kept outside the module's registered children: it is never in the optimizer, never
+in ``state_dict`` (a checkpoint is student-sized), never wrapped by DDP/FSDP (it is replicated and
+frozen on every device), and it follows the module's device and dtype moves (``_apply``).
+With ``teacher: null`` and ``kd_ratio: 0`` the same module fine-tunes a model with the LM loss only
+(the teacher-SFT stage).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_kd.data.tokenize import IGNORE_INDEX
+from lit_kd.errors import ConfigError
+from lit_kd.losses import LossConfig, distillation_loss
+from lit_kd.models import (
+    ModelConfig,
+    StudentConfig,
+    check_same_tokenizer,
+    derive_student,
+    load_model,
+    load_tokenizer,
+    shared_vocab_size,
+)
+from lit_kd.modules.schedule import WarmupCosineLR
+
+LOSS_NAMES = ("loss", "kd_loss", "lm_loss")
+
+
+@dataclass
+class StepLosses:
+    """The losses of one batch and the number of supervised (response) tokens behind them."""
+
+    loss: Tensor
+    lm_loss: Tensor
+    kd_loss: Optional[Tensor]
+    tokens: int
+
+
+class DistillModule(L.LightningModule):
+    def __init__(
+        self,
+        student: StudentConfig,
+        teacher: Optional[ModelConfig] = None,
+        loss: LossConfig = LossConfig(),
+        kd_ratio: float = 1.0,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_scheduler: Optional[LRSchedulerCallable] = WarmupCosineLR,
+    ) -> None:
+        """
+        Args:
+            student: The trainable model: its own source, or ``layers`` kept from the teacher.
+            teacher: The frozen teacher (``null`` for LM-only fine-tuning with ``kd_ratio: 0``).
+            loss: The distillation objective, τ and its hyperparameters.
+            kd_ratio: Weight of the KD term; ``1 − kd_ratio`` weighs the label cross-entropy.
+            optimizer: Optimizer factory over the student's parameters.
+            lr_scheduler: LR schedule factory, stepped every optimizer step (``null``: constant LR).
+        """
+        super().__init__()
+        if not 0.0 <= kd_ratio <= 1.0:
+            raise ConfigError(f"model.kd_ratio must be in [0, 1], got {kd_ratio}")
+        if teacher is None and kd_ratio > 0:
+            raise ConfigError("model.teacher is required when model.kd_ratio > 0 (set kd_ratio: 0 to fine-tune alone)")
+        if not student.has_source and (student.layers is None or teacher is None):
+            raise ConfigError("model.student needs a source (path, gguf_file or config) or `layers` of the teacher")
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.teacher_config, self.student_config, self.loss_config = teacher, student, loss
+        self.kd_ratio = kd_ratio
+        self.optimizer_factory: Callable = optimizer
+        self.lr_scheduler_factory: Optional[Callable] = lr_scheduler
+
+        self.tokenizer: PreTrainedTokenizerBase = self._load_tokenizers()
+        self.student: Optional[PreTrainedModel] = None  # built in configure_model
+        object.__setattr__(self, "_teacher", None)  # deliberately not a registered submodule
+        self.vocab_size: Optional[int] = None
+        self._step_started_at: Optional[float] = None
+
+    # -- models -----------------------------------------------------------------------------------
+
+    @property
+    def teacher(self) -> Optional[PreTrainedModel]:
+        return self._teacher
+
+    def _load_tokenizers(self) -> PreTrainedTokenizerBase:
+        """The teacher's tokenizer (the student's when there is no teacher); a student with a tokenizer
+        of its own must match it exactly."""
+        student_has_tokenizer = self.student_config.tokenizer is not None or (
+            self.student_config.has_source and self.student_config.config is None
+        )
+        if self.teacher_config is None:
+            return load_tokenizer(self.student_config, "student")
+        tokenizer = load_tokenizer(self.teacher_config, "teacher")
+        if student_has_tokenizer:
+            student_tokenizer = load_tokenizer(self.student_config, "student")
+            check_same_tokenizer(
+                tokenizer, student_tokenizer, self.teacher_config.describe(), self.student_config.describe()
+            )
+        return tokenizer
+
+    def configure_model(self) -> None:
+        """Load (or derive) the models; idempotent, as Lightning calls it in every stage."""
+        if self.student is not None:
+            return
+        teacher = None
+        if self.teacher_config is not None:
+            teacher = load_model(self.teacher_config, "teacher")
+            teacher.requires_grad_(False)
+            teacher.eval()
+        if self.student_config.has_source:
+            student = load_model(self.student_config, "student")
+            if self.student_config.layers is not None:
+                student = derive_student(student, self.student_config.layers)
+        else:
+            student = derive_student(teacher, self.student_config.layers)
+        self.student = student.to(self.student_config.torch_dtype)
+        object.__setattr__(self, "_teacher", teacher)
+        student_width = self.student.get_output_embeddings().weight.shape[0]
+        teacher_width = teacher.get_output_embeddings().weight.shape[0] if teacher is not None else student_width
+        self.vocab_size = shared_vocab_size(
+            self.tokenizer,
+            teacher_width,
+            student_width,
+            self.teacher_config.describe() if self.teacher_config else "<none>",
+            self.student_config.describe() if self.student_config.has_source else "derived from the teacher",
+        )
+        # follow whatever device/dtype the module is already on
+        if teacher is not None:
+            teacher.to(device=self.device)
+        self.student.to(device=self.device)
+        rank_zero_info(
+            f"student: {sum(p.numel() for p in self.student.parameters()):,} trainable parameters"
+            + (f"; teacher: {sum(p.numel() for p in teacher.parameters()):,} frozen" if teacher is not None else "")
+            + f"; compared over {self.vocab_size:,} vocabulary entries"
+        )
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> "DistillModule":
+        super()._apply(fn, recurse)
+        if self._teacher is not None:
+            self._teacher._apply(fn)
+        return self
+
+    # -- the step ---------------------------------------------------------------------------------
+
+    def forward(self, input_ids: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
+        """Student logits ``[B, T, V]``."""
+        return self.student(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    def compute_losses(self, batch: dict[str, Tensor]) -> StepLosses:
+        """Token-mean CE and KD over the positions that predict response tokens."""
+        labels = batch["labels"][:, 1:]
+        mask = labels != IGNORE_INDEX  # position t predicts token t + 1
+        targets = labels[mask]
+        student_rows = self(batch["input_ids"], batch["attention_mask"])[:, :-1, : self.vocab_size][mask]
+        lm_loss = F.cross_entropy(student_rows.float(), targets)
+        kd_loss = None
+        if self._teacher is not None and self.kd_ratio > 0:
+            with torch.no_grad():
+                teacher_logits = self._teacher(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                ).logits
+            teacher_rows = teacher_logits[:, :-1, : self.vocab_size][mask]
+            kd_loss = distillation_loss(self.loss_config, student_rows, teacher_rows, targets=targets)
+        loss = lm_loss if kd_loss is None else (1.0 - self.kd_ratio) * lm_loss + self.kd_ratio * kd_loss
+        return StepLosses(loss=loss, lm_loss=lm_loss, kd_loss=kd_loss, tokens=int(mask.sum()))
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        losses = self.compute_losses(batch)
+        size = batch["input_ids"].shape[0]
+        self.log("train/loss", losses.loss, prog_bar=True, batch_size=size)
+        self.log("train/lm_loss", losses.lm_loss, batch_size=size)
+        if losses.kd_loss is not None:
+            self.log("train/kd_loss", losses.kd_loss, batch_size=size)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=size)
+        return losses.loss
+
+    def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
+        losses = self.compute_losses(batch)
+        for name in LOSS_NAMES:
+            value = getattr(losses, name)
+            if value is not None:
+                # weighting each batch mean by its token count makes the epoch value a token mean over
+                # the whole split; sync_dist sums values and weights over processes
+                self.log(f"{stage}/{name}", value, prog_bar=name == "loss", batch_size=losses.tokens, sync_dist=True)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    # -- throughput -------------------------------------------------------------------------------
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_started_at = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Tensor], batch_idx: int) -> None:
+        if self._step_started_at is None:
+            return
+        elapsed = time.perf_counter() - self._step_started_at
+        tokens = float(batch["attention_mask"].sum())
+        self.log("train/tokens_per_sec", tokens / max(elapsed, 1e-9), batch_size=batch["input_ids"].shape[0])
+
+    # -- optimisation -----------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.student.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        if getattr(scheduler, "total_steps", 0) is None:  # WarmupCosineLR: horizon known only now
+            scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,86 @@
+"""The command line: every shipped config parses, overrides reach the module, fit → validate/test
+from a checkpoint, TensorBoard logs, and bad input ends in one clear line."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from lit_kd.cli import LitKDCLI, cli_main, main
+from tests.conftest import ROOT
+
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["model"]["loss"]["name"] and resolved["model"]["loss"]["tau"] > 0
+    assert resolved["data"]["max_length"] > 0
+
+
+def test_print_config_reflects_overrides(capsys):
+    args = ["fit", "--config", str(ROOT / "configs/tiny.yaml"), "--model.loss.name", "rkl", "--model.loss.tau", "2.5"]
+    with pytest.raises(SystemExit):
+        cli_main([*args, "--print_config"])
+    loss = yaml.safe_load(capsys.readouterr().out)["model"]["loss"]
+    assert loss["name"] == "rkl" and loss["tau"] == 2.5 and loss["tau_squared_scaling"] is False
+    assert loss["js_beta"] == 0.1  # every hyperparameter is written out in the resolved config
+
+
+def test_a_loss_swap_by_flag_reaches_the_module(tiny_args):
+    cli = LitKDCLI(args=[*tiny_args, "--model.loss.name", "rkl", "--model.loss.tau", "2.5"], run=False)
+    assert cli.model.loss_config.name == "rkl" and cli.model.loss_config.tau == 2.5
+    assert cli.datamodule.tokenizer is cli.model.tokenizer  # connected by the CLI
+
+
+def test_fit_then_validate_and_test_from_the_checkpoint(tmp_path, tiny_args):
+    fit = cli_main(["fit", *tiny_args, "--model.loss.name", "rkl", "--model.loss.tau", "2.5"])
+    log_dir = tmp_path / "logs" / "tiny" / "version_0"
+    assert fit.trainer.log_dir == str(log_dir)
+    assert list(log_dir.glob("events.out.tfevents.*"))
+    saved = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert saved["model"]["loss"]["name"] == "rkl"
+    best = fit.trainer.checkpoint_callback.best_model_path
+    assert best and (log_dir / "checkpoints" / "last.ckpt").is_file()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/kd_loss", "train/lm_loss", "train/lr", "train/tokens_per_sec", "val/loss"):
+        assert tag in tags, tag
+
+    validated = cli_main(
+        ["validate", *tiny_args, "--model.loss.name", "rkl", "--model.loss.tau", "2.5", "--ckpt_path", best]
+    )
+    val_loss = validated.trainer.callback_metrics["val/loss"].item()
+    assert val_loss == pytest.approx(fit.trainer.checkpoint_callback.best_model_score.item(), rel=1e-5)
+    tested = cli_main(["test", *tiny_args, "--ckpt_path", best])
+    assert tested.trainer.callback_metrics["test/loss"].item() > 0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--model.loss.name", "kld"], "unknown distillation loss 'kld'; valid names: "),
+        (["--model.loss.tau", "0"], "temperature tau must be finite and > 0, got 0.0"),
+        (["--model.loss.tau", "-2"], "temperature tau must be finite and > 0, got -2.0"),
+        (["--data.raw", "/no/such/file.jsonl"], "data file not found: /no/such/file.jsonl"),
+        (
+            ["--model.teacher.tokenizer", "./no/such/tokenizer"],
+            "teacher: tokenizer path not found: ./no/such/tokenizer",
+        ),
+    ],
+)
+def test_bad_input_is_one_clear_line(tiny_args, capsys, override, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *tiny_args, *override])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"lit_kd: error: {message}" in err
+    assert "Traceback" not in err
