@@ -1,20 +1,30 @@
 """``python -m lit_kd demo``: the embedded default job, end to end on CPU.
 
-Validates the student cut from the teacher, distills (``configs/demo.yaml``), validates the best
-checkpoint, and prints the validation loss before and after, where the TensorBoard logs and the
-checkpoint are, and the wall time. Extra arguments override the config (``--trainer.max_epochs 1``).
-Exits with status 1 if the validation loss did not fall.
+1. loads the teacher and cuts the student from it (``configs/demo.yaml``);
+2. scores ROUGE-L of the teacher and of the untrained student on the held-out test prompts;
+3. validates, distills, and validates the best checkpoint (kept by validation ROUGE-L);
+4. scores the distilled student on the same prompts and prints one table with the three rows,
+   the validation loss before and after, where the logs and the checkpoint are, and the wall time.
+
+Extra arguments override the config (``--trainer.max_epochs 1``). Exits with status 1 if the
+validation loss did not fall.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Optional
 
 from lit_kd.cli.main import LitKDCLI
+from lit_kd.eval.benchmarks import Benchmark
+from lit_kd.eval.evaluate import EvalResult, evaluate_model, new_progress, results_markdown
+from lit_kd.eval.generate import SamplingConfig
+from lit_kd.utils.io import atomic_write_text
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+TABLE_SEEDS = (10, 20, 30)
 
 
 def main(args: Optional[list[str]] = None) -> dict[str, float]:
@@ -24,21 +34,46 @@ def main(args: Optional[list[str]] = None) -> dict[str, float]:
     cli = LitKDCLI(args=["--config", str(DEMO_CONFIG), *(args or [])], run=False)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
 
+    model.configure_model()
+    held_out = Benchmark("demo test", "data/demo/instructions.jsonl (test split)", data.load_split_records()["test"])
+    settings = model.val_rouge.generation if model.val_rouge is not None else SamplingConfig(max_new_tokens=96)
+    rows: list[EvalResult] = []
+    generations: list[dict] = []
+
+    def score(label: str, lm) -> None:
+        with new_progress() as progress:
+            rows.append(
+                evaluate_model(lm, model.tokenizer, [held_out], TABLE_SEEDS, settings, label, progress, generations)
+            )
+
+    score(f"teacher ({model.teacher.config.num_hidden_layers} layers)", model.teacher)
+    score(f"student before KD ({model.student.config.num_hidden_layers} layers)", model.student)
+
     before = trainer.validate(model, datamodule=data, verbose=False)[0]
     trainer.fit(model, datamodule=data)
     best = trainer.checkpoint_callback.best_model_path
-    after = trainer.validate(model, datamodule=data, ckpt_path="best", verbose=False)[0]
+    after = trainer.validate(model, datamodule=data, ckpt_path=best, verbose=False)[0]
+    score("student after KD (best epoch)", model.student)
+
+    table = results_markdown(rows, title=f"ROUGE-L on the {len(held_out.records)} held-out demo prompts")
+    log_dir = Path(trainer.log_dir)
+    atomic_write_text(log_dir / "demo_rougeL.md", table)
+    atomic_write_text(log_dir / "demo_generations.jsonl", "".join(json.dumps(g) + "\n" for g in generations))
     minutes = (time.perf_counter() - started) / 60
 
+    loss = model.loss_config
     print()
     print("lit_kd demo — distillation summary")
-    print(
-        f"  validation loss (KD, {model.loss_config.name} at tau={model.loss_config.tau}): "
-        f"{before['val/loss']:.4f} before -> {after['val/loss']:.4f} after"
-    )
+    kd = f"KD, {loss.name} at tau={loss.tau}"
+    print(f"  validation loss ({kd}): {before['val/loss']:.4f} before -> {after['val/loss']:.4f} after")
     print(f"  validation CE on the references: {before['val/lm_loss']:.4f} before -> {after['val/lm_loss']:.4f} after")
-    print(f"  TensorBoard logs: {trainer.log_dir}   (tensorboard --logdir {Path(trainer.log_dir).parent.parent})")
+    if "val/rougeL" in after:
+        print(f"  validation ROUGE-L: {before['val/rougeL']:.2f} before -> {after['val/rougeL']:.2f} after")
+    print()
+    print(table)
+    print(f"  TensorBoard logs: {log_dir}   (tensorboard --logdir {log_dir.parent.parent})")
     print(f"  best checkpoint (student only): {best}")
+    print(f"  ROUGE-L table and generations: {log_dir / 'demo_rougeL.md'}, {log_dir / 'demo_generations.jsonl'}")
     print(f"  wall time: {minutes:.1f} min")
     if not after["val/loss"] < before["val/loss"]:
         raise SystemExit("the validation loss did not fall: the distillation failed")

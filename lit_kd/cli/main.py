@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -49,17 +50,36 @@ class LitKDCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # `checkpoint` keeps the best checkpoint by a monitored metric; `last_checkpoint` keeps the latest
+        # state as last.ckpt (for `--ckpt_path last`). Two callbacks because Lightning >= 2.6 writes
+        # save_last's last.ckpt only when a top-k checkpoint is saved at the same step.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
                 "checkpoint.mode": "min",
                 "checkpoint.save_top_k": 1,
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "best-{epoch}-{step}",
                 "checkpoint.auto_insert_metric_name": False,
+                "last_checkpoint.monitor": None,
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.enable_version_counter": False,
             }
         )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The always-on callbacks step aside when the config switches their feature off
+        (``trainer.enable_checkpointing: false``, ``trainer.enable_progress_bar: false``), instead of
+        Lightning refusing the combination."""
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        if trainer_config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        if trainer_config.get("enable_progress_bar") is False:
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": []}
+        return self._instantiate_trainer(trainer_config, callbacks)
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
@@ -77,7 +97,30 @@ def _demo(args: list[str]) -> None:
     demo_main(args)
 
 
-COMMANDS: dict[str, Callable[[list[str]], None]] = {"demo": _demo}
+def _objectives(args: list[str]) -> None:
+    from lit_kd.cli.objectives import main as objectives_main
+
+    objectives_main(args)
+
+
+def _evaluate(args: list[str]) -> None:
+    from lit_kd.cli.evaluate import main as evaluate_main
+
+    evaluate_main(args)
+
+
+def _export(args: list[str]) -> None:
+    from lit_kd.cli.export import main as export_main
+
+    export_main(args)
+
+
+COMMANDS: dict[str, Callable[[list[str]], None]] = {
+    "demo": _demo,
+    "objectives": _objectives,
+    "evaluate": _evaluate,
+    "export": _export,
+}
 
 
 def main(args: Optional[list[str]] = None) -> None:

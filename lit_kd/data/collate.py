@@ -10,12 +10,13 @@ from lit_kd.data.tokenize import IGNORE_INDEX
 
 
 class PadCollator:
-    """Right-pads ``input_ids`` with ``pad_id`` and ``labels`` with -100; builds the attention mask."""
+    """Right-pads ``input_ids`` with ``pad_id`` and ``labels`` with -100; builds the attention mask.
+    A ``reference`` (the response text) passes through as the list ``references``."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 
-    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         width = max(len(example["input_ids"]) for example in examples)
         input_ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
         labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
@@ -25,4 +26,7 @@ class PadCollator:
             input_ids[row, :n] = torch.as_tensor(example["input_ids"])
             labels[row, :n] = torch.as_tensor(example["labels"])
             attention_mask[row, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if "reference" in examples[0]:
+            batch["references"] = [example["reference"] for example in examples]
+        return batch

@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from lit_kd.data.prompt import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, format_prompt
 
 IGNORE_INDEX = -100
+CACHE_FORMAT = "2"  # bump whenever encode_example or the cached columns change: old cache entries are then unused
 
 
 def encode_example(
@@ -85,6 +86,7 @@ def tokenize_records(
 
     key = hashlib.sha256()
     for part in (
+        CACHE_FORMAT,
         json.dumps([[r["instruction"], r["input"], r["output"]] for r in records]),
         tokenizer_fingerprint(tokenizer),
         PROMPT_NO_INPUT,
@@ -97,7 +99,8 @@ def tokenize_records(
     directory.mkdir(parents=True, exist_ok=True)
 
     def encode(row: dict[str, Any]) -> dict[str, Any]:
-        return encode_example(tokenizer, row["instruction"], row["input"], row["output"], max_length)
+        encoded = encode_example(tokenizer, row["instruction"], row["input"], row["output"], max_length)
+        return encoded | {"reference": row["output"]}  # the untruncated response, for ROUGE-L
 
     table = datasets.Dataset.from_dict({k: [r[k] for r in records] for k in ("instruction", "input", "output")})
     encoded = table.map(
@@ -109,7 +112,7 @@ def tokenize_records(
     )
     kept = [i for i, dropped in enumerate(encoded["dropped"]) if not dropped]
     return TokenizedSplit(
-        dataset=encoded.select(kept).with_format(columns=["input_ids", "labels"]),
+        dataset=encoded.select(kept).with_format(columns=["input_ids", "labels", "reference"]),
         examples=len(encoded),
         truncated=sum(encoded["truncated"]),
         dropped=len(encoded) - len(kept),

@@ -3,6 +3,7 @@
 from lit_kd.losses.ab import ab
 from lit_kd.losses.akl import akl, akl_weights
 from lit_kd.losses.core import check_tau, kl_from_log_probs, log1mexp, log_softmax_at, masked_mean, safe_logaddexp
+from lit_kd.losses.diagnostics import kd_diagnostics
 from lit_kd.losses.drkl import drkl, drkl_terms
 from lit_kd.losses.kl import fkl, rkl, sym_kl
 from lit_kd.losses.mixtures import js, sfkl, srkl
@@ -24,6 +25,7 @@ __all__ = [
     "drkl",
     "drkl_terms",
     "js",
+    "kd_diagnostics",
     "log1mexp",
     "safe_logaddexp",
     "sfkl",

@@ -41,6 +41,9 @@ class ModelConfig:
     """Weights dtype: float32, bfloat16 or float16 (keep float32 on CPU)."""
     revision: Optional[str] = None
     """Hub revision (branch, tag or commit) for ``path``."""
+    init_seed: int = 0
+    """Seed of the random initialisation of a ``config`` model: the same weights in every process, so a random
+    teacher (never saved in checkpoints) is rebuilt identically when a checkpoint is validated or resumed."""
     cache_gguf_conversion: bool = True
     """Cache the de-quantized GGUF as a Hugging Face directory (``$LIT_KD_CACHE``, default ~/.cache/lit_kd)."""
 

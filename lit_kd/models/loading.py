@@ -99,7 +99,9 @@ def load_model(config: ModelConfig, role: str = "model") -> PreTrainedModel:
         if config.config is not None:
             fields = dict(config.config)
             hf_config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-            return AutoModelForCausalLM.from_config(hf_config, dtype=config.torch_dtype)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(config.init_seed)
+                return AutoModelForCausalLM.from_config(hf_config, dtype=config.torch_dtype)
         if config.gguf_file is not None:
             return _load_gguf(config, role)
         path = resolve_path(config.path)

@@ -15,7 +15,7 @@ With ``teacher: null`` and ``kd_ratio: 0`` the same module fine-tunes a model wi
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import lightning as L
@@ -23,12 +23,14 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_kd.data.tokenize import IGNORE_INDEX
 from lit_kd.errors import ConfigError
-from lit_kd.losses import LossConfig, distillation_loss
+from lit_kd.eval.generate import SamplingConfig, generate_ids
+from lit_kd.eval.rouge import RougeL
+from lit_kd.losses import LossConfig, distillation_loss, kd_diagnostics
 from lit_kd.models import (
     ModelConfig,
     StudentConfig,
@@ -44,6 +46,22 @@ LOSS_NAMES = ("loss", "kd_loss", "lm_loss")
 
 
 @dataclass
+class ValidationRouge:
+    """ROUGE-L of generated responses during validation and test (``val/rougeL``, ``test/rougeL``)."""
+
+    examples: int = 100
+    """Generate for the first N examples of the split in each validation epoch (spread over processes)."""
+    seed: int = 10
+    """Sampling seed: the same every epoch, so epochs are compared on the same random stream."""
+    generation: SamplingConfig = field(default_factory=SamplingConfig)
+    """Sampling settings (temperature 1, no top-k/top-p by default, as in the paper)."""
+
+    def __post_init__(self) -> None:
+        if self.examples < 1:
+            raise ConfigError(f"model.val_rouge.examples must be >= 1, got {self.examples} (null turns it off)")
+
+
+@dataclass
 class StepLosses:
     """The losses of one batch and the number of supervised (response) tokens behind them."""
 
@@ -51,6 +69,10 @@ class StepLosses:
     lm_loss: Tensor
     kd_loss: Optional[Tensor]
     tokens: int
+    student_rows: Tensor
+    """student logits at the response positions, ``[tokens, V]``"""
+    teacher_rows: Optional[Tensor]
+    targets: Tensor
 
 
 class DistillModule(L.LightningModule):
@@ -62,6 +84,8 @@ class DistillModule(L.LightningModule):
         kd_ratio: float = 1.0,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: Optional[LRSchedulerCallable] = WarmupCosineLR,
+        diagnostics: bool = True,
+        val_rouge: Optional[ValidationRouge] = None,
     ) -> None:
         """
         Args:
@@ -71,6 +95,11 @@ class DistillModule(L.LightningModule):
             kd_ratio: Weight of the KD term; ``1 − kd_ratio`` weighs the label cross-entropy.
             optimizer: Optimizer factory over the student's parameters.
             lr_scheduler: LR schedule factory, stepped every optimizer step (``null``: constant LR).
+            diagnostics: Log the KD diagnostics (``diag/*``: teacher entropy and non-target mass at τ,
+                top-1 agreement, KD gradient norms on the target and non-target logits) every
+                ``log_every_n_steps``.
+            val_rouge: Generate on part of the validation/test split each epoch and log ROUGE-L
+                (``val/rougeL``, ``test/rougeL``); ``null`` turns it off.
         """
         super().__init__()
         if not 0.0 <= kd_ratio <= 1.0:
@@ -82,6 +111,10 @@ class DistillModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.teacher_config, self.student_config, self.loss_config = teacher, student, loss
         self.kd_ratio = kd_ratio
+        self.diagnostics = diagnostics
+        self.val_rouge = val_rouge
+        self.rouge = nn.ModuleDict({stage: RougeL() for stage in ("val", "test")})
+        self._generated = {"val": 0, "test": 0}
         self.optimizer_factory: Callable = optimizer
         self.lr_scheduler_factory: Optional[Callable] = lr_scheduler
 
@@ -177,7 +210,15 @@ class DistillModule(L.LightningModule):
             teacher_rows = teacher_logits[:, :-1, : self.vocab_size][mask]
             kd_loss = distillation_loss(self.loss_config, student_rows, teacher_rows, targets=targets)
         loss = lm_loss if kd_loss is None else (1.0 - self.kd_ratio) * lm_loss + self.kd_ratio * kd_loss
-        return StepLosses(loss=loss, lm_loss=lm_loss, kd_loss=kd_loss, tokens=int(mask.sum()))
+        return StepLosses(
+            loss=loss,
+            lm_loss=lm_loss,
+            kd_loss=kd_loss,
+            tokens=int(mask.sum()),
+            student_rows=student_rows,
+            teacher_rows=teacher_rows if kd_loss is not None else None,
+            targets=targets,
+        )
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         losses = self.compute_losses(batch)
@@ -187,7 +228,16 @@ class DistillModule(L.LightningModule):
         if losses.kd_loss is not None:
             self.log("train/kd_loss", losses.kd_loss, batch_size=size)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=size)
+        if self.diagnostics and losses.teacher_rows is not None and self._logging_this_step():
+            diagnostics = kd_diagnostics(self.loss_config, losses.student_rows, losses.teacher_rows, losses.targets)
+            for name, value in diagnostics.items():
+                self.log(f"diag/{name}", value, batch_size=size)
         return losses.loss
+
+    def _logging_this_step(self) -> bool:
+        """True on the steps whose logged values reach the logger (every ``log_every_n_steps``), so the
+        diagnostics cost nothing on the others. Uses the connector's own decision, the one ``self.log`` obeys."""
+        return bool(self.trainer._logger_connector.should_update_logs)
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
         losses = self.compute_losses(batch)
@@ -197,6 +247,33 @@ class DistillModule(L.LightningModule):
                 # weighting each batch mean by its token count makes the epoch value a token mean over
                 # the whole split; sync_dist sums values and weights over processes
                 self.log(f"{stage}/{name}", value, prog_bar=name == "loss", batch_size=losses.tokens, sync_dist=True)
+
+        if self.val_rouge is not None:
+            self._generation_step(stage, batch)
+
+    def _generation_step(self, stage: str, batch: dict[str, Any]) -> None:
+        """Sample responses to this batch's prompts (while under this process's share of
+        ``val_rouge.examples``) and score them against the references; synced by torchmetrics."""
+        quota = -(-self.val_rouge.examples // self.trainer.world_size)
+        take = min(quota - self._generated[stage], batch["input_ids"].shape[0])
+        if take <= 0 or "references" not in batch:
+            return
+        prompts = []
+        for row in range(take):  # the prompt is everything before the first supervised token
+            start = int((batch["labels"][row] != IGNORE_INDEX).nonzero()[0])
+            prompts.append(batch["input_ids"][row, :start].tolist())
+        seed = self.val_rouge.seed + 1_000_003 * self.global_rank + self._generated[stage]
+        outputs = generate_ids(self.student, self.tokenizer, prompts, self.val_rouge.generation, seed)
+        texts = [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
+        self.rouge[stage].update(texts, batch["references"][:take])
+        self._generated[stage] += take
+        self.log(f"{stage}/rougeL", self.rouge[stage], prog_bar=True, batch_size=take)
+
+    def on_validation_epoch_start(self) -> None:
+        self._generated["val"] = 0
+
+    def on_test_epoch_start(self) -> None:
+        self._generated["test"] = 0
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)

@@ -4,9 +4,11 @@ from a checkpoint, TensorBoard logs, and bad input ends in one clear line."""
 from __future__ import annotations
 
 import pytest
+import torch
 import yaml
 
 from lit_kd.cli import LitKDCLI, cli_main, main
+from lit_kd.losses import OBJECTIVES
 from tests.conftest import ROOT
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -54,14 +56,32 @@ def test_fit_then_validate_and_test_from_the_checkpoint(tmp_path, tiny_args):
     tags = set(events.Tags()["scalars"])
     for tag in ("train/loss", "train/kd_loss", "train/lm_loss", "train/lr", "train/tokens_per_sec", "val/loss"):
         assert tag in tags, tag
+    diagnostics = [tag for tag in tags if tag.startswith("diag/")]
+    assert len(diagnostics) == 5
+    logged_steps = [event.step for event in events.Scalars("diag/teacher_entropy")]
+    assert logged_steps == [event.step for event in events.Scalars("train/loss")]  # every log_every_n_steps
 
+    assert fit.trainer.checkpoint_callback.monitor == "val/rougeL" and "val/rougeL" in tags
+    last = str(log_dir / "checkpoints" / "last.ckpt")
     validated = cli_main(
-        ["validate", *tiny_args, "--model.loss.name", "rkl", "--model.loss.tau", "2.5", "--ckpt_path", best]
+        ["validate", *tiny_args, "--model.loss.name", "rkl", "--model.loss.tau", "2.5", "--ckpt_path", last]
     )
     val_loss = validated.trainer.callback_metrics["val/loss"].item()
-    assert val_loss == pytest.approx(fit.trainer.checkpoint_callback.best_model_score.item(), rel=1e-5)
+    assert val_loss == pytest.approx(fit.trainer.callback_metrics["val/loss"].item(), rel=1e-5)  # the trained student
     tested = cli_main(["test", *tiny_args, "--ckpt_path", best])
     assert tested.trainer.callback_metrics["test/loss"].item() > 0
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_every_objective_trains_through_the_cli(tmp_path, tiny_args, name):
+    run = cli_main(
+        ["fit", *tiny_args, "--model.loss.name", name, "--model.loss.tau", "2.0"]
+        + ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.log_every_n_steps", "1"]
+    )
+    assert run.model.loss_config.name == name
+    metrics = run.trainer.callback_metrics
+    assert torch.isfinite(metrics["train/kd_loss"]) and metrics["train/kd_loss"] > 0
+    assert torch.isfinite(metrics["val/loss"]) and torch.isfinite(metrics["diag/kd_grad_nontarget_norm"])
 
 
 @pytest.mark.parametrize(
@@ -70,6 +90,9 @@ def test_fit_then_validate_and_test_from_the_checkpoint(tmp_path, tiny_args):
         (["--model.loss.name", "kld"], "unknown distillation loss 'kld'; valid names: "),
         (["--model.loss.tau", "0"], "temperature tau must be finite and > 0, got 0.0"),
         (["--model.loss.tau", "-2"], "temperature tau must be finite and > 0, got -2.0"),
+        (["--model.loss.tau", ".nan"], "temperature tau must be finite and > 0, got nan"),
+        (["--model.loss.tau", ".inf"], "temperature tau must be finite and > 0, got inf"),
+        (["--model.loss.skew_alpha", "1.5"], r"model.loss.skew_alpha must be in [0.0, 1.0], got 1.5"),
         (["--data.raw", "/no/such/file.jsonl"], "data file not found: /no/such/file.jsonl"),
         (
             ["--model.teacher.tokenizer", "./no/such/tokenizer"],
@@ -84,3 +107,16 @@ def test_bad_input_is_one_clear_line(tiny_args, capsys, override, message):
     err = capsys.readouterr().err
     assert f"lit_kd: error: {message}" in err
     assert "Traceback" not in err
+
+
+def test_switching_off_checkpointing_and_the_progress_bar(tiny_args):
+    cli = LitKDCLI(
+        args=[*tiny_args, "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false"],
+        run=False,
+    )
+    assert cli.trainer.checkpoint_callback is None and cli.trainer.progress_bar_callback is None
+    default = LitKDCLI(args=tiny_args, run=False)
+    assert default.trainer.checkpoint_callback.monitor == "val/rougeL"  # tiny.yaml: best validation ROUGE-L
+    checkpoints = [c for c in default.trainer.callbacks if type(c).__name__ == "ModelCheckpoint"]
+    assert [c.monitor for c in checkpoints] == ["val/rougeL", None]  # best, and the latest as last.ckpt
+    assert type(default.trainer.progress_bar_callback).__name__ == "RichProgressBar"

@@ -8,20 +8,8 @@ import math
 import pytest
 import torch
 
+from lit_kd.cli.objectives import fixed_input
 from lit_kd.losses import LossConfig, distillation_loss, fkl, get_objective, masked_mean, rkl
-
-
-def fixed_input():
-    """objectives.md §6."""
-    g = torch.Generator().manual_seed(1234)
-    zs = torch.randn(2, 5, 32, generator=g, dtype=torch.float64) * 2
-    zt = torch.randn(2, 5, 32, generator=g, dtype=torch.float64) * 2
-    target = torch.randint(0, 32, (2, 5), generator=g)
-    mask = torch.ones(2, 5, dtype=torch.bool)
-    mask[:, 0] = False
-    mask[1, -1] = False
-    return zs.reshape(-1, 32), zt.reshape(-1, 32), target.reshape(-1), mask.reshape(-1)
-
 
 # objectives.md §6: (τ = 1, τ = 3, τ = 3 with τ²)
 DOC_VALUES = {

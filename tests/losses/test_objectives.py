@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from lit_kd.cli.objectives import fixed_input, fixed_input_values
 from lit_kd.errors import ConfigError
 from lit_kd.losses import (
     OBJECTIVES,
@@ -28,7 +29,6 @@ from lit_kd.losses import (
     sym_kl,
     tvd,
 )
-from tests.losses.test_kl import fixed_input
 
 NAMES = sorted(OBJECTIVES)
 
@@ -371,3 +371,15 @@ def test_hyperparameters_reach_their_objective():
     torch.testing.assert_close(per_token_divergence(config, zs, zt, target), ab(zs, zt, 1.5, alpha=0.5, beta=0.5))
     with pytest.raises(ValueError, match="needs the label token"):
         per_token_divergence(LossConfig(name="drkl"), zs, zt, None)
+
+
+def test_the_objectives_command_prints_the_fixed_input_table(capsys):
+    from lit_kd.cli import main
+
+    main(["objectives"])
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 + len(OBJECTIVES)
+    for name, (t1, t3, t3_scaled) in DOC_TABLE.items():
+        row = next(line for line in out if line.startswith(f"{name} "))
+        assert f"{t1:.10f}" in row and f"{t3:.10f}" in row and f"{t3_scaled:.10f}" in row, row
+    assert fixed_input_values("fkl")[0] == pytest.approx(DOC_TABLE["fkl"][0], abs=1e-10)

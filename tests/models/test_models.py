@@ -135,3 +135,14 @@ def test_vocabulary_checks(tiny_tokenizer, tmp_path):
     assert shared_vocab_size(tiny_tokenizer, 1024, 1000, "t", "s") == 1000
     with pytest.raises(VocabularyMismatchError, match=r"teacher 't' has 1000 .* student 's' has 900"):
         shared_vocab_size(tiny_tokenizer, 1000, 900, "t", "s")
+
+
+def test_random_models_are_seeded_independently_of_the_global_rng():
+    config = ModelConfig(config=tiny_llama_config(2))
+    torch.manual_seed(1)
+    a = load_model(config)
+    torch.manual_seed(2)
+    b = load_model(config)
+    c = load_model(ModelConfig(config=tiny_llama_config(2), init_seed=5))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.lm_head.weight, c.lm_head.weight)

@@ -1,0 +1,73 @@
+"""Cost of the KD diagnostics: training-loop time with them off and on, side by side in one run.
+
+    python benchmarks/diagnostics_overhead.py --config configs/tiny.yaml --steps 40 --log-every 1
+    python benchmarks/diagnostics_overhead.py --config configs/demo.yaml --steps 10 --log-every 5
+
+Each repeat fits the same config twice from the same seed — diagnostics off, then on (the order
+alternates between repeats) — and times only the training loop (callback from on_train_start to
+on_train_end), so model loading and data preparation are excluded. Prints each run's seconds per
+step and the on/off ratio of the summed times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import lightning as L
+
+from lit_kd.cli.main import LitKDCLI
+
+
+class LoopTimer(L.Callback):
+    def on_train_start(self, trainer, module):
+        self.started = time.perf_counter()
+
+    def on_train_end(self, trainer, module):
+        self.seconds = time.perf_counter() - self.started
+
+
+def timed_fit(config: str, steps: int, log_every: int, diagnostics: bool, out: Path) -> float:
+    cli = LitKDCLI(
+        args=[
+            "--config", config,
+            "--model.diagnostics", str(diagnostics).lower(),
+            "--trainer.max_steps", str(steps),
+            "--trainer.limit_val_batches", "0",
+            "--trainer.log_every_n_steps", str(log_every),
+            "--trainer.enable_checkpointing", "false",
+            "--trainer.logger.init_args.save_dir", str(out),
+        ],
+        run=False,
+    )  # fmt: skip
+    timer = LoopTimer()
+    cli.trainer.callbacks.append(timer)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return timer.seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="configs/tiny.yaml")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--log-every", type=int, default=1, help="trainer.log_every_n_steps (1 = worst case)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", default="logs/benchmarks")
+    args = parser.parse_args()
+    totals = {False: 0.0, True: 0.0}
+    for repeat in range(args.repeats):
+        order = (False, True) if repeat % 2 == 0 else (True, False)
+        for diagnostics in order:
+            seconds = timed_fit(args.config, args.steps, args.log_every, diagnostics, Path(args.out))
+            totals[diagnostics] += seconds
+            print(f"repeat {repeat}: diagnostics {'on ' if diagnostics else 'off'}  {seconds / args.steps:.4f} s/step")
+    ratio = totals[True] / totals[False]
+    print(
+        f"{args.config}, {args.steps} steps x {args.repeats} repeats, log_every_n_steps={args.log_every}: "
+        f"on/off = {ratio:.3f} ({(ratio - 1) * 100:+.1f}%)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""``python -m lit_kd evaluate``: ROUGE-L of a model on benchmarks × seeds, written under the run's directory.
+
+    python -m lit_kd evaluate --ckpt logs/demo/version_0/checkpoints/best-2-75.ckpt \\
+        --benchmarks dolly self_inst vicuna sinst --seeds 10 20 30 40 50 --data_dir ../shared/data/minillm
+    python -m lit_kd evaluate --ckpt configs/demo.yaml --model teacher      # the teacher, as a reference row
+    python -m lit_kd evaluate --ckpt configs/demo.yaml --model student      # the student before distillation
+    python -m lit_kd evaluate --ckpt path/to/hf_dir                         # an exported / hub model
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+from lit_kd.errors import ConfigError
+from lit_kd.eval.benchmarks import PAPER_BENCHMARKS, load_benchmarks
+from lit_kd.eval.evaluate import evaluate_model, new_progress, results_markdown, write_results
+from lit_kd.eval.generate import SamplingConfig
+from lit_kd.modules.loading import model_from_source
+from lit_kd.utils.io import fresh_directory
+
+PAPER_SEEDS = (10, 20, 30, 40, 50)
+
+
+def default_out_dir(source: str, label: str) -> Path:
+    """``<run>/eval/<label>`` for a checkpoint in a run's ``checkpoints/`` folder, else ``logs/eval/<label>``."""
+    slug = label.replace(" ", "_").replace("(", "").replace(")", "")
+    path = Path(source)
+    if path.suffix == ".ckpt" and path.parent.name == "checkpoints":
+        return path.parent.parent / "eval" / slug
+    return Path("logs") / "eval" / slug
+
+
+def evaluate(
+    ckpt: str,
+    model: str = "student",
+    benchmarks: list[str] = list(PAPER_BENCHMARKS),
+    seeds: list[int] = list(PAPER_SEEDS),
+    data_dir: str = "../shared/data/minillm",
+    max_examples: Optional[int] = None,
+    generation: SamplingConfig = SamplingConfig(),
+    out_dir: Optional[str] = None,
+    device: str = "auto",
+) -> Path:
+    """Evaluate a model: ROUGE-L on benchmarks × seeds, as mean ± std over seeds.
+
+    Args:
+        ckpt: A lit_kd checkpoint (.ckpt), a fit config (.yaml: its untrained student or its teacher),
+            or a Hugging Face model directory / hub id.
+        model: With a .ckpt or .yaml: evaluate the ``student`` or the ``teacher``.
+        benchmarks: Names under ``data_dir`` (dolly, self_inst, vicuna, sinst, uinst) or ``name=FILE_OR_HUB``.
+        seeds: Sampling seeds; one full pass over every benchmark per seed.
+        data_dir: Folder in MiniLLM's layout (``<name>/valid.jsonl``).
+        max_examples: Use only the first N examples of each benchmark (quick runs).
+        generation: Sampling settings (temperature 1, no top-k/top-p by default, as in the paper).
+        out_dir: Output folder (default ``<run>/eval/<model>``); an existing one is never overwritten.
+        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
+    """
+    import torch
+
+    if not seeds:
+        raise ConfigError("--seeds needs at least one seed")
+    loaded = load_benchmarks(benchmarks, data_dir, max_examples)  # every file checked before any model loads
+    lm, tokenizer, label = model_from_source(ckpt, model)
+    target = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    lm.to(target)
+    directory = fresh_directory(out_dir or default_out_dir(ckpt, label))
+    generations: list[dict] = []
+    with new_progress() as progress:
+        result = evaluate_model(lm, tokenizer, loaded, seeds, generation, label, progress, generations)
+    settings = {
+        "source": ckpt,
+        "model": model,
+        "benchmarks": {b.name: b.source for b in loaded},
+        "examples": {b.name: len(b.records) for b in loaded},
+        "seeds": list(seeds),
+        "generation": asdict(generation),
+    }
+    paths = write_results(directory, [result], generations, settings)
+    print(results_markdown([result]))
+    print(f"results: {paths['markdown']} (+ results.csv, results.json, generations.jsonl, tensorboard/)")
+    return directory
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    from jsonargparse import CLI
+
+    CLI(evaluate, args=args, as_positional=False)

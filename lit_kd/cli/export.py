@@ -1,0 +1,32 @@
+"""``python -m lit_kd export``: a checkpoint's student (or teacher) as a Hugging Face directory.
+
+python -m lit_kd export --ckpt logs/demo/version_0/checkpoints/best-2-75.ckpt --out exports/demo-student
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from lit_kd.models.export import export_hf
+from lit_kd.modules.loading import model_from_source
+
+
+def export(ckpt: str, out: str, model: str = "student") -> Path:
+    """Export a model as safetensors + config + tokenizer, loadable with transformers alone.
+
+    Args:
+        ckpt: A lit_kd checkpoint (.ckpt) or a fit config (.yaml), as for ``evaluate``.
+        out: The new directory to create (an existing non-empty one is refused).
+        model: ``student`` or ``teacher``.
+    """
+    lm, tokenizer, label = model_from_source(ckpt, model)
+    target = export_hf(lm, tokenizer, out)
+    print(f"exported {label} to {target}")
+    return target
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    from jsonargparse import CLI
+
+    CLI(export, args=args, as_positional=False)

@@ -1,0 +1,166 @@
+"""Benchmarks × seeds: generate, score ROUGE-L, and report mean ± std over seeds as in the paper's Table 1.
+
+For each model, benchmark and seed: sample one response per prompt (``SamplingConfig``), score each
+against its references (``RougeL``), and average over the benchmark. A benchmark's entry is the mean
+± sample standard deviation (ddof = 1) of its per-seed scores; "avg" is the mean ± std over seeds of
+the per-seed average across benchmarks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_kd.eval.benchmarks import Benchmark
+from lit_kd.eval.generate import SamplingConfig, generate_responses
+from lit_kd.eval.rouge import RougeL
+from lit_kd.utils.io import atomic_write_text
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+@dataclass
+class EvalResult:
+    """ROUGE-L of one model: ``scores[benchmark][seed]``."""
+
+    label: str
+    scores: dict[str, dict[int, float]] = field(default_factory=dict)
+
+    def benchmark(self, name: str) -> tuple[float, float]:
+        return mean_std(list(self.scores[name].values()))
+
+    def average(self) -> tuple[float, float]:
+        seeds = sorted(set.intersection(*(set(per_seed) for per_seed in self.scores.values())))
+        return mean_std([statistics.fmean(self.scores[b][s] for b in self.scores) for s in seeds])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "per_seed": {b: {str(s): v for s, v in per_seed.items()} for b, per_seed in self.scores.items()},
+            "mean_std": {b: self.benchmark(b) for b in self.scores} | {"avg": self.average()},
+        }
+
+
+def new_progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("examples"),
+        TimeElapsedColumn(),
+    )
+
+
+def evaluate_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    benchmarks: Sequence[Benchmark],
+    seeds: Sequence[int],
+    settings: SamplingConfig,
+    label: str,
+    progress: Optional[Progress] = None,
+    generations: Optional[list[dict[str, Any]]] = None,
+) -> EvalResult:
+    """Score ``model`` on every benchmark and seed; append each generation to ``generations`` if given."""
+    result = EvalResult(label)
+    for benchmark in benchmarks:
+        result.scores[benchmark.name] = {}
+        for seed in seeds:
+            task = None
+            if progress is not None:
+                task = progress.add_task(f"{label} · {benchmark.name} · seed {seed}", total=len(benchmark.records))
+            outputs = generate_responses(
+                model,
+                tokenizer,
+                benchmark.records,
+                settings,
+                seed,
+                on_batch=(lambda n, task=task: progress.advance(task, n)) if task is not None else None,
+            )
+            metric = RougeL()
+            metric.update(outputs, [r["output"] for r in benchmark.records])
+            result.scores[benchmark.name][seed] = metric.compute().item()
+            if generations is not None:
+                for index, (record, output) in enumerate(zip(benchmark.records, outputs)):
+                    generations.append(
+                        {
+                            "model": label,
+                            "benchmark": benchmark.name,
+                            "seed": seed,
+                            "index": index,
+                            "instruction": record["instruction"],
+                            "input": record.get("input", ""),
+                            "reference": record["output"],
+                            "output": output,
+                        }
+                    )
+    return result
+
+
+def results_markdown(results: Sequence[EvalResult], title: str = "ROUGE-L") -> str:
+    """The Table-1 layout: one row per model, mean ± std over seeds per benchmark and their average."""
+    names = list(results[0].scores)
+    seeds = sorted(next(iter(results[0].scores.values())))
+    lines = [
+        f"### {title} (mean ± std over seeds {', '.join(map(str, seeds))})",
+        "",
+        "| model | " + " | ".join(names) + " | avg |",
+        "|---|" + "---:|" * (len(names) + 1),
+    ]
+    for result in results:
+        cells = [f"{m:.2f} ± {s:.2f}" for m, s in (result.benchmark(n) for n in names)]
+        mean, std = result.average()
+        lines.append(f"| {result.label} | " + " | ".join(cells) + f" | {mean:.2f} ± {std:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def results_csv(results: Sequence[EvalResult]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["model", "benchmark", "seed", "rougeL"])
+    for result in results:
+        for benchmark, per_seed in result.scores.items():
+            for seed, value in per_seed.items():
+                writer.writerow([result.label, benchmark, seed, f"{value:.4f}"])
+    return buffer.getvalue()
+
+
+def write_results(
+    out_dir: Path,
+    results: Sequence[EvalResult],
+    generations: Sequence[dict[str, Any]],
+    settings: dict[str, Any],
+) -> dict[str, Path]:
+    """results.md / results.csv / results.json / generations.jsonl (each written atomically) and TensorBoard
+    scalars ``eval/<benchmark>/rougeL`` (x = seed) and ``eval/<benchmark>/rougeL_mean`` under ``out_dir``."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    paths = {
+        "markdown": atomic_write_text(out_dir / "results.md", results_markdown(results)),
+        "csv": atomic_write_text(out_dir / "results.csv", results_csv(results)),
+        "json": atomic_write_text(
+            out_dir / "results.json",
+            json.dumps({"settings": settings, "results": [r.to_dict() for r in results]}, indent=2) + "\n",
+        ),
+        "generations": atomic_write_text(
+            out_dir / "generations.jsonl", "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in generations)
+        ),
+    }
+    for result in results:
+        with SummaryWriter(log_dir=str(out_dir / "tensorboard" / result.label)) as writer:
+            for benchmark, per_seed in result.scores.items():
+                for seed, value in per_seed.items():
+                    writer.add_scalar(f"eval/{benchmark}/rougeL", value, global_step=seed)
+                writer.add_scalar(f"eval/{benchmark}/rougeL_mean", result.benchmark(benchmark)[0], global_step=0)
+            writer.add_scalar("eval/avg/rougeL_mean", result.average()[0], global_step=0)
+    return paths

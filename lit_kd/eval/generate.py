@@ -1,0 +1,124 @@
+"""Batched generation: left-padded prompts, KV cache, seeded sampling, stop at EOS.
+
+The paper's protocol samples at temperature 1 with no top-k/top-p truncation; ``greedy`` is an option.
+Sampling runs inside ``torch.random.fork_rng`` seeded with ``seed`` (the caller's RNG state is restored
+afterwards), so the same seed, prompts and batch size give the same text.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_kd.data.prompt import format_prompt
+from lit_kd.errors import ConfigError
+
+
+@dataclass
+class SamplingConfig:
+    """How responses are generated for evaluation."""
+
+    max_new_tokens: int = 256
+    """Generated tokens per response at most (generation stops earlier at EOS)."""
+    temperature: float = 1.0
+    """Sampling temperature (the paper: 1.0). Not the distillation τ."""
+    top_k: int = 0
+    """Keep the k most likely tokens before sampling; 0 = no truncation (the paper)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass; 1.0 = no truncation (the paper)."""
+    greedy: bool = False
+    """Greedy decoding instead of sampling."""
+    batch_size: int = 32
+    """Prompts per generate call."""
+    max_length: int = 1024
+    """Prompt + response tokens at most; longer prompts keep their last tokens (the response part)."""
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ConfigError("generation: max_new_tokens and batch_size must be positive")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"generation: temperature must be finite and > 0, got {self.temperature}")
+        if self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("generation: top_k must be >= 0 and top_p in (0, 1]")
+        if self.max_length <= self.max_new_tokens:
+            raise ConfigError(f"generation: max_length ({self.max_length}) must exceed max_new_tokens")
+
+    def hf_config(self, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+        """A complete Hugging Face generation config, so the model's own defaults (top_k=50, ...) never leak in."""
+        common = dict(
+            max_new_tokens=self.max_new_tokens,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            use_cache=True,
+        )
+        if self.greedy:
+            return GenerationConfig(do_sample=False, **common)
+        return GenerationConfig(
+            do_sample=True, temperature=self.temperature, top_k=self.top_k or None, top_p=self.top_p, **common
+        )
+
+
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], settings: SamplingConfig
+) -> list[list[int]]:
+    """Token ids of each record's prompt (the training template), cut from the left to leave room."""
+    room = settings.max_length - settings.max_new_tokens
+    ids = [tokenizer(format_prompt(r["instruction"], r.get("input", "")))["input_ids"] for r in records]
+    return [prompt[-room:] for prompt in ids]
+
+
+@torch.no_grad()
+def generate_ids(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Sequence[int]],
+    settings: SamplingConfig,
+    seed: int,
+    on_batch: Optional[Callable[[int], None]] = None,
+    min_new_tokens: int = 0,
+) -> list[list[int]]:
+    """Generated token ids per prompt (EOS and anything after it removed). ``on_batch(n)`` reports progress."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    config = settings.hf_config(tokenizer)
+    config.min_new_tokens = min_new_tokens or None
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    outputs: list[list[int]] = []
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), settings.batch_size):
+            chunk = prompts[start : start + settings.batch_size]
+            width = max(len(p) for p in chunk)
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, prompt in enumerate(chunk):  # left padding: every prompt ends where generation starts
+                input_ids[row, width - len(prompt) :] = torch.as_tensor(prompt)
+                attention_mask[row, width - len(prompt) :] = 1
+            generated = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
+            )
+            for row in generated[:, width:].tolist():
+                outputs.append(row[: row.index(eos)] if eos in row else row)
+            if on_batch is not None:
+                on_batch(len(chunk))
+    model.train(was_training)
+    return outputs
+
+
+def generate_responses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[dict],
+    settings: SamplingConfig,
+    seed: int,
+    on_batch: Optional[Callable[[int], None]] = None,
+) -> list[str]:
+    """The model's response text to each record's prompt."""
+    ids = generate_ids(model, tokenizer, encode_prompts(tokenizer, records, settings), settings, seed, on_batch)
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]

@@ -1,0 +1,95 @@
+"""Rebuilding a ``DistillModule`` from a checkpoint or from a fit config (for evaluation and export)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from lit_kd.errors import ConfigError, LitKDError
+from lit_kd.models import ModelConfig, load_model, load_tokenizer
+from lit_kd.modules.distill import DistillModule
+
+MODULE_ARGS = ("student", "teacher", "loss", "kd_ratio")
+
+
+class CheckpointError(LitKDError, RuntimeError):
+    """A checkpoint is missing, unreadable or does not fit the model it is loaded into."""
+
+
+def module_from_config(path: str) -> DistillModule:
+    """The ``model:`` section of a fit config as a ``DistillModule`` with its models loaded (untrained student)."""
+    from jsonargparse import ArgumentParser
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as handle:
+        section = (yaml.safe_load(handle) or {}).get("model")
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: no `model:` section")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(DistillModule, "model", skip={"optimizer", "lr_scheduler"})
+    section = {k: v for k, v in section.items() if k not in ("optimizer", "lr_scheduler")}
+    try:
+        module = parser.instantiate_classes(parser.parse_object({"model": section}))["model"]
+    except LitKDError:
+        raise
+    except Exception as err:  # jsonargparse reports type errors as its own exception types
+        raise ConfigError(f"{path}: invalid `model:` section: {err}") from None
+    module.configure_model()
+    return module
+
+
+def module_from_checkpoint(path: str) -> DistillModule:
+    """A ``DistillModule`` rebuilt from the hyperparameters a checkpoint carries, with its student weights."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises several types for a corrupt file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
+    hparams = checkpoint.get("hyper_parameters", {})
+    if "student" not in hparams or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path}: not a lit_kd DistillModule checkpoint (no student hyperparameters)")
+    module = DistillModule(**{k: hparams[k] for k in MODULE_ARGS if k in hparams})
+    module.configure_model()
+    load_student_state(module, checkpoint["state_dict"], path)
+    return module
+
+
+def load_student_state(module: DistillModule, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load student weights, or explain which architecture the checkpoint came from."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
+    if missing or unexpected or wrong_shape:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} student tensors missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong_shape:
+            k = wrong_shape[0]
+            details.append(f"shape of {k} is {tuple(state_dict[k].shape)}, the student has {tuple(expected[k].shape)}")
+        raise CheckpointError(f"{source} was saved from another student architecture: " + "; ".join(details))
+    module.load_state_dict(state_dict)
+
+
+def model_from_source(source: str, which: str = "student"):
+    """(model, tokenizer, label) from a .ckpt, a fit config (.yaml), or a Hugging Face directory / hub id."""
+    if which not in ("student", "teacher"):
+        raise ConfigError(f"model must be 'student' or 'teacher', got {which!r}")
+    if source.endswith(".ckpt") or source.endswith((".yaml", ".yml")):
+        module = module_from_checkpoint(source) if source.endswith(".ckpt") else module_from_config(source)
+        model = module.student if which == "student" else module.teacher
+        if model is None:
+            raise ConfigError(f"{source} has no teacher")
+        trained = "distilled" if source.endswith(".ckpt") else "untrained"
+        label = f"{which} ({trained})" if which == "student" else "teacher"
+        return model, module.tokenizer, label
+    config = ModelConfig(path=source)
+    return load_model(config, "model"), load_tokenizer(config, "model"), Path(source.rstrip("/")).name

@@ -1,0 +1,5 @@
+"""Small shared helpers (file output)."""
+
+from lit_kd.utils.io import atomic_write_text, fresh_directory
+
+__all__ = ["atomic_write_text", "fresh_directory"]

@@ -1,0 +1,86 @@
+"""Batched generation: seeding, EOS, left padding equivalence, prompt truncation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_kd.errors import ConfigError
+from lit_kd.eval import SamplingConfig, encode_prompts, generate_ids, generate_responses
+from lit_kd.models import ModelConfig, load_model
+from tests.conftest import tiny_llama_config
+
+RECORDS = [
+    {"instruction": "Name a fruit.", "input": ""},
+    {"instruction": "Summarize the passage.", "input": "Cats sleep a lot during the day and hunt at night."},
+    {"instruction": "Why is the sky blue?", "input": ""},
+    {"instruction": "Add two and two.", "input": ""},
+    {"instruction": "Give a synonym for quick.", "input": ""},
+]
+
+
+@pytest.fixture
+def tiny_model():
+    return load_model(ModelConfig(config=tiny_llama_config(2, initializer_range=0.5)))
+
+
+def test_same_seed_same_text_and_different_seeds_differ(tiny_model, tiny_tokenizer):
+    settings = SamplingConfig(max_new_tokens=12, batch_size=2)
+    a = generate_responses(tiny_model, tiny_tokenizer, RECORDS, settings, seed=10)
+    b = generate_responses(tiny_model, tiny_tokenizer, RECORDS, settings, seed=10)
+    c = generate_responses(tiny_model, tiny_tokenizer, RECORDS, settings, seed=20)
+    assert a == b
+    assert a != c
+
+
+def test_sampling_leaves_the_callers_rng_alone(tiny_model, tiny_tokenizer):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    generate_responses(tiny_model, tiny_tokenizer, RECORDS[:2], SamplingConfig(max_new_tokens=4), seed=1)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_batched_left_padded_greedy_equals_one_prompt_at_a_time(tiny_model, tiny_tokenizer):
+    prompts = encode_prompts(tiny_tokenizer, RECORDS, SamplingConfig())
+    assert len({len(p) for p in prompts}) > 1  # different lengths: padding matters
+    batched = generate_ids(tiny_model, tiny_tokenizer, prompts, SamplingConfig(max_new_tokens=10, greedy=True), 0)
+    single = generate_ids(
+        tiny_model, tiny_tokenizer, prompts, SamplingConfig(max_new_tokens=10, greedy=True, batch_size=1), 0
+    )
+    assert batched == single
+
+
+def test_responses_end_at_the_first_eos(tiny_model, tiny_tokenizer, monkeypatch):
+    eos = tiny_tokenizer.eos_token_id
+    continuations = [[7, 8, eos, 9], [eos, 5, 5, 5]]
+
+    def fake_generate(input_ids, attention_mask, generation_config):
+        assert generation_config.eos_token_id == eos  # HF stops each row at EOS; we cut what follows
+        return torch.cat([input_ids, torch.tensor(continuations)], dim=1)
+
+    monkeypatch.setattr(tiny_model, "generate", fake_generate)
+    prompts = encode_prompts(tiny_tokenizer, RECORDS[:2], SamplingConfig())
+    assert generate_ids(tiny_model, tiny_tokenizer, prompts, SamplingConfig(max_new_tokens=4), 0) == [[7, 8], []]
+
+
+def test_long_prompts_keep_their_end(tiny_tokenizer):
+    settings = SamplingConfig(max_new_tokens=16, max_length=40)
+    long = [{"instruction": "word " * 200, "input": ""}]
+    (ids,) = encode_prompts(tiny_tokenizer, long, settings)
+    assert len(ids) == 24 and tiny_tokenizer.decode(ids).endswith("### Response:\n")
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_new_tokens": 0}, {"temperature": 0.0}, {"top_p": 0.0}, {"max_length": 8, "max_new_tokens": 8}]
+)
+def test_sampling_config_is_checked(kwargs):
+    with pytest.raises(ConfigError):
+        SamplingConfig(**kwargs)
+
+
+def test_the_models_own_generation_defaults_do_not_leak_in(tiny_tokenizer):
+    config = SamplingConfig().hf_config(tiny_tokenizer)
+    assert config.do_sample and config.temperature == 1.0 and config.top_k is None and config.top_p == 1.0
+    greedy = SamplingConfig(greedy=True).hf_config(tiny_tokenizer)
+    assert not greedy.do_sample
