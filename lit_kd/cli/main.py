@@ -5,21 +5,25 @@
     python -m lit_kd demo            # the embedded default: distill SmolLM2-135M-Instruct on CPU
 
 Defaults every run gets: ``seed_everything``, a TensorBoardLogger under ``logs/`` (a new
-``version_N`` per run, never overwriting an earlier one), a ModelCheckpoint (group ``checkpoint``)
-and a Rich progress bar. ``JSONARGPARSE_DEBUG=1`` shows full tracebacks of config errors.
+``version_N`` per run, never overwriting an earlier one), two ModelCheckpoints (group ``checkpoint``:
+the best by a monitored metric; group ``last_checkpoint``: the latest, as last.ckpt), a Rich progress
+bar and ``fit_summary.json`` in the log directory. ``JSONARGPARSE_DEBUG=1`` shows full tracebacks of
+config errors.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lit_kd.cli.callbacks import FitSummary
 from lit_kd.data import DollyDataModule
 from lit_kd.errors import LitKDError
 from lit_kd.modules import DistillModule
@@ -44,7 +48,7 @@ class LitKDCLI(LightningCLI):
             args=args,
             run=run,
             seed_everything_default=1234,
-            trainer_defaults=TRAINER_DEFAULTS | {"callbacks": [RichProgressBar()]},
+            trainer_defaults=TRAINER_DEFAULTS | {"callbacks": [RichProgressBar(), FitSummary()]},
             auto_configure_optimizers=False,
             **kwargs,
         )
@@ -78,7 +82,8 @@ class LitKDCLI(LightningCLI):
         if trainer_config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if trainer_config.get("enable_progress_bar") is False:
-            self.trainer_defaults = {**self.trainer_defaults, "callbacks": []}
+            kept = [c for c in self.trainer_defaults["callbacks"] if not isinstance(c, RichProgressBar)]
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": kept}
         return self._instantiate_trainer(trainer_config, callbacks)
 
     def instantiate_classes(self) -> None:
@@ -91,35 +96,14 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> LitKDCLI:
     return LitKDCLI(args=args, run=run)
 
 
-def _demo(args: list[str]) -> None:
-    from lit_kd.cli.demo import main as demo_main
-
-    demo_main(args)
-
-
-def _objectives(args: list[str]) -> None:
-    from lit_kd.cli.objectives import main as objectives_main
-
-    objectives_main(args)
-
-
-def _evaluate(args: list[str]) -> None:
-    from lit_kd.cli.evaluate import main as evaluate_main
-
-    evaluate_main(args)
-
-
-def _export(args: list[str]) -> None:
-    from lit_kd.cli.export import main as export_main
-
-    export_main(args)
-
-
-COMMANDS: dict[str, Callable[[list[str]], None]] = {
-    "demo": _demo,
-    "objectives": _objectives,
-    "evaluate": _evaluate,
-    "export": _export,
+# lit_kd's own commands: `python -m lit_kd <name> ...` calls `<module>.main(args)` (imported on demand)
+COMMANDS: dict[str, str] = {
+    "demo": "lit_kd.cli.demo",
+    "objectives": "lit_kd.cli.objectives",
+    "evaluate": "lit_kd.cli.evaluate",
+    "export": "lit_kd.cli.export",
+    "sweep": "lit_kd.cli.sweep",
+    "report": "lit_kd.cli.report",
 }
 
 
@@ -129,7 +113,7 @@ def main(args: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     try:
         if argv and argv[0] in COMMANDS:
-            COMMANDS[argv[0]](argv[1:])
+            importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
         else:
             cli_main(args)  # None: LightningCLI reads sys.argv itself
     except LitKDError as err:

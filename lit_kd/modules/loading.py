@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -13,34 +14,42 @@ from lit_kd.errors import ConfigError, LitKDError
 from lit_kd.models import ModelConfig, load_model, load_tokenizer
 from lit_kd.modules.distill import DistillModule
 
-MODULE_ARGS = ("student", "teacher", "loss", "kd_ratio")
+MODULE_ARGS = ("student", "teacher", "loss", "kd_ratio", "diagnostics", "val_rouge")
 
 
 class CheckpointError(LitKDError, RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the model it is loaded into."""
 
 
-def module_from_config(path: str) -> DistillModule:
-    """The ``model:`` section of a fit config as a ``DistillModule`` with its models loaded (untrained student)."""
+def build_module(section: dict[str, Any], source: str) -> DistillModule:
+    """A ``DistillModule`` from its init arguments as plain data (a config's ``model:`` section, or a
+    checkpoint's hyperparameters), validated by the same parser LightningCLI uses; models loaded."""
     from jsonargparse import ArgumentParser
 
+    section = {
+        k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in section.items() if k in MODULE_ARGS
+    }
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(DistillModule, "model", skip={"optimizer", "lr_scheduler"})
+    try:
+        module = parser.instantiate_classes(parser.parse_object({"model": section}))["model"]
+    except LitKDError:
+        raise
+    except Exception as err:  # jsonargparse reports type errors as its own exception types
+        raise ConfigError(f"{source}: invalid model settings: {err}") from None
+    module.configure_model()
+    return module
+
+
+def module_from_config(path: str) -> DistillModule:
+    """The ``model:`` section of a fit config as a ``DistillModule`` with its models loaded (untrained student)."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     with open(path, encoding="utf-8") as handle:
         section = (yaml.safe_load(handle) or {}).get("model")
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: no `model:` section")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_class_arguments(DistillModule, "model", skip={"optimizer", "lr_scheduler"})
-    section = {k: v for k, v in section.items() if k not in ("optimizer", "lr_scheduler")}
-    try:
-        module = parser.instantiate_classes(parser.parse_object({"model": section}))["model"]
-    except LitKDError:
-        raise
-    except Exception as err:  # jsonargparse reports type errors as its own exception types
-        raise ConfigError(f"{path}: invalid `model:` section: {err}") from None
-    module.configure_model()
-    return module
+    return build_module(section, path)
 
 
 def module_from_checkpoint(path: str) -> DistillModule:
@@ -51,11 +60,10 @@ def module_from_checkpoint(path: str) -> DistillModule:
         checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises several types for a corrupt file
         raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
-    hparams = checkpoint.get("hyper_parameters", {})
+    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
     if "student" not in hparams or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not a lit_kd DistillModule checkpoint (no student hyperparameters)")
-    module = DistillModule(**{k: hparams[k] for k in MODULE_ARGS if k in hparams})
-    module.configure_model()
+    module = build_module(hparams, path)
     load_student_state(module, checkpoint["state_dict"], path)
     return module
 

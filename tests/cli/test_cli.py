@@ -9,19 +9,33 @@ import yaml
 
 from lit_kd.cli import LitKDCLI, cli_main, main
 from lit_kd.losses import OBJECTIVES
-from tests.conftest import ROOT
+from tests.conftest import DEMO_DATA, ROOT
 
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
+def config_stack(config):
+    """A shipped config with what it is layered on: an objective file on its folder's base.yaml, a
+    strategy switch on the tiny config; full configs alone."""
+    base = config.parent / "base.yaml"
+    if config.parent.name == "strategies":
+        return [ROOT / "configs" / "tiny.yaml", config]
+    return [base, config] if base.is_file() and config != base else [config]
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_every_shipped_config_parses(config, capsys):
+    args = [item for path in config_stack(config) for item in ("--config", str(path))]
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", "--config", str(config), "--print_config"])
+        cli_main(["fit", *args, "--print_config"])
     assert exit_info.value.code in (0, None)
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["model"]["loss"]["name"] and resolved["model"]["loss"]["tau"] > 0
     assert resolved["data"]["max_length"] > 0
+    if config.stem in OBJECTIVES:  # an objective file selects its objective and writes out its settings
+        assert resolved["model"]["loss"]["name"] == config.stem
+        written = yaml.safe_load(config.read_text())["model"]["loss"]
+        assert {k: resolved["model"]["loss"][k] for k in written} == written
 
 
 def test_print_config_reflects_overrides(capsys):
@@ -70,6 +84,20 @@ def test_fit_then_validate_and_test_from_the_checkpoint(tmp_path, tiny_args):
     assert val_loss == pytest.approx(fit.trainer.callback_metrics["val/loss"].item(), rel=1e-5)  # the trained student
     tested = cli_main(["test", *tiny_args, "--ckpt_path", best])
     assert tested.trainer.callback_metrics["test/loss"].item() > 0
+
+    # evaluate and export the distilled student straight from its checkpoint
+    from lit_kd.cli.evaluate import evaluate
+    from lit_kd.cli.export import export
+    from lit_kd.eval import SamplingConfig
+
+    out = evaluate(
+        ckpt=best, benchmarks=[f"demo={DEMO_DATA}"], seeds=[10], max_examples=3,
+        generation=SamplingConfig(max_new_tokens=4),
+    )  # fmt: skip
+    assert out == log_dir / "eval" / "student_distilled"  # under the run's directory
+    assert (out / "results.md").is_file()
+    exported = export(ckpt=best, out=str(tmp_path / "exported"))
+    assert (exported / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))

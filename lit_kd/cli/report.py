@@ -1,0 +1,24 @@
+"""``python -m lit_kd report <sweep dir>``: report.md with Table 1, the grid, the τ-gain heatmap and the
+KD diagnostics against τ, plus figure1_fkl_rkl.png, heatmap_gain.png and diagnostics_vs_tau.png."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from lit_kd.experiments.report import write_report
+
+
+def report(sweep_dir: str) -> None:
+    """Write the report of a sweep directory (made by ``python -m lit_kd sweep``).
+
+    Args:
+        sweep_dir: The sweep's ``--out`` directory.
+    """
+    path = write_report(sweep_dir)
+    print(f"wrote {path} (+ figure1_fkl_rkl.png, heatmap_gain.png, diagnostics_vs_tau.png)")
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    from jsonargparse import CLI
+
+    CLI(report, args=args)

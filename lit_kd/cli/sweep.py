@@ -1,0 +1,80 @@
+"""``python -m lit_kd sweep``: run an objective × τ × seed grid, each run its own fit + evaluate process.
+
+    python -m lit_kd sweep --base configs/cpu/base.yaml --objectives [fkl,rkl] --taus [1,2,3] --seeds [10,20] \\
+        --out logs/sweeps/cpu --evaluation.benchmarks '[dolly]' --evaluation.max_examples 50
+    python -m lit_kd sweep --resume logs/sweeps/cpu                # continue: done runs are skipped
+    python -m lit_kd sweep ... --launcher slurm                    # write configs + launch_slurm.sh, run nothing
+    python -m lit_kd report logs/sweeps/cpu
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from lit_kd.errors import ConfigError
+from lit_kd.experiments.sweep import Sweep, SweepEval
+
+PAPER_TAUS = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
+
+
+def sweep(
+    base: Optional[list[str]] = None,
+    objectives: list[str] = ["fkl", "rkl"],
+    taus: list[float] = PAPER_TAUS,
+    seeds: list[int] = [10, 20, 30, 40, 50],
+    out: Optional[str] = None,
+    evaluation: SweepEval = SweepEval(),
+    fit_args: list[str] = [],
+    launcher: str = "local",
+    resume: Optional[str] = None,
+    index: Optional[int] = None,
+) -> None:
+    """Run (or prepare) a sweep of distillation runs.
+
+    Args:
+        base: Fit configs every run starts from (later ones override earlier ones). A file
+            ``<objective>.yaml`` beside the first one is added for that objective's runs.
+        objectives: Registry names to sweep.
+        taus: Distillation temperatures to sweep.
+        seeds: Training seeds (``seed_everything``); each run is also evaluated with its own seed
+            unless ``evaluation.seeds`` is set.
+        out: The sweep directory (new, or one holding the same plan).
+        evaluation: How each run's best checkpoint is evaluated.
+        fit_args: Extra command-line overrides for every fit (e.g. ``["--trainer.max_epochs", "2"]``).
+        launcher: ``local`` runs the grid here, one process after another; ``slurm`` writes one config
+            per run and ``launch_slurm.sh`` (a job array) and runs nothing.
+        resume: An existing sweep directory to continue (its plan is reused; other arguments ignored).
+        index: With ``resume``: run only this run index (what each array task does).
+    """
+    if resume is not None:
+        plan = Sweep.load(resume)
+        if index is not None:
+            if not 0 <= index < len(plan.runs):
+                raise ConfigError(f"--index {index} is outside the sweep's {len(plan.runs)} runs")
+            status = plan.run_one(plan.runs[index])
+            print(f"{plan.runs[index].run_id}: {status['state']}")
+            if status["state"] != "done":
+                raise SystemExit(1)
+            return
+        plan.run()
+        return
+    if not base or out is None:
+        raise ConfigError("a new sweep needs --base (one or more fit configs) and --out (its directory)")
+    if launcher not in ("local", "slurm"):
+        raise ConfigError(f"--launcher must be local or slurm, got {launcher!r}")
+    plan = Sweep.create(out, base, objectives, taus, seeds, evaluation, fit_args)
+    if launcher == "slurm":
+        script = plan.write_slurm_launcher()
+        print(f"wrote {len(plan.runs)} run configs under {plan.out / 'runs'} and {script}")
+        print(f"submit with: sbatch {script}")
+        return
+    results = plan.run()
+    failed = [r for r in results if r["state"] != "done"]
+    print(f"sweep {plan.out}: {len(results) - len(failed)} done, {len(failed)} failed")
+    print(f"report: python -m lit_kd report {plan.out}")
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    from jsonargparse import CLI
+
+    CLI(sweep, args=args, as_positional=False)

@@ -1,0 +1,1 @@
+"""Experiments: objective × τ × seed sweeps and the paper-style report."""

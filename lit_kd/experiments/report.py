@@ -1,0 +1,288 @@
+"""The paper-style report of a sweep: Table 1, Figure 1, the τ-gain heatmap and the KD diagnostics vs τ.
+
+Numbers per run: for each benchmark, the ROUGE-L of the run's best checkpoint averaged over its sampling
+seeds; "avg" is the mean over benchmarks. A cell (objective, τ) is the mean ± sample std over the runs'
+training seeds. The best τ of an objective is chosen by mean validation ROUGE-L (the monitored score of
+the best checkpoints) when every run has one, else by the test average — the report says which.
+Diagnostics are each run's mean of the logged ``diag/*`` values over its training steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from lit_kd.errors import ConfigError
+from lit_kd.experiments.sweep import Sweep
+from lit_kd.utils.io import atomic_write_text
+
+DIAGNOSTICS = ("teacher_entropy", "teacher_nontarget_mass", "top1_agreement")
+
+
+@dataclass
+class RunRecord:
+    objective: str
+    tau: float
+    seed: int
+    scores: dict[str, float]
+    val_score: Optional[float] = None
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def avg(self) -> float:
+        return statistics.fmean(self.scores.values())
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    mean, std = _stats(values)
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def _save_figure(fig, path: Path) -> None:
+    """PNG written beside its target and renamed over it: an interrupted report keeps the previous figure."""
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    os.replace(tmp, path)
+
+
+def read_diagnostics(fit_dir: Path) -> dict[str, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(fit_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    tags = set(events.Tags().get("scalars", []))
+    return {
+        name: statistics.fmean(e.value for e in events.Scalars(f"diag/{name}"))
+        for name in DIAGNOSTICS
+        if f"diag/{name}" in tags
+    }
+
+
+def collect(sweep: Sweep) -> tuple[list[RunRecord], list[str]]:
+    """Records of the finished runs, and a line for each run that is not done."""
+    records, problems = [], []
+    for spec in sweep.runs:
+        status = sweep.status(spec)
+        if status is None or status.get("state") != "done":
+            state = "not run" if status is None else f"failed at {status.get('stage')} (see {status.get('log')})"
+            problems.append(f"{spec.run_id}: {state}")
+            continue
+        result = json.loads((Path(status["eval_dir"]) / "results.json").read_text())["results"][0]
+        scores = {b: statistics.fmean(per_seed.values()) for b, per_seed in result["per_seed"].items()}
+        summary = status.get("fit_summary", {})
+        val = summary.get("best_model_score") if summary.get("monitor") == "val/rougeL" else None
+        records.append(
+            RunRecord(spec.objective, spec.tau, spec.seed, scores, val, read_diagnostics(Path(status["fit_dir"])))
+        )
+    return records, problems
+
+
+class Report:
+    def __init__(self, sweep: Sweep, records: list[RunRecord], problems: list[str]) -> None:
+        self.sweep, self.records, self.problems = sweep, records, problems
+        self.objectives = list(dict.fromkeys(r.objective for r in sweep.runs))
+        self.taus = sorted({r.tau for r in sweep.runs})
+        self.benchmarks = list(records[0].scores) if records else []
+        self.by_val = bool(records) and all(r.val_score is not None for r in records)
+
+    def cell(self, objective: str, tau: float) -> list[RunRecord]:
+        return [r for r in self.records if r.objective == objective and r.tau == tau]
+
+    def selection_score(self, objective: str, tau: float) -> Optional[float]:
+        runs = self.cell(objective, tau)
+        if not runs:
+            return None
+        return statistics.fmean((r.val_score if self.by_val else r.avg) for r in runs)
+
+    def best_tau(self, objective: str) -> Optional[float]:
+        scored = [(s, t) for t in self.taus if (s := self.selection_score(objective, t)) is not None]
+        return max(scored)[1] if scored else None
+
+    def gain(self, objective: str, tau: float) -> Optional[float]:
+        base, here = self.cell(objective, 1.0), self.cell(objective, tau)
+        if not base or not here:
+            return None
+        return statistics.fmean(r.avg for r in here) - statistics.fmean(r.avg for r in base)
+
+    # -- sections -----------------------------------------------------------------------------
+
+    def table1(self) -> list[str]:
+        criterion = "mean validation ROUGE-L" if self.by_val else "mean test average ROUGE-L (no validation score)"
+        lines = [
+            "## Table 1: each objective at τ = 1 and at its best τ",
+            "",
+            f"ROUGE-L, mean ± std over training seeds; best τ chosen by {criterion}.",
+            "",
+            "| objective | τ | " + " | ".join(self.benchmarks) + " | avg |",
+            "|---|---|" + "---:|" * (len(self.benchmarks) + 1),
+        ]
+        for objective in self.objectives:
+            best = self.best_tau(objective)
+            for tau, label in ((1.0, "1"), (best, f"{best:g} (best)" if best is not None else "n/a")):
+                runs = self.cell(objective, tau) if tau is not None else []
+                cells = [_fmt([r.scores[b] for r in runs]) for b in self.benchmarks]
+                lines.append(f"| {objective} | {label} | " + " | ".join(cells) + f" | {_fmt([r.avg for r in runs])} |")
+        return lines
+
+    def grid_table(self) -> list[str]:
+        lines = [
+            "## Average ROUGE-L for every objective × τ",
+            "",
+            "| objective | " + " | ".join(f"τ={t:g}" for t in self.taus) + " |",
+            "|---|" + "---:|" * len(self.taus),
+        ]
+        for objective in self.objectives:
+            cells = [_fmt([r.avg for r in self.cell(objective, t)]) for t in self.taus]
+            lines.append(f"| {objective} | " + " | ".join(cells) + " |")
+        return lines
+
+    def gain_table(self) -> list[str]:
+        lines = ["## Gain over τ = 1 (Figure 2 as numbers)", ""]
+        if 1.0 not in self.taus:
+            return lines + ["The sweep has no τ = 1 runs, so there is no baseline to compare with."]
+        lines += [
+            "| objective | " + " | ".join(f"τ={t:g}" for t in self.taus) + " |",
+            "|---|" + "---:|" * len(self.taus),
+        ]
+        for objective in self.objectives:
+            cells = ["n/a" if (g := self.gain(objective, t)) is None else f"{g:+.2f}" for t in self.taus]
+            lines.append(f"| {objective} | " + " | ".join(cells) + " |")
+        return lines
+
+    def diagnostics_table(self) -> list[str]:
+        lines = [
+            "## KD diagnostics against τ",
+            "",
+            "Teacher entropy H(p) and non-target mass 1 − p_t at τ, and student–teacher top-1 agreement, averaged",
+            "over each run's logged training steps (mean over seeds). Raising τ moves FKL's target p (entropy and",
+            "non-target mass grow), while RKL's gradient mostly rescales: the paper's account of why τ helps FKL",
+            "more.",
+            "",
+            "| objective | τ | teacher entropy | non-target mass | top-1 agreement |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for objective in self.objectives:
+            for tau in self.taus:
+                runs = self.cell(objective, tau)
+                cells = [_fmt([r.diagnostics[n] for r in runs if n in r.diagnostics]) for n in DIAGNOSTICS]
+                lines.append(f"| {objective} | {tau:g} | " + " | ".join(cells) + " |")
+        return lines
+
+    # -- figures --------------------------------------------------------------------------------
+
+    def figures(self, out: Path) -> dict[str, Path]:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as err:
+            raise ConfigError("the report's figures need matplotlib: pip install 'lit_kd[plots]'") from err
+        paths = {}
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for objective in [o for o in ("fkl", "rkl") if o in self.objectives] or self.objectives:
+            taus = [t for t in self.taus if self.cell(objective, t)]
+            stats = [_stats([r.avg for r in self.cell(objective, t)]) for t in taus]
+            ax.errorbar(
+                taus, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=4, label=objective.upper()
+            )
+        ax.set_xlabel("distillation temperature τ")
+        ax.set_ylabel("average ROUGE-L")
+        ax.set_title("Figure 1: FKL vs RKL against τ (error bars: std over seeds)")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        paths["figure1"] = out / "figure1_fkl_rkl.png"
+        _save_figure(fig, paths["figure1"])
+        plt.close(fig)
+
+        if 1.0 in self.taus:
+            gains = [[self.gain(o, t) for t in self.taus] for o in self.objectives]
+            values = [[g if g is not None else float("nan") for g in row] for row in gains]
+            fig, ax = plt.subplots(figsize=(1.2 * len(self.taus) + 2, 0.6 * len(self.objectives) + 1.5))
+            finite = [abs(v) for row in values for v in row if v == v]
+            bound = max(finite) if finite and max(finite) > 0 else 1.0
+            image = ax.imshow(values, cmap="RdBu", vmin=-bound, vmax=bound, aspect="auto")
+            ax.set_xticks(range(len(self.taus)), [f"{t:g}" for t in self.taus])
+            ax.set_yticks(range(len(self.objectives)), self.objectives)
+            for i, row in enumerate(values):
+                for j, v in enumerate(row):
+                    ax.text(j, i, "n/a" if v != v else f"{v:+.1f}", ha="center", va="center", fontsize=8)
+            ax.set_xlabel("τ")
+            ax.set_title("ROUGE-L gain over τ = 1")
+            fig.colorbar(image, ax=ax)
+            fig.tight_layout()
+            paths["heatmap"] = out / "heatmap_gain.png"
+            _save_figure(fig, paths["heatmap"])
+            plt.close(fig)
+
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, name, title in zip(
+            axes, DIAGNOSTICS[:2], ("teacher entropy H(p) at τ", "teacher non-target mass at τ")
+        ):
+            for objective in self.objectives:
+                taus = [t for t in self.taus if any(name in r.diagnostics for r in self.cell(objective, t))]
+                means = [
+                    statistics.fmean(r.diagnostics[name] for r in self.cell(objective, t) if name in r.diagnostics)
+                    for t in taus
+                ]
+                ax.plot(taus, means, marker="o", label=objective)
+            ax.set_xlabel("τ")
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+        axes[0].legend()
+        fig.tight_layout()
+        paths["diagnostics"] = out / "diagnostics_vs_tau.png"
+        _save_figure(fig, paths["diagnostics"])
+        plt.close(fig)
+        return paths
+
+    def markdown(self, figures: dict[str, Path]) -> str:
+        done, evaluation = len(self.records), self.sweep.evaluation
+        lines = [
+            f"# lit_kd sweep report: {self.sweep.out}",
+            "",
+            f"- base configs: {', '.join(self.sweep.base)}",
+            f"- objectives: {', '.join(self.objectives)}; τ: {', '.join(f'{t:g}' for t in self.taus)}; "
+            f"training seeds: {', '.join(str(s) for s in sorted({r.seed for r in self.sweep.runs}))}",
+            f"- evaluation: {', '.join(evaluation.benchmarks)}"
+            + (
+                f", first {self.sweep.evaluation.max_examples} examples each"
+                if self.sweep.evaluation.max_examples
+                else ""
+            )
+            + f", {evaluation.max_new_tokens} new tokens, sampling at temperature 1",
+            f"- runs: {done} of {len(self.sweep.runs)} done",
+        ]
+        lines += [f"  - {p}" for p in self.problems]
+        lines += ["", *self.table1(), "", *self.grid_table(), "", *self.gain_table(), ""]
+        if "figure1" in figures:
+            lines += ["## Figure 1", "", f"![FKL vs RKL against τ]({figures['figure1'].name})", ""]
+        if "heatmap" in figures:
+            lines += ["## Figure 2", "", f"![ROUGE-L gain over τ = 1]({figures['heatmap'].name})", ""]
+        lines += [*self.diagnostics_table(), ""]
+        if "diagnostics" in figures:
+            lines += [f"![diagnostics against τ]({figures['diagnostics'].name})", ""]
+        return "\n".join(lines)
+
+
+def write_report(sweep_dir: str) -> Path:
+    sweep = Sweep.load(sweep_dir)
+    records, problems = collect(sweep)
+    if not records:
+        raise ConfigError(f"{sweep_dir}: no finished run to report on ({len(problems)} not done)")
+    report = Report(sweep, records, problems)
+    out = Path(sweep_dir)
+    figures = report.figures(out)
+    return atomic_write_text(out / "report.md", report.markdown(figures))

@@ -1,0 +1,281 @@
+"""Objective × τ × seed sweeps: each run an independent ``fit`` then ``evaluate`` process.
+
+Layout of a sweep directory::
+
+    <out>/sweep.json                     the plan (base configs, grid, evaluation settings)
+    <out>/runs/<index>.yaml              the per-run config layered over the base configs
+    <out>/launch_slurm.sh                a job-array script (``--launcher slurm``)
+    <out>/<objective>/tau_<τ>/seed_<s>/
+        fit/version_N/                   TensorBoard logs, checkpoints, fit_summary.json (one per attempt)
+        eval[-k]/                        results.json, results.md, generations.jsonl
+        fit.log, eval.log                the processes' output (appended per attempt)
+        status.json                      done | failed, with what the report needs
+
+A run whose ``status.json`` says done is skipped on restart; a failed one is retried; one that was
+interrupted resumes from its ``last.ckpt``. Nothing an earlier attempt wrote is deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from lit_kd.errors import ConfigError
+from lit_kd.losses import OBJECTIVES, check_tau
+from lit_kd.utils.io import atomic_write_text
+
+
+@dataclass
+class SweepEval:
+    """How each run's best checkpoint is evaluated."""
+
+    benchmarks: list[str] = field(default_factory=lambda: ["dolly", "self_inst", "vicuna", "sinst", "uinst"])
+    """Benchmark names under ``data_dir``, or ``name=FILE_OR_HUB``."""
+    data_dir: str = "../shared/data/minillm"
+    seeds: Optional[list[int]] = None
+    """Sampling seeds per run; ``null`` = the run's own training seed."""
+    max_examples: Optional[int] = None
+    max_new_tokens: int = 256
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    index: int
+    objective: str
+    tau: float
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.objective}/tau_{self.tau:g}/seed_{self.seed}"
+
+
+def plan_runs(objectives: list[str], taus: list[float], seeds: list[int]) -> list[RunSpec]:
+    for name in objectives:
+        if name not in OBJECTIVES:
+            raise ConfigError(f"unknown objective {name!r} in --objectives; valid names: {', '.join(OBJECTIVES)}")
+    for tau in taus:
+        check_tau(tau)
+    if not (objectives and taus and seeds):
+        raise ConfigError("a sweep needs at least one objective, one tau and one seed")
+    grid = [(o, float(t), int(s)) for o in objectives for t in taus for s in seeds]
+    return [RunSpec(i, o, t, s) for i, (o, t, s) in enumerate(grid)]
+
+
+def run_overrides(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+    """The per-run config: what this run changes on top of the base configs."""
+    return {
+        "seed_everything": spec.seed,
+        "model": {"loss": {"name": spec.objective, "tau": spec.tau}},
+        "trainer": {"logger": {"init_args": {"save_dir": str(run_dir), "name": "fit"}}},
+    }
+
+
+@dataclass
+class Sweep:
+    """A planned sweep on disk: ``create`` writes the plan, ``run`` executes (or ``run_one``) runs."""
+
+    out: Path
+    base: list[str]
+    runs: list[RunSpec]
+    evaluation: SweepEval
+    fit_args: list[str] = field(default_factory=list)
+
+    # -- planning -------------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        out: str,
+        base: list[str],
+        objectives: list[str],
+        taus: list[float],
+        seeds: list[int],
+        evaluation: SweepEval,
+        fit_args: Optional[list[str]] = None,
+    ) -> "Sweep":
+        for path in base:
+            if not os.path.isfile(path):
+                raise ConfigError(f"base config not found: {path}")
+        sweep = cls(Path(out), [os.path.abspath(p) for p in base], plan_runs(objectives, taus, seeds), evaluation,
+                    list(fit_args or []))  # fmt: skip
+        plan = sweep.plan()
+        existing = sweep.out / "sweep.json"
+        if existing.is_file():
+            if json.loads(existing.read_text()) != plan:
+                raise ConfigError(
+                    f"{sweep.out} holds a different sweep (its sweep.json differs); choose another --out. "
+                    "Nothing was changed."
+                )
+        else:
+            atomic_write_text(existing, json.dumps(plan, indent=2) + "\n")
+        for spec in sweep.runs:
+            atomic_write_text(
+                sweep.out / "runs" / f"{spec.index}.yaml", yaml.safe_dump(run_overrides(spec, sweep.run_dir(spec)))
+            )
+        return sweep
+
+    @classmethod
+    def load(cls, out: str) -> "Sweep":
+        path = Path(out) / "sweep.json"
+        if not path.is_file():
+            raise ConfigError(f"{out} is not a sweep directory (no sweep.json)")
+        plan = json.loads(path.read_text())
+        runs = [RunSpec(**r) for r in plan["runs"]]
+        return cls(Path(out), plan["base"], runs, SweepEval(**plan["eval"]), plan.get("fit_args", []))
+
+    def plan(self) -> dict[str, Any]:
+        return {
+            "base": self.base,
+            "runs": [asdict(r) for r in self.runs],
+            "eval": asdict(self.evaluation),
+            "fit_args": self.fit_args,
+        }
+
+    def run_dir(self, spec: RunSpec) -> Path:
+        return self.out / spec.run_id
+
+    def status(self, spec: RunSpec) -> Optional[dict[str, Any]]:
+        path = self.run_dir(spec) / "status.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    # -- commands -------------------------------------------------------------------------------
+
+    def fit_command(self, spec: RunSpec, resume: Optional[Path]) -> list[str]:
+        command = [sys.executable, "-m", "lit_kd", "fit"]
+        for path in self.base:
+            command += ["--config", path]
+        objective_config = Path(self.base[0]).parent / f"{spec.objective}.yaml"
+        if objective_config.is_file():  # e.g. configs/paper/gpt2/js.yaml: the objective's own settings
+            command += ["--config", str(objective_config)]
+        command += ["--config", str(self.out / "runs" / f"{spec.index}.yaml"), *self.fit_args]
+        if resume is not None:
+            command += ["--ckpt_path", str(resume)]
+        return command
+
+    def eval_command(self, spec: RunSpec, checkpoint: str, out_dir: Path) -> list[str]:
+        e = self.evaluation
+        command = [sys.executable, "-m", "lit_kd", "evaluate", "--ckpt", checkpoint, "--out_dir", str(out_dir)]
+        command += ["--benchmarks", json.dumps(e.benchmarks), "--data_dir", e.data_dir]
+        command += ["--seeds", json.dumps(e.seeds or [spec.seed])]
+        command += ["--generation.max_new_tokens", str(e.max_new_tokens), "--generation.batch_size", str(e.batch_size)]
+        if e.max_examples is not None:
+            command += ["--max_examples", str(e.max_examples)]
+        return command
+
+    # -- execution ------------------------------------------------------------------------------
+
+    def latest_fit_dir(self, spec: RunSpec) -> Optional[Path]:
+        versions = sorted((self.run_dir(spec) / "fit").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+        return versions[-1] if versions else None
+
+    def _resume_point(self, spec: RunSpec) -> Optional[Path]:
+        """The newest last.ckpt of an interrupted attempt (none after a failure: that attempt starts over)."""
+        if (self.status(spec) or {}).get("state") == "failed":
+            return None
+        checkpoints = sorted(self.run_dir(spec).glob("fit/version_*/checkpoints/last.ckpt"), key=os.path.getmtime)
+        return checkpoints[-1] if checkpoints else None
+
+    def _call(self, command: list[str], log: Path) -> int:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as stream:
+            stream.write(f"\n$ {shlex.join(command)}\n")
+            stream.flush()
+            return subprocess.call(
+                command, stdout=stream, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+            )
+
+    def _fail(self, spec: RunSpec, stage: str, code: int, log: Path) -> dict[str, Any]:
+        tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:] if log.is_file() else []
+        status = {
+            "state": "failed",
+            "stage": stage,
+            "returncode": code,
+            "log": str(log),
+            "log_tail": tail,
+            "spec": asdict(spec),
+        }
+        atomic_write_text(self.run_dir(spec) / "status.json", json.dumps(status, indent=2) + "\n")
+        return status
+
+    def run_one(self, spec: RunSpec) -> dict[str, Any]:
+        """Fit then evaluate one run (skipped if already done); returns its status record."""
+        status = self.status(spec)
+        if status is not None and status.get("state") == "done":
+            return status
+        run_dir = self.run_dir(spec)
+        started = time.time()
+        fit_log = run_dir / "fit.log"
+        code = self._call(self.fit_command(spec, self._resume_point(spec)), fit_log)
+        fit_dir = self.latest_fit_dir(spec)
+        summary_path = fit_dir / "fit_summary.json" if fit_dir else None
+        if code != 0 or summary_path is None or not summary_path.is_file():
+            return self._fail(spec, "fit", code, fit_log)
+        summary = json.loads(summary_path.read_text())
+        checkpoint = summary.get("best_model_path") or summary.get("last_model_path")
+        if not checkpoint:
+            return self._fail(spec, "fit (no checkpoint)", code, fit_log)
+        eval_log = run_dir / "eval.log"
+        eval_dir = run_dir / "eval"
+        n = 2
+        while eval_dir.exists():  # an earlier attempt's results stay where they are
+            eval_dir, n = run_dir / f"eval-{n}", n + 1
+        code = self._call(self.eval_command(spec, checkpoint, eval_dir), eval_log)
+        if code != 0 or not (eval_dir / "results.json").is_file():
+            return self._fail(spec, "evaluate", code, eval_log)
+        status = {
+            "state": "done",
+            "spec": asdict(spec),
+            "fit_dir": str(fit_dir),
+            "checkpoint": checkpoint,
+            "fit_summary": summary,
+            "eval_dir": str(eval_dir),
+            "minutes": round((time.time() - started) / 60, 2),
+        }
+        atomic_write_text(run_dir / "status.json", json.dumps(status, indent=2) + "\n")
+        return status
+
+    def run(self) -> list[dict[str, Any]]:
+        """Every run in order; a failure is recorded and the sweep goes on."""
+        results = []
+        for spec in self.runs:
+            previous = (self.status(spec) or {}).get("state")
+            status = self.run_one(spec)
+            word = "skipped (done)" if previous == "done" else status["state"]
+            print(f"[{spec.index + 1}/{len(self.runs)}] {spec.run_id}: {word}", flush=True)
+            results.append(status)
+        return results
+
+    def write_slurm_launcher(self, partition: Optional[str] = None, gpus: int = 1, hours: int = 24) -> Path:
+        """A job-array script: task i runs ``python -m lit_kd sweep --resume <out> --index i``."""
+        lines = [
+            "#!/usr/bin/env bash",
+            "#SBATCH --job-name=lit_kd-sweep",
+            f"#SBATCH --array=0-{len(self.runs) - 1}",
+            f"#SBATCH --gres=gpu:{gpus}",
+            f"#SBATCH --time={hours}:00:00",
+            f"#SBATCH --output={self.out.resolve()}/slurm-%A_%a.out",
+        ]
+        if partition:
+            lines.append(f"#SBATCH --partition={partition}")
+        lines += [
+            "# one run of the sweep per array task; also usable by hand: bash launch_slurm.sh <index>",
+            "set -euo pipefail",
+            'index="${SLURM_ARRAY_TASK_ID:-${1:?give a run index}}"',
+            f"cd {shlex.quote(os.getcwd())}",
+            f"{shlex.quote(sys.executable)} -m lit_kd sweep --resume {shlex.quote(str(self.out.resolve()))}"
+            ' --index "$index"',
+        ]
+        path = atomic_write_text(self.out / "launch_slurm.sh", "\n".join(lines) + "\n")
+        path.chmod(0o755)
+        return path
