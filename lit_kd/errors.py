@@ -8,3 +8,15 @@ class LitKDError(Exception):
 
 class ConfigError(LitKDError, ValueError):
     """A configuration value is invalid (unknown loss name, τ ≤ 0, a hyperparameter out of range, ...)."""
+
+
+class NonFiniteError(LitKDError, FloatingPointError):
+    """NaN or +inf appeared in the logits or the loss during a step (policy ``raise``)."""
+
+
+class CheckpointError(LitKDError, RuntimeError):
+    """A checkpoint is missing, unreadable or does not fit the model it is loaded into."""
+
+
+class OutputDirError(LitKDError, OSError):
+    """An output directory cannot be created or written."""

@@ -49,3 +49,20 @@ class DDPProbe(L.Callback):
         }
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
         (Path(self.out_dir) / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+class LossRecorder(L.Callback):
+    """Appends ``{"step", "loss"}`` per training step to ``<out_dir>/losses.jsonl`` (flushed at once, so a
+    SIGKILL loses nothing already written) and saves the student's final weights to ``final.pt``."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "losses.jsonl", "a") as stream:
+            stream.write(json.dumps({"step": trainer.global_step, "loss": float(outputs["loss"])}) + "\n")
+            stream.flush()
+
+    def on_fit_end(self, trainer, module) -> None:
+        torch.save(module.student.state_dict(), self.out_dir / "final.pt")

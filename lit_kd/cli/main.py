@@ -13,20 +13,26 @@ config errors.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 import sys
+import time
 import warnings
+from pathlib import Path
 from typing import Any, Optional
 
+import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_kd.cli.callbacks import FitSummary
+from lit_kd.cli.checkpoint_io import AtomicCheckpointIO
 from lit_kd.data import DollyDataModule
-from lit_kd.errors import LitKDError
+from lit_kd.errors import CheckpointError, LitKDError
 from lit_kd.modules import DistillModule
+from lit_kd.utils.io import ensure_writable_dir
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -42,6 +48,7 @@ class LitKDCLI(LightningCLI):
     def __init__(self, args: Optional[list[str]] = None, run: bool = True, **kwargs) -> None:
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")  # Lightning-internal deprecation
+        warnings.filterwarnings("ignore", ".*'set_vital' is deprecated.*")  # torchdata-internal deprecation
         super().__init__(
             DistillModule,
             DollyDataModule,
@@ -84,11 +91,66 @@ class LitKDCLI(LightningCLI):
         if trainer_config.get("enable_progress_bar") is False:
             kept = [c for c in self.trainer_defaults["callbacks"] if not isinstance(c, RichProgressBar)]
             self.trainer_defaults = {**self.trainer_defaults, "callbacks": kept}
+        if trainer_config.get("plugins") is None:
+            trainer_config["plugins"] = [AtomicCheckpointIO()]  # checkpoints written to a temp file, then renamed
         return self._instantiate_trainer(trainer_config, callbacks)
+
+    def before_instantiate_classes(self) -> None:
+        """Checks that need no model, before any is loaded: the log directory must be writable, and
+        ``--ckpt_path last`` resumes the newest ``last.ckpt`` among this config's runs, in that run's own
+        version directory (its first config.yaml is kept; the resumed one is saved beside it)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        logger = config.trainer.logger
+        init_args = getattr(logger, "init_args", None)
+        save_dir = getattr(init_args, "save_dir", None)
+        if save_dir is not None:
+            ensure_writable_dir(save_dir, "trainer.logger save_dir")
+        if self.subcommand == "fit" and config.get("ckpt_path") == "last" and save_dir is not None:
+            runs = Path(save_dir) / (getattr(init_args, "name", None) or "")
+            found = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=os.path.getmtime)
+            if not found:
+                raise CheckpointError(f"--ckpt_path last: no last.ckpt under {runs}/version_*/checkpoints to resume")
+            config.ckpt_path = str(found[-1])
+            init_args.version = int(found[-1].parents[1].name.removeprefix("version_"))
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config-resumed-{stamp}.yaml"}
+
+    def _parse_ckpt_path(self) -> None:
+        """Keep the configuration as given. (LightningCLI >= 2.6 replaces the ``model`` section with the
+        hyperparameters stored in ``--ckpt_path``, silently overriding explicit flags such as
+        ``--model.loss.tau``.) The checkpoint supplies weights; a checkpoint whose student does not match
+        the configured one is refused by ``DistillModule.on_load_checkpoint`` with a clear error."""
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         self.datamodule.connect(self.model.tokenizer)
+        self.datamodule.load_split_records()  # bad data files fail here, before any trainer or model work
+        self._check_checkpoint_student()
+
+    def _check_checkpoint_student(self) -> None:
+        """A ``--ckpt_path`` saved for another student is refused now, from its stored hyperparameters,
+        before any weights load (``DistillModule.on_load_checkpoint`` checks the tensors themselves)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        path = config.get("ckpt_path")
+        if not path or not os.path.isfile(path):
+            return
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("hyper_parameters", {})
+        except Exception as err:  # torch raises several types for a corrupt file
+            raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
+        stored = stored.get("student")
+        if stored is None:
+            return
+        stored = stored if isinstance(stored, dict) else dataclasses.asdict(stored)
+        configured = dataclasses.asdict(self.model.student_config)
+        keys = ("path", "gguf_file", "config", "layers")
+        if any(stored.get(k) != configured.get(k) for k in keys):
+            differences = ", ".join(
+                f"{k}: {stored.get(k)!r} vs {configured.get(k)!r}" for k in keys if stored.get(k) != configured.get(k)
+            )
+            raise CheckpointError(
+                f"{path} was saved from another student architecture than model.student ({differences})"
+            )
 
 
 def cli_main(args: Optional[list[str]] = None, run: bool = True) -> LitKDCLI:

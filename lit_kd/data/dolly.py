@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
 from lit_kd.data.collate import PadCollator
@@ -154,7 +155,10 @@ class DollyDataModule(L.LightningDataModule):
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         if name not in self.splits:
             raise ConfigError(f"data: no {name!r} split is configured (set `data.{name}` or `data.raw`)")
-        return DataLoader(
+        # StatefulDataLoader saves its position (and its sampler's RNG) in Lightning checkpoints, so a
+        # run killed mid-epoch resumes on exactly the next batch
+        loader_class = StatefulDataLoader if shuffle else DataLoader
+        return loader_class(
             self.splits[name].dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
             shuffle=shuffle,

@@ -114,9 +114,20 @@ def _string_field(row: dict, key: str, where: str, required: bool, allow_empty: 
     value = row[key]
     if not isinstance(value, str):
         raise DataFormatError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+    _check_encodable(value, key, where)
     if not allow_empty and not value.strip():
         raise DataFormatError(f"{where}: field {key!r} is empty")
     return value
+
+
+def _check_encodable(value: str, key: str, where: str) -> None:
+    """JSON can carry lone UTF-16 surrogates (``"\\ud800"``) that no tokenizer can encode."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DataFormatError(
+            f"{where}: field {key!r} is not valid Unicode text ({err.reason} at character {err.start})"
+        ) from None
 
 
 def _references(row: dict, key: str, where: str) -> list[str]:
@@ -126,6 +137,8 @@ def _references(row: dict, key: str, where: str) -> list[str]:
     refs = [value] if isinstance(value, str) else value
     if not isinstance(refs, list) or not refs or not all(isinstance(r, str) for r in refs):
         raise DataFormatError(f"{where}: field {key!r} must be a string or a non-empty list of strings")
+    for ref in refs:
+        _check_encodable(ref, key, where)
     if not any(r.strip() for r in refs):
         raise DataFormatError(f"{where}: field {key!r} is empty")
     return refs

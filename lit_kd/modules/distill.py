@@ -14,20 +14,22 @@ With ``teacher: null`` and ``kd_ratio: 0`` the same module fine-tunes a model wi
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_kd.data.tokenize import IGNORE_INDEX
-from lit_kd.errors import ConfigError
+from lit_kd.errors import CheckpointError, ConfigError, NonFiniteError
 from lit_kd.eval.generate import SamplingConfig, generate_ids
 from lit_kd.eval.rouge import RougeL
 from lit_kd.losses import LossConfig, distillation_loss, kd_diagnostics
@@ -43,6 +45,24 @@ from lit_kd.models import (
 from lit_kd.modules.schedule import WarmupCosineLR
 
 LOSS_NAMES = ("loss", "kd_loss", "lm_loss")
+
+
+def check_student_state(expected: dict[str, Tensor], given: dict[str, Tensor], source: str) -> None:
+    """Raise ``CheckpointError`` unless ``given`` has exactly the student's tensor names and shapes."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong_shape = [k for k in expected if k in given and given[k].shape != expected[k].shape]
+    if not (missing or unexpected or wrong_shape):
+        return
+    details = []
+    if missing:
+        details.append(f"{len(missing)} student tensors missing (e.g. {missing[0]})")
+    if unexpected:
+        details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if wrong_shape:
+        k = wrong_shape[0]
+        details.append(f"shape of {k} is {tuple(given[k].shape)}, the student has {tuple(expected[k].shape)}")
+    raise CheckpointError(f"{source} was saved from another student architecture: " + "; ".join(details))
 
 
 @dataclass
@@ -86,6 +106,7 @@ class DistillModule(L.LightningModule):
         lr_scheduler: Optional[LRSchedulerCallable] = WarmupCosineLR,
         diagnostics: bool = True,
         val_rouge: Optional[ValidationRouge] = None,
+        nonfinite: str = "raise",
     ) -> None:
         """
         Args:
@@ -100,6 +121,9 @@ class DistillModule(L.LightningModule):
                 ``log_every_n_steps``.
             val_rouge: Generate on part of the validation/test split each epoch and log ROUGE-L
                 (``val/rougeL``, ``test/rougeL``); ``null`` turns it off.
+            nonfinite: What a NaN or +inf in the logits or the loss does: ``raise`` (an error naming the
+                step and batch) or ``skip`` (the batch is dropped, counted in ``train/skipped_batches``;
+                under DDP it contributes a zero gradient so the processes stay in step).
         """
         super().__init__()
         if not 0.0 <= kd_ratio <= 1.0:
@@ -112,6 +136,10 @@ class DistillModule(L.LightningModule):
         self.teacher_config, self.student_config, self.loss_config = teacher, student, loss
         self.kd_ratio = kd_ratio
         self.diagnostics = diagnostics
+        if nonfinite not in ("raise", "skip"):
+            raise ConfigError(f"model.nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
+        self.nonfinite = nonfinite
+        self.skipped_batches = 0
         self.val_rouge = val_rouge
         self.rouge = nn.ModuleDict({stage: RougeL() for stage in ("val", "test")})
         self._generated = {"val": 0, "test": 0}
@@ -220,9 +248,35 @@ class DistillModule(L.LightningModule):
             targets=targets,
         )
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def _check_finite(self, losses: StepLosses, stage: str, batch_idx: int) -> bool:
+        """Apply the ``nonfinite`` policy; True when the batch may be used."""
+        problems = [
+            f"{what} in {name}"
+            for name, tensor in (("student logits", losses.student_rows), ("teacher logits", losses.teacher_rows))
+            if tensor is not None
+            for what, found in (("NaN", torch.isnan(tensor)), ("+inf", torch.isposinf(tensor)))
+            if found.any()
+        ]
+        if not torch.isfinite(losses.loss.detach()):
+            problems.append(f"non-finite loss ({losses.loss.item()})")
+        if not problems:
+            return True
+        where = f"{stage} step {self.global_step}, batch {batch_idx}, epoch {self.current_epoch}"
+        message = f"{', '.join(problems)} at {where}"
+        if self.nonfinite == "raise":
+            raise NonFiniteError(message + " (set model.nonfinite: skip to skip such batches)")
+        self.skipped_batches += 1
+        rank_zero_warn(f"skipping the batch: {message} ({self.skipped_batches} skipped so far)")
+        return False
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Optional[Tensor]:
         losses = self.compute_losses(batch)
         size = batch["input_ids"].shape[0]
+        if not self._check_finite(losses, "train", batch_idx):
+            self.log("train/skipped_batches", float(self.skipped_batches), batch_size=size)
+            if self.trainer.world_size > 1:  # every rank must take part in the gradient all-reduce
+                return sum(p.sum() for p in self.student.parameters() if p.requires_grad) * 0.0
+            return None  # Lightning skips backward and the optimizer step
         self.log("train/loss", losses.loss, prog_bar=True, batch_size=size)
         self.log("train/lm_loss", losses.lm_loss, batch_size=size)
         if losses.kd_loss is not None:
@@ -239,8 +293,10 @@ class DistillModule(L.LightningModule):
         diagnostics cost nothing on the others. Uses the connector's own decision, the one ``self.log`` obeys."""
         return bool(self.trainer._logger_connector.should_update_logs)
 
-    def _eval_step(self, stage: str, batch: dict[str, Tensor]) -> None:
+    def _eval_step(self, stage: str, batch: dict[str, Tensor], batch_idx: int) -> None:
         losses = self.compute_losses(batch)
+        if not self._check_finite(losses, stage, batch_idx):
+            return
         for name in LOSS_NAMES:
             value = getattr(losses, name)
             if value is not None:
@@ -276,10 +332,36 @@ class DistillModule(L.LightningModule):
         self._generated["test"] = 0
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step("val", batch)
+        self._eval_step("val", batch, batch_idx)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval_step("test", batch)
+        self._eval_step("test", batch, batch_idx)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also save the RNG states (Lightning does not), so a resumed run draws what the original would have."""
+        checkpoint["lit_kd_rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "python": random.getstate(),
+            # as a tensor, so the checkpoint still loads with torch.load(weights_only=True)
+            "numpy": [torch.from_numpy(np.random.get_state()[1].astype(np.int64)), *np.random.get_state()[2:]],
+        }
+        checkpoint["lit_kd_skipped_batches"] = self.skipped_batches
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint of another student architecture with a clear error; restore RNG states."""
+        check_student_state(self.state_dict(), checkpoint.get("state_dict", {}), "the checkpoint")
+        states = checkpoint.get("lit_kd_rng_states")
+        if states is not None:
+            torch.set_rng_state(states["torch"])
+            if states["cuda"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
+            random.setstate(states["python"])
+            keys, *rest = states["numpy"]
+            np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), *rest))
+        self.skipped_batches = checkpoint.get("lit_kd_skipped_batches", 0)
 
     # -- throughput -------------------------------------------------------------------------------
 
@@ -300,6 +382,12 @@ class DistillModule(L.LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
-        if getattr(scheduler, "total_steps", 0) is None:  # WarmupCosineLR: horizon known only now
-            scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """Give a ``WarmupCosineLR`` without ``total_steps`` the run's number of optimizer steps. Done here,
+        not in ``configure_optimizers``: asking for ``estimated_stepping_batches`` there builds the train
+        loader before a checkpoint's loader state is restored, and a resumed run would lose its data order."""
+        for config in self.trainer.lr_scheduler_configs:
+            if getattr(config.scheduler, "total_steps", 0) is None:
+                config.scheduler.total_steps = int(self.trainer.estimated_stepping_batches)

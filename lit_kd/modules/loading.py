@@ -10,15 +10,11 @@ from typing import Any
 import torch
 import yaml
 
-from lit_kd.errors import ConfigError, LitKDError
+from lit_kd.errors import CheckpointError, ConfigError, LitKDError
 from lit_kd.models import ModelConfig, load_model, load_tokenizer
-from lit_kd.modules.distill import DistillModule
+from lit_kd.modules.distill import DistillModule, check_student_state
 
 MODULE_ARGS = ("student", "teacher", "loss", "kd_ratio", "diagnostics", "val_rouge")
-
-
-class CheckpointError(LitKDError, RuntimeError):
-    """A checkpoint is missing, unreadable or does not fit the model it is loaded into."""
 
 
 def build_module(section: dict[str, Any], source: str) -> DistillModule:
@@ -70,20 +66,7 @@ def module_from_checkpoint(path: str) -> DistillModule:
 
 def load_student_state(module: DistillModule, state_dict: dict[str, torch.Tensor], source: str) -> None:
     """Load student weights, or explain which architecture the checkpoint came from."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong_shape = [k for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
-    if missing or unexpected or wrong_shape:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} student tensors missing (e.g. {missing[0]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong_shape:
-            k = wrong_shape[0]
-            details.append(f"shape of {k} is {tuple(state_dict[k].shape)}, the student has {tuple(expected[k].shape)}")
-        raise CheckpointError(f"{source} was saved from another student architecture: " + "; ".join(details))
+    check_student_state(module.state_dict(), state_dict, source)
     module.load_state_dict(state_dict)
 
 

@@ -18,7 +18,8 @@ class WarmupCosineLR(LRScheduler):
         lr(s) = base · (r + (1 − r) · ½ (1 + cos(π (s − W)/(T − W))))   for s ≥ W.
 
     ``total_steps`` (T) may be left ``None``: ``DistillModule`` fills it from the trainer's estimated
-    number of optimizer steps before training starts. Stepped once per optimizer step.
+    number of optimizer steps when training starts (until then the factor after warm-up is 1).
+    Stepped once per optimizer step.
     """
 
     def __init__(

@@ -188,3 +188,75 @@ def test_teacher_follows_module_dtype_moves(tiny_model_configs):
 def test_model_config_uses_the_teacher_dtype_option():
     with pytest.raises(ConfigError, match="dtype"):
         ModelConfig(config=tiny_llama_config(), dtype="int8")
+
+
+def test_loading_a_state_of_another_architecture_is_a_clear_error(tiny_model_configs):
+    from lit_kd.errors import CheckpointError
+
+    teacher_cfg, _ = tiny_model_configs
+    small = DistillModule(student=StudentConfig(layers=[0, 3]), teacher=teacher_cfg)
+    big = DistillModule(student=StudentConfig(layers=[0, 1, 2]), teacher=teacher_cfg)
+    small.configure_model()
+    big.configure_model()
+    with pytest.raises(CheckpointError, match=r"another student architecture: 9 student tensors missing"):
+        big.on_load_checkpoint({"state_dict": small.state_dict()})
+
+
+def test_rng_states_travel_with_the_checkpoint(tiny_model_configs):
+    import random
+
+    import numpy as np
+
+    teacher_cfg, student_cfg = tiny_model_configs
+    module = DistillModule(student=student_cfg, teacher=teacher_cfg)
+    module.configure_model()
+    checkpoint = {"state_dict": module.state_dict()}
+    torch.manual_seed(5), random.seed(5), np.random.seed(5)
+    module.on_save_checkpoint(checkpoint)
+    expected = (torch.rand(2), random.random(), np.random.rand())
+    torch.manual_seed(99), random.seed(99), np.random.seed(99)
+    module.on_load_checkpoint(checkpoint)
+    assert (
+        torch.equal(torch.rand(2), expected[0]) and random.random() == expected[1] and np.random.rand() == expected[2]
+    )
+
+
+@pytest.mark.parametrize("where", ["teacher", "student"])
+def test_nonfinite_logits_raise_or_skip(tmp_path, tiny_model_configs, where):
+    from lit_kd.errors import NonFiniteError
+
+    teacher_cfg, student_cfg = tiny_model_configs
+
+    def poison(module):
+        model = module.teacher if where == "teacher" else module.student
+        original = model.forward
+
+        def forward(*args, **kwargs):
+            out = original(*args, **kwargs)
+            if module.trainer.global_step == 1 and module.training:  # the second training batch
+                out.logits = out.logits.clone()
+                out.logits[0, :, 7] = float("nan")  # every position of the first sequence
+            return out
+
+        model.forward = forward
+
+    raising = DistillModule(student=student_cfg, teacher=teacher_cfg)
+    raising.configure_model()
+    poison(raising)
+    with pytest.raises(
+        NonFiniteError, match=rf"NaN in {where} logits, non-finite loss \(nan\) at train step 1, batch 1"
+    ):
+        make_trainer(tmp_path, max_steps=3, enable_checkpointing=False).fit(
+            raising, datamodule=make_data(tmp_path, raising.tokenizer)
+        )
+
+    skipping = DistillModule(student=student_cfg, teacher=teacher_cfg, nonfinite="skip")
+    skipping.configure_model()
+    poison(skipping)
+    trainer = make_trainer(tmp_path, max_steps=3, enable_checkpointing=False)
+    with pytest.warns(UserWarning, match="skipping the batch"):
+        trainer.fit(skipping, datamodule=make_data(tmp_path, skipping.tokenizer))
+    assert skipping.skipped_batches == 1 and trainer.global_step == 3
+    assert all(torch.isfinite(p).all() for p in skipping.student.parameters())
+    with pytest.raises(ConfigError, match="nonfinite"):
+        DistillModule(student=student_cfg, teacher=teacher_cfg, nonfinite="ignore")

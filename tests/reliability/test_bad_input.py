@@ -1,0 +1,197 @@
+"""The bad-input battery: each mistake ends in one clear line naming the problem and where it is, raised
+before any expensive work, and an earlier run's outputs are left exactly as they were."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from lit_kd.cli import main
+from lit_kd.data import DollyDataModule
+from tests.conftest import DEMO_DATA, ROOT, TINY_TOKENIZER, dolly_rows, write_jsonl
+
+
+def snapshot(folder) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """An earlier run's outputs (logs, checkpoint, results), and the arguments of a new tiny run beside them."""
+    earlier = tmp_path / "logs" / "tiny" / "version_0"
+    (earlier / "checkpoints").mkdir(parents=True)
+    (earlier / "config.yaml").write_text("earlier config\n")
+    (earlier / "checkpoints" / "last.ckpt").write_bytes(b"earlier checkpoint")
+    (earlier / "eval" / "student").mkdir(parents=True)
+    (earlier / "eval" / "student" / "results.json").write_text('{"earlier": true}\n')
+    args = [
+        "--config", str(ROOT / "configs" / "tiny.yaml"),
+        "--model.teacher.tokenizer", str(TINY_TOKENIZER), "--data.raw", str(DEMO_DATA),
+        "--data.cache_dir", str(tmp_path / "cache"), "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    ]  # fmt: skip
+    return tmp_path, args, snapshot(tmp_path / "logs")
+
+
+def fails_cleanly(capsys, argv, *expected: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    line = err.splitlines()[-1]
+    assert "Traceback" not in err and line.startswith("lit_kd: error: "), err[-2000:]
+    for text in expected:
+        assert text in line, line
+    return line
+
+
+def bad_file(tmp_path, name, lines):
+    return str(write_jsonl(tmp_path / name, lines))
+
+
+GOOD = '{"instruction": "a", "response": "b", "context": ""}'
+BAD_DATA = [
+    ("malformed JSONL line", ['{"instruction": "a", "response": "b", "context": ""}', '{"instruction": "c",'],
+     ["bad.jsonl:2: malformed JSON"]),
+    ("row with a missing field", [GOOD, '{"instruction": "c", "context": ""}'],
+     ["bad.jsonl:2: field 'response' is missing"]),
+    ("row with a non-string field", ['{"instruction": "a", "response": ["b"], "context": ""}'],
+     ["bad.jsonl:1: field 'response' must be a string, got list"]),
+    ("empty response", [GOOD, '{"instruction": "c", "response": " ", "context": ""}'],
+     ["bad.jsonl:2: field 'response' is empty"]),
+    ("empty data file", [], ["bad.jsonl: no rows (the data file is empty)"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("label, lines, expected", BAD_DATA, ids=[row[0] for row in BAD_DATA])
+def test_bad_data_files(workspace, capsys, label, lines, expected):
+    tmp_path, args, before = workspace
+    fails_cleanly(capsys, ["fit", *args, "--data.raw", bad_file(tmp_path, "bad.jsonl", lines)], *expected)
+    assert snapshot(tmp_path / "logs") == before
+
+
+BAD_CONFIG = [
+    ("unknown objective", ["--model.loss.name", "kld"], ["unknown distillation loss 'kld'; valid names: ab, akl"]),
+    ("tau zero", ["--model.loss.tau", "0"], ["temperature tau must be finite and > 0, got 0.0"]),
+    ("tau negative", ["--model.loss.tau", "-1.5"], ["temperature tau must be finite and > 0, got -1.5"]),
+    ("tau NaN", ["--model.loss.tau", ".nan"], ["temperature tau must be finite and > 0, got nan"]),
+    ("tau inf", ["--model.loss.tau", ".inf"], ["temperature tau must be finite and > 0, got inf"]),
+    ("alpha out of range", ["--model.loss.name", "sfkl", "--model.loss.skew_alpha", "1.5"],
+     ["model.loss.skew_alpha must be in [0.0, 1.0], got 1.5"]),
+    ("JS beta out of range", ["--model.loss.js_beta", "1.0"], ["model.loss.js_beta must be in (0.0, 1.0), got 1.0"]),
+    ("missing model path", ["--model.teacher.tokenizer", "/nonexistent/tokenizer"],
+     ["teacher: tokenizer path not found: /nonexistent/tokenizer"]),
+    ("missing GGUF file", ["--model.teacher.config", "null", "--model.teacher.tokenizer", "null",
+                           "--model.teacher.gguf_file", "/nonexistent/model.gguf"],
+     ["teacher: GGUF file not found: /nonexistent/model.gguf"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("label, override, expected", BAD_CONFIG, ids=[row[0] for row in BAD_CONFIG])
+def test_bad_configuration(workspace, capsys, label, override, expected):
+    tmp_path, args, before = workspace
+    fails_cleanly(capsys, ["fit", *args, *override], *expected)
+    assert snapshot(tmp_path / "logs") == before
+
+
+def test_teacher_student_vocabulary_mismatch(workspace, capsys, tiny_tokenizer):
+    tmp_path, args, before = workspace
+    tiny_tokenizer.add_tokens(["<other>"])
+    tiny_tokenizer.save_pretrained(tmp_path / "other-tokenizer")
+    student = json.dumps({"model_type": "llama", "vocab_size": 1001, "hidden_size": 16, "intermediate_size": 32,
+                          "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2})  # fmt: skip
+    line = fails_cleanly(
+        capsys,
+        [
+            "fit",
+            *args,
+            "--model.student.layers",
+            "null",
+            "--model.student.config",
+            student,
+            "--model.student.tokenizer",
+            str(tmp_path / "other-tokenizer"),
+        ],  # fmt: skip
+        "use different tokenizers",
+    )
+    assert "(1000 tokens)" in line and "(1001 tokens)" in line
+    assert snapshot(tmp_path / "logs") == before
+
+
+def test_prompt_longer_than_max_length_is_dropped_counted_and_reported(tmp_path, tiny_tokenizer, capsys):
+    rows = dolly_rows(20)
+    rows[3]["context"] = "long context " * 200  # this prompt cannot fit 96 tokens
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    data = DollyDataModule(raw=str(path), split_sizes=(18, 1, 1), max_length=128, cache_dir=str(tmp_path / "c"))
+    data.connect(tiny_tokenizer)
+    with pytest.warns(UserWarning, match=r"dropped: prompt too long"):
+        data.setup("fit")
+    counts = {name: split.dropped for name, split in data.splits.items()}
+    assert sum(counts.values()) == 1 and sum(split.examples for split in data.splits.values()) == 20
+
+
+def test_a_checkpoint_from_another_student_architecture(workspace, capsys):
+    tmp_path, args, _ = workspace
+    fit_args = [
+        *args,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.logger.init_args.name",
+        "other",
+    ]
+    main(["fit", *fit_args])
+    checkpoint = next((tmp_path / "logs" / "other").glob("version_*/checkpoints/last.ckpt"))
+    before = snapshot(tmp_path / "logs")
+    fails_cleanly(
+        capsys,
+        ["validate", *args, "--model.student.layers", "[0, 1, 2]", "--ckpt_path", str(checkpoint)],
+        "was saved from another student architecture than model.student (layers: [0, 3] vs [0, 1, 2])",
+    )
+    assert snapshot(tmp_path / "logs") == before
+
+
+def test_a_missing_benchmark_file(workspace, capsys):
+    tmp_path, _, before = workspace
+    fails_cleanly(
+        capsys,
+        ["evaluate", "--ckpt", "configs/tiny.yaml", "--benchmarks", "[dolly]", "--data_dir", str(tmp_path / "none")],
+        "benchmark file not found — dolly:",
+    )
+    assert snapshot(tmp_path / "logs") == before
+
+
+def test_an_output_directory_that_is_not_writable(workspace, capsys):
+    tmp_path, args, before = workspace
+    (tmp_path / "a-file").write_text("not a folder")
+    fails_cleanly(
+        capsys,
+        ["fit", *args, "--trainer.logger.init_args.save_dir", str(tmp_path / "a-file" / "logs")],
+        "trainer.logger save_dir",
+        "is not writable",
+    )
+    bench = tmp_path / "bench" / "dolly"
+    write_jsonl(bench / "valid.jsonl", [{"instruction": "q", "output": "a"}])
+    fails_cleanly(
+        capsys,
+        [
+            "evaluate",
+            "--ckpt",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "--benchmarks",
+            "[dolly]",
+            "--data_dir",
+            str(tmp_path / "bench"),
+            "--out_dir",
+            str(tmp_path / "a-file" / "eval"),
+        ],  # fmt: skip
+        "is not writable",
+    )
+    assert snapshot(tmp_path / "logs") == before

@@ -1,0 +1,58 @@
+"""Nothing already written is lost: atomic results and checkpoints, fresh run directories, no overwrites."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from lit_kd.cli import cli_main
+from lit_kd.cli.checkpoint_io import AtomicCheckpointIO
+from lit_kd.utils.io import atomic_write_text, fresh_directory
+
+
+def test_a_crash_mid_write_keeps_the_previous_result(tmp_path, monkeypatch):
+    target = atomic_write_text(tmp_path / "results.json", '{"old": 1}\n')
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_text(target, '{"new": 2}\n')
+    assert target.read_text() == '{"old": 1}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary left behind
+
+
+def test_a_crash_mid_checkpoint_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+
+    def crash_after_partial_write(self, checkpoint, target, storage_options=None):
+        with open(target, "wb") as handle:
+            handle.write(b"truncated")
+        raise KeyboardInterrupt  # killed mid-save
+
+    monkeypatch.setattr("lightning.pytorch.plugins.io.TorchCheckpointIO.save_checkpoint", crash_after_partial_write)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2}, path)
+    assert torch.load(path, weights_only=True) == {"step": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # the partial file was removed
+
+
+def test_fresh_directories_are_never_reused(tmp_path):
+    first, second = fresh_directory(tmp_path / "eval"), fresh_directory(tmp_path / "eval")
+    assert (first.name, second.name) == ("eval", "eval-2")
+
+
+def test_a_second_run_gets_its_own_version(tmp_path, tiny_args):
+    short = [*tiny_args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"]
+    first = cli_main(["fit", *short])
+    config = (tmp_path / "logs" / "tiny" / "version_0" / "config.yaml").read_text()
+    second = cli_main(["fit", *short])
+    assert first.trainer.log_dir != second.trainer.log_dir
+    assert (tmp_path / "logs" / "tiny" / "version_0" / "config.yaml").read_text() == config
+    assert (tmp_path / "logs" / "tiny" / "version_1" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "logs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt").is_file()
