@@ -1,4 +1,4 @@
-"""lit_kd's error types. Each message names the problem and where it is (file and line, config key,
+"""All of lit_kd's error types. Each message names the problem and where it is (file and line, config key,
 model path); the command line prints it as one line instead of a traceback."""
 
 
@@ -20,3 +20,19 @@ class CheckpointError(LitKDError, RuntimeError):
 
 class OutputDirError(LitKDError, OSError):
     """An output directory cannot be created or written."""
+
+
+class DataFormatError(LitKDError, ValueError):
+    """A data source is missing, unreadable or has a bad row; the message says where (file and line)."""
+
+
+class ModelLoadError(LitKDError, RuntimeError):
+    """A model or tokenizer could not be loaded; the message names the role and the source."""
+
+
+class VocabularyMismatchError(LitKDError, ValueError):
+    """Teacher and student cannot be compared token by token."""
+
+
+class ExportError(LitKDError, RuntimeError):
+    """The export target is unusable (it exists, or its folder is not writable)."""

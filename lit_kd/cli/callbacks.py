@@ -9,7 +9,11 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
 
+from lit_kd.models.export import check_export_target, export_hf
+from lit_kd.modules.distill import check_student_state
+from lit_kd.modules.loading import read_checkpoint
 from lit_kd.utils.io import atomic_write_text
 
 
@@ -46,26 +50,25 @@ class FitSummary(L.Callback):
 
 
 class ExportBest(L.Callback):
-    """At the end of fit, export the student of the best checkpoint as a Hugging Face directory
-    (the teacher-SFT stage's output, which distillation configs point at). An existing ``out_dir``
-    is refused before training starts."""
+    """At the end of fit, export the student of the best checkpoint as a Hugging Face directory (the
+    teacher-SFT stage's output, which distillation configs point at); without a monitored checkpoint the
+    final weights are exported, with a warning. The module keeps the best weights afterwards. An existing
+    ``out_dir`` is refused before training starts. Under FSDP, export the best checkpoint with
+    ``python -m lit_kd export`` instead."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = out_dir
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from lit_kd.models.export import ExportError
-
-        target = Path(self.out_dir)
-        if target.exists() and (not target.is_dir() or any(target.iterdir())):
-            raise ExportError(f"ExportBest: {target} already exists; choose a new out_dir (nothing was trained)")
+        check_export_target(self.out_dir)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from lit_kd.models.export import export_hf
-
         best = _best_checkpoint(trainer)
         if best is not None and best.best_model_path:
-            state = torch.load(best.best_model_path, map_location="cpu", weights_only=False)["state_dict"]
+            state = read_checkpoint(best.best_model_path)["state_dict"]
+            check_student_state(pl_module.state_dict(), state, best.best_model_path)
             pl_module.load_state_dict(state)
+        else:
+            rank_zero_warn("ExportBest: no monitored checkpoint; exporting the final weights")
         if trainer.is_global_zero:
             export_hf(pl_module.student, pl_module.tokenizer, self.out_dir)

@@ -51,8 +51,8 @@ def main(args: Optional[list[str]] = None) -> dict[str, float]:
 
     before = trainer.validate(model, datamodule=data, verbose=False)[0]
     trainer.fit(model, datamodule=data)
-    best = trainer.checkpoint_callback.best_model_path
-    after = trainer.validate(model, datamodule=data, ckpt_path=best, verbose=False)[0]
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    after = trainer.validate(model, datamodule=data, ckpt_path=best or None, verbose=False)[0]
     score("student after KD (best epoch)", model.student)
 
     table = results_markdown(rows, title=f"ROUGE-L on the {len(held_out.records)} held-out demo prompts")
@@ -72,7 +72,7 @@ def main(args: Optional[list[str]] = None) -> dict[str, float]:
     print()
     print(table)
     print(f"  TensorBoard logs: {log_dir}   (tensorboard --logdir {log_dir.parent.parent})")
-    print(f"  best checkpoint (student only): {best}")
+    print(f"  best checkpoint (student only): {best or 'none (checkpointing is off: the final weights were used)'}")
     print(f"  ROUGE-L table and generations: {log_dir / 'demo_rougeL.md'}, {log_dir / 'demo_generations.jsonl'}")
     print(f"  wall time: {minutes:.1f} min")
     if not after["val/loss"] < before["val/loss"]:

@@ -1,7 +1,7 @@
 """``python -m lit_kd evaluate``: ROUGE-L of a model on benchmarks × seeds, written under the run's directory.
 
-    python -m lit_kd evaluate --ckpt logs/demo/version_0/checkpoints/best-2-75.ckpt \\
-        --benchmarks dolly self_inst vicuna sinst --seeds 10 20 30 40 50 --data_dir ../shared/data/minillm
+    python -m lit_kd evaluate --ckpt logs/demo/version_0/checkpoints/best-1-50.ckpt \\
+        --benchmarks '[dolly,self_inst,vicuna,sinst]' --seeds '[10,20,30,40,50]' --data_dir ../shared/data/minillm
     python -m lit_kd evaluate --ckpt configs/demo.yaml --model teacher      # the teacher, as a reference row
     python -m lit_kd evaluate --ckpt configs/demo.yaml --model student      # the student before distillation
     python -m lit_kd evaluate --ckpt path/to/hf_dir                         # an exported / hub model
@@ -17,8 +17,8 @@ from lit_kd.errors import ConfigError
 from lit_kd.eval.benchmarks import PAPER_BENCHMARKS, load_benchmarks
 from lit_kd.eval.evaluate import evaluate_model, new_progress, results_markdown, write_results
 from lit_kd.eval.generate import SamplingConfig
-from lit_kd.modules.loading import model_from_source
-from lit_kd.utils.io import fresh_directory
+from lit_kd.modules.loading import model_from_source, source_label
+from lit_kd.utils.io import ensure_writable_dir, fresh_directory
 
 PAPER_SEEDS = (10, 20, 30, 40, 50)
 
@@ -61,11 +61,16 @@ def evaluate(
 
     if not seeds:
         raise ConfigError("--seeds needs at least one seed")
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda, but no CUDA device is available")
     loaded = load_benchmarks(benchmarks, data_dir, max_examples)  # every file checked before any model loads
+    target_dir = Path(out_dir) if out_dir else default_out_dir(ckpt, source_label(ckpt, model))
+    ensure_writable_dir(target_dir.parent, "output folder")
     lm, tokenizer, label = model_from_source(ckpt, model)
-    target = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    lm.to(target)
-    directory = fresh_directory(out_dir or default_out_dir(ckpt, label))
+    lm.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    directory = fresh_directory(target_dir)
     generations: list[dict] = []
     with new_progress() as progress:
         result = evaluate_model(lm, tokenizer, loaded, seeds, generation, label, progress, generations)
@@ -86,4 +91,4 @@ def evaluate(
 def main(args: Optional[list[str]] = None) -> None:
     from jsonargparse import CLI
 
-    CLI(evaluate, args=args, as_positional=False)
+    CLI(evaluate, args=args, as_positional=False, exit_on_error=False)

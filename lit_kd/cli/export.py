@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from lit_kd.models.export import export_hf
+from lit_kd.models.export import check_export_target, export_hf
 from lit_kd.modules.loading import model_from_source
 
 
@@ -20,6 +20,7 @@ def export(ckpt: str, out: str, model: str = "student") -> Path:
         out: The new directory to create (an existing non-empty one is refused).
         model: ``student`` or ``teacher``.
     """
+    check_export_target(out)  # before any model loads
     lm, tokenizer, label = model_from_source(ckpt, model)
     target = export_hf(lm, tokenizer, out)
     print(f"exported {label} to {target}")
@@ -29,4 +30,4 @@ def export(ckpt: str, out: str, model: str = "student") -> Path:
 def main(args: Optional[list[str]] = None) -> None:
     from jsonargparse import CLI
 
-    CLI(export, args=args, as_positional=False)
+    CLI(export, args=args, as_positional=False, exit_on_error=False)

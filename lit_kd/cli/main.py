@@ -13,6 +13,7 @@ config errors.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib
 import os
@@ -22,7 +23,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -32,7 +32,8 @@ from lit_kd.cli.checkpoint_io import AtomicCheckpointIO
 from lit_kd.data import DollyDataModule
 from lit_kd.errors import CheckpointError, LitKDError
 from lit_kd.modules import DistillModule
-from lit_kd.utils.io import ensure_writable_dir
+from lit_kd.modules.loading import read_checkpoint
+from lit_kd.utils.io import ensure_writable_dir, newest
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -57,6 +58,7 @@ class LitKDCLI(LightningCLI):
             seed_everything_default=1234,
             trainer_defaults=TRAINER_DEFAULTS | {"callbacks": [RichProgressBar(), FitSummary()]},
             auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False},  # parse errors reach main() and become one line
             **kwargs,
         )
 
@@ -107,11 +109,11 @@ class LitKDCLI(LightningCLI):
             ensure_writable_dir(save_dir, "trainer.logger save_dir")
         if self.subcommand == "fit" and config.get("ckpt_path") == "last" and save_dir is not None:
             runs = Path(save_dir) / (getattr(init_args, "name", None) or "")
-            found = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=os.path.getmtime)
-            if not found:
+            last = newest(runs.glob("version_*/checkpoints/last.ckpt"))
+            if last is None:
                 raise CheckpointError(f"--ckpt_path last: no last.ckpt under {runs}/version_*/checkpoints to resume")
-            config.ckpt_path = str(found[-1])
-            init_args.version = int(found[-1].parents[1].name.removeprefix("version_"))
+            config.ckpt_path = str(last)
+            init_args.version = int(last.parents[1].name.removeprefix("version_"))
             stamp = time.strftime("%Y%m%d-%H%M%S")
             self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config-resumed-{stamp}.yaml"}
 
@@ -134,11 +136,7 @@ class LitKDCLI(LightningCLI):
         path = config.get("ckpt_path")
         if not path or not os.path.isfile(path):
             return
-        try:
-            stored = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("hyper_parameters", {})
-        except Exception as err:  # torch raises several types for a corrupt file
-            raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
-        stored = stored.get("student")
+        stored = read_checkpoint(path, mmap=True).get("hyper_parameters", {}).get("student")
         if stored is None:
             return
         stored = stored if isinstance(stored, dict) else dataclasses.asdict(stored)
@@ -170,16 +168,17 @@ COMMANDS: dict[str, str] = {
 
 
 def main(args: Optional[list[str]] = None) -> None:
-    """Dispatch to lit_kd's own commands or to LightningCLI. Bad input (a ``LitKDError``) ends in one
-    line, ``lit_kd: error: ...``, and exit status 2; ``LIT_KD_DEBUG=1`` shows the traceback instead."""
+    """Dispatch to lit_kd's own commands or to LightningCLI. Bad input (a ``LitKDError`` or a config that
+    does not parse) ends in one line, ``lit_kd: error: ...``, and exit status 2; ``LIT_KD_DEBUG=1`` shows
+    the traceback instead."""
     argv = sys.argv[1:] if args is None else list(args)
     try:
         if argv and argv[0] in COMMANDS:
             importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
         else:
             cli_main(args)  # None: LightningCLI reads sys.argv itself
-    except LitKDError as err:
+    except (LitKDError, argparse.ArgumentError) as err:
         if os.environ.get("LIT_KD_DEBUG"):
             raise
-        print(f"lit_kd: error: {err}", file=sys.stderr)
+        print(f"lit_kd: error: {' '.join(str(err).split())}", file=sys.stderr)
         raise SystemExit(2) from None

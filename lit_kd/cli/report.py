@@ -21,4 +21,4 @@ def report(sweep_dir: str) -> None:
 def main(args: Optional[list[str]] = None) -> None:
     from jsonargparse import CLI
 
-    CLI(report, args=args)
+    CLI(report, args=args, exit_on_error=False)

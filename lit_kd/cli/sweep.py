@@ -1,7 +1,7 @@
 """``python -m lit_kd sweep``: run an objective × τ × seed grid, each run its own fit + evaluate process.
 
-    python -m lit_kd sweep --base configs/cpu/base.yaml --objectives [fkl,rkl] --taus [1,2,3] --seeds [10,20] \\
-        --out logs/sweeps/cpu --evaluation.benchmarks '[dolly]' --evaluation.max_examples 50
+    python -m lit_kd sweep --base '[configs/cpu/base.yaml]' --objectives '[fkl,rkl]' --taus '[1,2,3]' \\
+        --seeds '[10,20]' --out logs/sweeps/cpu --evaluation.benchmarks '[dolly]' --evaluation.max_examples 50
     python -m lit_kd sweep --resume logs/sweeps/cpu                # continue: done runs are skipped
     python -m lit_kd sweep ... --launcher slurm                    # write configs + launch_slurm.sh, run nothing
     python -m lit_kd report logs/sweeps/cpu
@@ -58,6 +58,8 @@ def sweep(
             return
         plan.run()
         return
+    if index is not None:
+        raise ConfigError("--index runs one run of an existing sweep: give it with --resume <sweep dir>")
     if not base or out is None:
         raise ConfigError("a new sweep needs --base (one or more fit configs) and --out (its directory)")
     if launcher not in ("local", "slurm"):
@@ -77,4 +79,4 @@ def sweep(
 def main(args: Optional[list[str]] = None) -> None:
     from jsonargparse import CLI
 
-    CLI(sweep, args=args, as_positional=False)
+    CLI(sweep, args=args, as_positional=False, exit_on_error=False)

@@ -31,6 +31,7 @@ from lit_kd.data.tokenize import TokenizedSplit, tokenize_records
 from lit_kd.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
+HUB_SPLITS = {"train": "train", "val": "validation", "test": "test"}
 
 
 def split_records(
@@ -76,7 +77,8 @@ class DollyDataModule(L.LightningDataModule):
             test: Processed test split.
             split_sizes: Train / validation / test sizes for ``raw``.
             split_seed: Seed of the permutation that splits ``raw``.
-            hub_split: Split name to read when a source is a hub dataset.
+            hub_split: Split of a hub dataset ``raw`` to read (``name@split`` works too). Processed hub
+                sources are read as their train / validation / test splits unless given as ``name@split``.
             max_length: Maximum tokens per sequence (prompt + response + EOS); see the truncation rule.
             batch_size: Training batch size (per device).
             eval_batch_size: Validation/test batch size (default: ``batch_size``).
@@ -122,9 +124,9 @@ class DollyDataModule(L.LightningDataModule):
                 unused = len(rows) - sum(self.split_sizes)
                 if unused:
                     rank_zero_info(f"{self.raw}: {unused} of {len(rows)} rows are beyond split_sizes and not used")
-            else:
+            else:  # a hub dataset's splits are read as train / validation / test (or name@split)
                 self.records = {
-                    name: load_records(source, split=self.hub_split)
+                    name: load_records(source, split=HUB_SPLITS[name])
                     for name, source in self.sources.items()
                     if source is not None
                 }

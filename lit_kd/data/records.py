@@ -19,13 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from lit_kd.errors import LitKDError
+from lit_kd.errors import DataFormatError
 
 LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
-
-
-class DataFormatError(LitKDError, ValueError):
-    """A data source is missing, unreadable or has a bad row; the message says where."""
 
 
 @dataclass(frozen=True)
@@ -94,12 +90,12 @@ def iter_local_rows(path: Path) -> Iterator[tuple[str, Any]]:
     yield from _iter_json_lines(path, iter(text.splitlines()))
 
 
-def iter_hub_rows(name: str, split: str, cache_dir: Optional[str] = None) -> Iterator[tuple[str, Any]]:
+def iter_hub_rows(name: str, split: str) -> Iterator[tuple[str, Any]]:
     """(location, row) pairs of a hub dataset (or a local dataset folder) through ``datasets``."""
     import datasets
 
     try:
-        dataset = datasets.load_dataset(name, split=split, cache_dir=cache_dir)
+        dataset = datasets.load_dataset(name, split=split)
     except Exception as err:  # datasets raises many types (network, missing split, bad builder)
         raise DataFormatError(f"could not load dataset {name!r} (split {split!r}): {err}") from None
     for index, row in enumerate(dataset):
@@ -176,14 +172,14 @@ def normalize_row(row: Any, layout: Layout, where: str, multi_reference: bool = 
     return record
 
 
-def load_records(
-    source: str, split: str = "train", multi_reference: bool = False, cache_dir: Optional[str] = None
-) -> list[dict[str, Any]]:
-    """All rows of a source, validated and normalised. ``split`` applies to hub datasets only."""
+def load_records(source: str, split: str = "train", multi_reference: bool = False) -> list[dict[str, Any]]:
+    """All rows of a source, validated and normalised. For a hub dataset (or a local dataset folder)
+    ``split`` names the split to read; ``name@split`` in ``source`` overrides it."""
     if is_local_source(source) and not os.path.isdir(source):
         rows = iter_local_rows(Path(os.path.expanduser(source)))
     else:  # a hub dataset name, or a local dataset folder that `datasets` understands
-        rows = iter_hub_rows(source, split, cache_dir)
+        name, _, named_split = source.partition("@")
+        rows = iter_hub_rows(name, named_split or split)
     records: list[dict[str, Any]] = []
     layout: Optional[Layout] = None
     for where, row in rows:

@@ -48,27 +48,44 @@ class SamplingConfig:
             raise ConfigError(f"generation: max_length ({self.max_length}) must exceed max_new_tokens")
 
     def hf_config(self, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
-        """A complete Hugging Face generation config, so the model's own defaults (top_k=50, ...) never leak in."""
-        common = dict(
+        """A Hugging Face generation config with every logits-shaping field set explicitly: transformers fills
+        each field left ``None`` from the model's ``generation_config`` and then from its global defaults
+        (which include top_k=50), so "unset" would not mean "off". ``generate_ids`` also hides the model's
+        own generation config while it runs."""
+        neutral = dict(
+            top_k=self.top_k,  # 0 = no top-k truncation
+            top_p=self.top_p,
+            typical_p=1.0,
+            epsilon_cutoff=0.0,
+            eta_cutoff=0.0,
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            num_beams=1,
+        )
+        return GenerationConfig(
+            do_sample=not self.greedy,
+            temperature=self.temperature if not self.greedy else 1.0,
             max_new_tokens=self.max_new_tokens,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
             use_cache=True,
-        )
-        if self.greedy:
-            return GenerationConfig(do_sample=False, **common)
-        return GenerationConfig(
-            do_sample=True, temperature=self.temperature, top_k=self.top_k or None, top_p=self.top_p, **common
+            **neutral,
         )
 
 
 def encode_prompts(
     tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], settings: SamplingConfig
 ) -> list[list[int]]:
-    """Token ids of each record's prompt (the training template), cut from the left to leave room."""
-    room = settings.max_length - settings.max_new_tokens
+    """Token ids of each record's prompt (the training template). A prompt longer than
+    ``max_length − max_new_tokens`` keeps its last tokens: its beginning (template header, start of the
+    instruction) is lost, the input and the ``### Response:`` marker are kept."""
     ids = [tokenizer(format_prompt(r["instruction"], r.get("input", "")))["input_ids"] for r in records]
-    return [prompt[-room:] for prompt in ids]
+    return [fit_prompt(prompt, settings) for prompt in ids]
+
+
+def fit_prompt(prompt: Sequence[int], settings: SamplingConfig) -> list[int]:
+    """The last ``max_length − max_new_tokens`` tokens of a prompt."""
+    return list(prompt[-(settings.max_length - settings.max_new_tokens) :])
 
 
 @torch.no_grad()
@@ -83,31 +100,50 @@ def generate_ids(
 ) -> list[list[int]]:
     """Generated token ids per prompt (EOS and anything after it removed). ``on_batch(n)`` reports progress."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    was_training, model_defaults = model.training, model.generation_config
     config = settings.hf_config(tokenizer)
     config.min_new_tokens = min_new_tokens or None
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        model.eval()
+        model.generation_config = GenerationConfig()  # the model's own sampling defaults must not leak in
+        with torch.random.fork_rng(devices=devices):  # manual_seed reseeds every device: restore them all
+            torch.manual_seed(seed)
+            outputs = _generate_batches(model, prompts, settings, config, pad, eos, device, on_batch)
+    finally:
+        model.generation_config = model_defaults
+        model.train(was_training)
+    return outputs
+
+
+def _generate_batches(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    settings: SamplingConfig,
+    config: GenerationConfig,
+    pad: int,
+    eos: int,
+    device: torch.device,
+    on_batch: Optional[Callable[[int], None]],
+) -> list[list[int]]:
+    """Left-pad each batch so every prompt ends where generation starts; cut each row at its first EOS."""
     outputs: list[list[int]] = []
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for start in range(0, len(prompts), settings.batch_size):
-            chunk = prompts[start : start + settings.batch_size]
-            width = max(len(p) for p in chunk)
-            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, prompt in enumerate(chunk):  # left padding: every prompt ends where generation starts
-                input_ids[row, width - len(prompt) :] = torch.as_tensor(prompt)
-                attention_mask[row, width - len(prompt) :] = 1
-            generated = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
-            )
-            for row in generated[:, width:].tolist():
-                outputs.append(row[: row.index(eos)] if eos in row else row)
-            if on_batch is not None:
-                on_batch(len(chunk))
-    model.train(was_training)
+    for start in range(0, len(prompts), settings.batch_size):
+        chunk = prompts[start : start + settings.batch_size]
+        width = max(len(p) for p in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for row, prompt in enumerate(chunk):
+            input_ids[row, width - len(prompt) :] = torch.as_tensor(prompt)
+            attention_mask[row, width - len(prompt) :] = 1
+        generated = model.generate(
+            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
+        )
+        for row in generated[:, width:].tolist():
+            outputs.append(row[: row.index(eos)] if eos in row else row)
+        if on_batch is not None:
+            on_batch(len(chunk))
     return outputs
 
 

@@ -10,15 +10,15 @@ Diagnostics are each run's mean of the logged ``diag/*`` values over its trainin
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from lit_kd.errors import ConfigError
+from lit_kd.eval.evaluate import mean_std
 from lit_kd.experiments.sweep import Sweep
-from lit_kd.utils.io import atomic_write_text
+from lit_kd.utils.io import atomic_path, atomic_write_text
 
 DIAGNOSTICS = ("teacher_entropy", "teacher_nontarget_mass", "top1_agreement")
 
@@ -37,22 +37,17 @@ class RunRecord:
         return statistics.fmean(self.scores.values())
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def _fmt(values: list[float]) -> str:
     if not values:
         return "n/a"
-    mean, std = _stats(values)
+    mean, std = mean_std(values)
     return f"{mean:.2f} ± {std:.2f}"
 
 
 def _save_figure(fig, path: Path) -> None:
     """PNG written beside its target and renamed over it: an interrupted report keeps the previous figure."""
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
 
 
 def read_diagnostics(fit_dir: Path) -> dict[str, float]:
@@ -77,7 +72,11 @@ def collect(sweep: Sweep) -> tuple[list[RunRecord], list[str]]:
             state = "not run" if status is None else f"failed at {status.get('stage')} (see {status.get('log')})"
             problems.append(f"{spec.run_id}: {state}")
             continue
-        result = json.loads((Path(status["eval_dir"]) / "results.json").read_text())["results"][0]
+        results_path = Path(status["eval_dir"]) / "results.json"
+        if not results_path.is_file():
+            problems.append(f"{spec.run_id}: marked done, but {results_path} is missing")
+            continue
+        result = json.loads(results_path.read_text())["results"][0]
         scores = {b: statistics.fmean(per_seed.values()) for b, per_seed in result["per_seed"].items()}
         summary = status.get("fit_summary", {})
         val = summary.get("best_model_score") if summary.get("monitor") == "val/rougeL" else None
@@ -193,7 +192,7 @@ class Report:
         fig, ax = plt.subplots(figsize=(6, 4))
         for objective in [o for o in ("fkl", "rkl") if o in self.objectives] or self.objectives:
             taus = [t for t in self.taus if self.cell(objective, t)]
-            stats = [_stats([r.avg for r in self.cell(objective, t)]) for t in taus]
+            stats = [mean_std([r.avg for r in self.cell(objective, t)]) for t in taus]
             ax.errorbar(
                 taus, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=4, label=objective.upper()
             )

@@ -11,12 +11,16 @@ Layout of a sweep directory::
         fit.log, eval.log                the processes' output (appended per attempt)
         status.json                      done | failed, with what the report needs
 
-A run whose ``status.json`` says done is skipped on restart; a failed one is retried; one that was
-interrupted resumes from its ``last.ckpt``. Nothing an earlier attempt wrote is deleted.
+``status.json`` goes running → done | failed. On restart a done run is skipped; a run whose fit finished
+(its ``fit_summary.json`` exists) goes straight to evaluation; an interrupted fit (status still running)
+resumes from its ``last.ckpt`` in the same version directory (``--ckpt_path last``), so the best
+checkpoint's bookkeeping survives; a fit that failed starts over in a new version directory. Nothing an
+earlier attempt wrote is deleted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -32,6 +36,10 @@ import yaml
 from lit_kd.errors import ConfigError
 from lit_kd.losses import OBJECTIVES, check_tau
 from lit_kd.utils.io import atomic_write_text
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @dataclass
@@ -68,8 +76,13 @@ def plan_runs(objectives: list[str], taus: list[float], seeds: list[int]) -> lis
         check_tau(tau)
     if not (objectives and taus and seeds):
         raise ConfigError("a sweep needs at least one objective, one tau and one seed")
-    grid = [(o, float(t), int(s)) for o in objectives for t in taus for s in seeds]
-    return [RunSpec(i, o, t, s) for i, (o, t, s) in enumerate(grid)]
+    objectives, taus, seeds = (list(dict.fromkeys(v)) for v in (objectives, [float(t) for t in taus], seeds))
+    grid = [(o, t, int(s)) for o in objectives for t in taus for s in seeds]
+    runs = [RunSpec(i, o, t, s) for i, (o, t, s) in enumerate(grid)]
+    ids = [r.run_id for r in runs]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"--taus {taus}: two values share a run directory name (tau_{{τ:g}}); use distinct values")
+    return runs
 
 
 def run_overrides(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
@@ -90,6 +103,8 @@ class Sweep:
     runs: list[RunSpec]
     evaluation: SweepEval
     fit_args: list[str] = field(default_factory=list)
+    objective_configs: dict[str, dict[str, str]] = field(default_factory=dict)
+    """``<objective>.yaml`` files beside the first base config, layered on that objective's runs (path, sha256)"""
 
     # -- planning -------------------------------------------------------------------------------
 
@@ -107,8 +122,14 @@ class Sweep:
         for path in base:
             if not os.path.isfile(path):
                 raise ConfigError(f"base config not found: {path}")
-        sweep = cls(Path(out), [os.path.abspath(p) for p in base], plan_runs(objectives, taus, seeds), evaluation,
-                    list(fit_args or []))  # fmt: skip
+        runs = plan_runs(objectives, taus, seeds)
+        base = [os.path.abspath(p) for p in base]
+        layers = {
+            name: {"path": str(path), "sha256": _sha256(path)}
+            for name in dict.fromkeys(r.objective for r in runs)
+            if (path := Path(base[0]).parent / f"{name}.yaml").is_file()
+        }
+        sweep = cls(Path(out), base, runs, evaluation, list(fit_args or []), layers)
         plan = sweep.plan()
         existing = sweep.out / "sweep.json"
         if existing.is_file():
@@ -130,9 +151,21 @@ class Sweep:
         path = Path(out) / "sweep.json"
         if not path.is_file():
             raise ConfigError(f"{out} is not a sweep directory (no sweep.json)")
-        plan = json.loads(path.read_text())
-        runs = [RunSpec(**r) for r in plan["runs"]]
-        return cls(Path(out), plan["base"], runs, SweepEval(**plan["eval"]), plan.get("fit_args", []))
+        try:
+            plan = json.loads(path.read_text())
+            runs = [RunSpec(**r) for r in plan["runs"]]
+            sweep = cls(
+                Path(out), plan["base"], runs, SweepEval(**plan["eval"]), plan["fit_args"], plan["objective_configs"]
+            )
+        except (ValueError, KeyError, TypeError) as err:
+            raise ConfigError(f"{path} is not a valid sweep plan ({err})") from None
+        for name, layer in sweep.objective_configs.items():
+            if not Path(layer["path"]).is_file() or _sha256(Path(layer["path"])) != layer["sha256"]:
+                raise ConfigError(
+                    f"{layer['path']} (the {name} runs' config) changed or vanished since the sweep was planned; "
+                    "restore it or start a new sweep"
+                )
+        return sweep
 
     def plan(self) -> dict[str, Any]:
         return {
@@ -140,6 +173,7 @@ class Sweep:
             "runs": [asdict(r) for r in self.runs],
             "eval": asdict(self.evaluation),
             "fit_args": self.fit_args,
+            "objective_configs": self.objective_configs,
         }
 
     def run_dir(self, spec: RunSpec) -> Path:
@@ -147,20 +181,24 @@ class Sweep:
 
     def status(self, spec: RunSpec) -> Optional[dict[str, Any]]:
         path = self.run_dir(spec) / "status.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            raise ConfigError(f"{path} is not valid JSON; delete it to run {spec.run_id} again") from None
 
     # -- commands -------------------------------------------------------------------------------
 
-    def fit_command(self, spec: RunSpec, resume: Optional[Path]) -> list[str]:
+    def fit_command(self, spec: RunSpec, resume: bool) -> list[str]:
         command = [sys.executable, "-m", "lit_kd", "fit"]
         for path in self.base:
             command += ["--config", path]
-        objective_config = Path(self.base[0]).parent / f"{spec.objective}.yaml"
-        if objective_config.is_file():  # e.g. configs/paper/gpt2/js.yaml: the objective's own settings
-            command += ["--config", str(objective_config)]
+        if spec.objective in self.objective_configs:  # e.g. configs/paper/gpt2/js.yaml: the objective's settings
+            command += ["--config", self.objective_configs[spec.objective]["path"]]
         command += ["--config", str(self.out / "runs" / f"{spec.index}.yaml"), *self.fit_args]
-        if resume is not None:
-            command += ["--ckpt_path", str(resume)]
+        if resume:  # into the interrupted attempt's own version directory (see LitKDCLI)
+            command += ["--ckpt_path", "last"]
         return command
 
     def eval_command(self, spec: RunSpec, checkpoint: str, out_dir: Path) -> list[str]:
@@ -175,16 +213,22 @@ class Sweep:
 
     # -- execution ------------------------------------------------------------------------------
 
-    def latest_fit_dir(self, spec: RunSpec) -> Optional[Path]:
-        versions = sorted((self.run_dir(spec) / "fit").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
-        return versions[-1] if versions else None
+    def fit_dirs(self, spec: RunSpec) -> list[Path]:
+        """The run's fit attempts (``fit/version_N``), oldest first."""
+        versions = (self.run_dir(spec) / "fit").glob("version_*")
+        return sorted(versions, key=lambda p: int(p.name.removeprefix("version_")))
 
-    def _resume_point(self, spec: RunSpec) -> Optional[Path]:
-        """The newest last.ckpt of an interrupted attempt (none after a failure: that attempt starts over)."""
-        if (self.status(spec) or {}).get("state") == "failed":
-            return None
-        checkpoints = sorted(self.run_dir(spec).glob("fit/version_*/checkpoints/last.ckpt"), key=os.path.getmtime)
-        return checkpoints[-1] if checkpoints else None
+    def finished_fit(self, spec: RunSpec) -> Optional[tuple[Path, dict[str, Any]]]:
+        """The newest attempt whose fit completed (it wrote ``fit_summary.json``), with that summary."""
+        for fit_dir in reversed(self.fit_dirs(spec)):
+            if (fit_dir / "fit_summary.json").is_file():
+                return fit_dir, json.loads((fit_dir / "fit_summary.json").read_text())
+        return None
+
+    def _write_status(self, spec: RunSpec, status: dict[str, Any]) -> dict[str, Any]:
+        status = {**status, "spec": asdict(spec)}
+        atomic_write_text(self.run_dir(spec) / "status.json", json.dumps(status, indent=2) + "\n")
+        return status
 
     def _call(self, command: list[str], log: Path) -> int:
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -197,34 +241,31 @@ class Sweep:
 
     def _fail(self, spec: RunSpec, stage: str, code: int, log: Path) -> dict[str, Any]:
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:] if log.is_file() else []
-        status = {
-            "state": "failed",
-            "stage": stage,
-            "returncode": code,
-            "log": str(log),
-            "log_tail": tail,
-            "spec": asdict(spec),
-        }
-        atomic_write_text(self.run_dir(spec) / "status.json", json.dumps(status, indent=2) + "\n")
-        return status
+        return self._write_status(
+            spec, {"state": "failed", "stage": stage, "returncode": code, "log": str(log), "log_tail": tail}
+        )
 
     def run_one(self, spec: RunSpec) -> dict[str, Any]:
-        """Fit then evaluate one run (skipped if already done); returns its status record."""
-        status = self.status(spec)
-        if status is not None and status.get("state") == "done":
-            return status
+        """Fit then evaluate one run, picking up where an earlier attempt stopped; returns its status."""
+        previous = self.status(spec) or {}
+        if previous.get("state") == "done":
+            return previous
         run_dir = self.run_dir(spec)
         started = time.time()
+        self._write_status(spec, {"state": "running", "started": time.strftime("%Y-%m-%d %H:%M:%S")})
         fit_log = run_dir / "fit.log"
-        code = self._call(self.fit_command(spec, self._resume_point(spec)), fit_log)
-        fit_dir = self.latest_fit_dir(spec)
-        summary_path = fit_dir / "fit_summary.json" if fit_dir else None
-        if code != 0 or summary_path is None or not summary_path.is_file():
-            return self._fail(spec, "fit", code, fit_log)
-        summary = json.loads(summary_path.read_text())
+        finished = self.finished_fit(spec)
+        if finished is None:
+            interrupted = previous.get("state") == "running"
+            resume = interrupted and any((d / "checkpoints" / "last.ckpt").is_file() for d in self.fit_dirs(spec))
+            code = self._call(self.fit_command(spec, resume), fit_log)
+            finished = self.finished_fit(spec)
+            if code != 0 or finished is None:
+                return self._fail(spec, "fit", code, fit_log)
+        fit_dir, summary = finished
         checkpoint = summary.get("best_model_path") or summary.get("last_model_path")
-        if not checkpoint:
-            return self._fail(spec, "fit (no checkpoint)", code, fit_log)
+        if not checkpoint or not Path(checkpoint).is_file():
+            return self._fail(spec, "fit (no checkpoint)", 0, fit_log)
         eval_log = run_dir / "eval.log"
         eval_dir = run_dir / "eval"
         n = 2
@@ -233,17 +274,17 @@ class Sweep:
         code = self._call(self.eval_command(spec, checkpoint, eval_dir), eval_log)
         if code != 0 or not (eval_dir / "results.json").is_file():
             return self._fail(spec, "evaluate", code, eval_log)
-        status = {
-            "state": "done",
-            "spec": asdict(spec),
-            "fit_dir": str(fit_dir),
-            "checkpoint": checkpoint,
-            "fit_summary": summary,
-            "eval_dir": str(eval_dir),
-            "minutes": round((time.time() - started) / 60, 2),
-        }
-        atomic_write_text(run_dir / "status.json", json.dumps(status, indent=2) + "\n")
-        return status
+        return self._write_status(
+            spec,
+            {
+                "state": "done",
+                "fit_dir": str(fit_dir),
+                "checkpoint": checkpoint,
+                "fit_summary": summary,
+                "eval_dir": str(eval_dir),
+                "minutes": round((time.time() - started) / 60, 2),
+            },
+        )
 
     def run(self) -> list[dict[str, Any]]:
         """Every run in order; a failure is recorded and the sweep goes on."""

@@ -6,19 +6,14 @@ import hashlib
 import importlib.util
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_kd.errors import LitKDError
+from lit_kd.errors import ModelLoadError
 from lit_kd.models.config import ModelConfig
-
-
-class ModelLoadError(LitKDError, RuntimeError):
-    """A model or tokenizer could not be loaded; the message names the role and the source."""
+from lit_kd.utils.io import atomic_directory
 
 
 def resolve_path(path: str) -> str:
@@ -78,16 +73,13 @@ def _load_gguf(config: ModelConfig, role: str) -> PreTrainedModel:
 
 
 def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, target: Path) -> None:
-    """Write to a temporary sibling folder, then rename: a crash never leaves a half-written cache."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    """A crash never leaves a half-written cache; a concurrent process that wins the race is fine."""
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        with atomic_directory(target) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / "config.json").is_file():  # another process may have won the race
+        if not (target / "config.json").is_file():
             raise
 
 

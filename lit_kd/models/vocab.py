@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
 
-from lit_kd.errors import LitKDError
-
-
-class VocabularyMismatchError(LitKDError, ValueError):
-    """Teacher and student cannot be compared token by token."""
+from lit_kd.errors import VocabularyMismatchError
 
 
 def check_same_tokenizer(

@@ -30,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_kd.data.tokenize import IGNORE_INDEX
 from lit_kd.errors import CheckpointError, ConfigError, NonFiniteError
-from lit_kd.eval.generate import SamplingConfig, generate_ids
+from lit_kd.eval.generate import SamplingConfig, fit_prompt, generate_ids
 from lit_kd.eval.rouge import RougeL
 from lit_kd.losses import LossConfig, distillation_loss, kd_diagnostics
 from lit_kd.models import (
@@ -123,7 +123,8 @@ class DistillModule(L.LightningModule):
                 (``val/rougeL``, ``test/rougeL``); ``null`` turns it off.
             nonfinite: What a NaN or +inf in the logits or the loss does: ``raise`` (an error naming the
                 step and batch) or ``skip`` (the batch is dropped, counted in ``train/skipped_batches``;
-                under DDP it contributes a zero gradient so the processes stay in step).
+                under DDP it contributes a zero gradient so the processes stay in step, but the optimizer
+                and the LR schedule still step: AdamW's moments decay and weight decay applies).
         """
         super().__init__()
         if not 0.0 <= kd_ratio <= 1.0:
@@ -317,7 +318,7 @@ class DistillModule(L.LightningModule):
         prompts = []
         for row in range(take):  # the prompt is everything before the first supervised token
             start = int((batch["labels"][row] != IGNORE_INDEX).nonzero()[0])
-            prompts.append(batch["input_ids"][row, :start].tolist())
+            prompts.append(fit_prompt(batch["input_ids"][row, :start].tolist(), self.val_rouge.generation))
         seed = self.val_rouge.seed + 1_000_003 * self.global_rank + self._generated[stage]
         outputs = generate_ids(self.student, self.tokenizer, prompts, self.val_rouge.generation, seed)
         texts = [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]

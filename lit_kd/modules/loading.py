@@ -17,14 +17,21 @@ from lit_kd.modules.distill import DistillModule, check_student_state
 MODULE_ARGS = ("student", "teacher", "loss", "kd_ratio", "diagnostics", "val_rouge")
 
 
-def build_module(section: dict[str, Any], source: str) -> DistillModule:
+def build_module(section: dict[str, Any], source: str, need_teacher: bool = True) -> DistillModule:
     """A ``DistillModule`` from its init arguments as plain data (a config's ``model:`` section, or a
-    checkpoint's hyperparameters), validated by the same parser LightningCLI uses; models loaded."""
+    checkpoint's hyperparameters), validated by the same parser LightningCLI uses; models loaded.
+
+    ``need_teacher=False`` skips the teacher's weights when the student has a source (and tokenizer) of its
+    own; a student cut from the teacher's layers still needs the teacher to be built.
+    """
     from jsonargparse import ArgumentParser
 
     section = {
         k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v) for k, v in section.items() if k in MODULE_ARGS
     }
+    student = section.get("student") or {}
+    if not need_teacher and (student.get("path") or student.get("gguf_file")):
+        section = {**section, "teacher": None, "kd_ratio": 0.0}
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(DistillModule, "model", skip={"optimizer", "lr_scheduler"})
     try:
@@ -37,7 +44,7 @@ def build_module(section: dict[str, Any], source: str) -> DistillModule:
     return module
 
 
-def module_from_config(path: str) -> DistillModule:
+def module_from_config(path: str, need_teacher: bool = True) -> DistillModule:
     """The ``model:`` section of a fit config as a ``DistillModule`` with its models loaded (untrained student)."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
@@ -45,21 +52,29 @@ def module_from_config(path: str) -> DistillModule:
         section = (yaml.safe_load(handle) or {}).get("model")
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: no `model:` section")
-    return build_module(section, path)
+    return build_module(section, path, need_teacher)
 
 
-def module_from_checkpoint(path: str) -> DistillModule:
-    """A ``DistillModule`` rebuilt from the hyperparameters a checkpoint carries, with its student weights."""
+def read_checkpoint(path: str, mmap: bool = False) -> dict[str, Any]:
+    """A Lightning checkpoint as a dict (on the CPU), or a ``CheckpointError`` naming the file."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        checkpoint: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as err:  # torch raises several types for a corrupt file
         raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint")
+    return checkpoint
+
+
+def module_from_checkpoint(path: str, need_teacher: bool = True) -> DistillModule:
+    """A ``DistillModule`` rebuilt from the hyperparameters a checkpoint carries, with its student weights."""
+    checkpoint = read_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
     if "student" not in hparams or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not a lit_kd DistillModule checkpoint (no student hyperparameters)")
-    module = build_module(hparams, path)
+    module = build_module(hparams, path, need_teacher)
     load_student_state(module, checkpoint["state_dict"], path)
     return module
 
@@ -70,17 +85,26 @@ def load_student_state(module: DistillModule, state_dict: dict[str, torch.Tensor
     module.load_state_dict(state_dict)
 
 
-def model_from_source(source: str, which: str = "student"):
-    """(model, tokenizer, label) from a .ckpt, a fit config (.yaml), or a Hugging Face directory / hub id."""
+def source_label(source: str, which: str = "student") -> str:
+    """How results name a model source: ``student (distilled)``, ``student (untrained)``, ``teacher`` or a
+    directory / hub name."""
     if which not in ("student", "teacher"):
         raise ConfigError(f"model must be 'student' or 'teacher', got {which!r}")
-    if source.endswith(".ckpt") or source.endswith((".yaml", ".yml")):
-        module = module_from_checkpoint(source) if source.endswith(".ckpt") else module_from_config(source)
+    if source.endswith((".ckpt", ".yaml", ".yml")):
+        trained = "distilled" if source.endswith(".ckpt") else "untrained"
+        return f"student ({trained})" if which == "student" else "teacher"
+    return Path(source.rstrip("/")).name
+
+
+def model_from_source(source: str, which: str = "student"):
+    """(model, tokenizer, label) from a .ckpt, a fit config (.yaml), or a Hugging Face directory / hub id."""
+    label = source_label(source, which)
+    if source.endswith((".ckpt", ".yaml", ".yml")):
+        load = module_from_checkpoint if source.endswith(".ckpt") else module_from_config
+        module = load(source, need_teacher=which == "teacher")
         model = module.student if which == "student" else module.teacher
         if model is None:
             raise ConfigError(f"{source} has no teacher")
-        trained = "distilled" if source.endswith(".ckpt") else "untrained"
-        label = f"{which} ({trained})" if which == "student" else "teacher"
         return model, module.tokenizer, label
     config = ModelConfig(path=source)
-    return load_model(config, "model"), load_tokenizer(config, "model"), Path(source.rstrip("/")).name
+    return load_model(config, "model"), load_tokenizer(config, "model"), label

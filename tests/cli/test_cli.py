@@ -148,3 +148,12 @@ def test_switching_off_checkpointing_and_the_progress_bar(tiny_args):
     checkpoints = [c for c in default.trainer.callbacks if type(c).__name__ == "ModelCheckpoint"]
     assert [c.monitor for c in checkpoints] == ["val/rougeL", None]  # best, and the latest as last.ckpt
     assert type(default.trainer.progress_bar_callback).__name__ == "RichProgressBar"
+
+
+def test_a_value_of_the_wrong_type_is_one_clear_line(tiny_args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *tiny_args, "--model.kd_ratio", "abc"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1].startswith('lit_kd: error: Parser key "model.kd_ratio": Expected a')
+    assert len(err.splitlines()) == 1

@@ -129,3 +129,30 @@ def test_shared_benchmarks_load():
         "sinst": 1694,
     }
     assert any(len(r["output"]) > 1 for r in loaded["sinst"].records)
+
+
+def test_evaluating_a_student_with_its_own_weights_does_not_load_the_teacher(tmp_path, tiny_hf_dir, monkeypatch):
+    import lit_kd.modules.distill as distill
+    from lit_kd.modules.loading import model_from_source
+
+    checkpoint = {
+        "hyper_parameters": {
+            "student": {"path": str(tiny_hf_dir)},
+            "teacher": {"config": tiny_llama_config(4), "tokenizer": str(tiny_hf_dir)},
+            "kd_ratio": 1.0,
+        },
+    }
+    loaded = []
+    real = distill.load_model
+    monkeypatch.setattr(distill, "load_model", lambda config, role="model": loaded.append(role) or real(config, role))
+    import torch
+
+    from lit_kd.models import ModelConfig
+
+    student = real(ModelConfig(path=str(tiny_hf_dir)), "student")
+    checkpoint["state_dict"] = {f"student.{k}": v for k, v in student.state_dict().items()}
+    torch.save(checkpoint, tmp_path / "student.ckpt")
+    model, _, label = model_from_source(str(tmp_path / "student.ckpt"), "student")
+    assert loaded == ["student"] and label == "student (distilled)"
+    model_from_source(str(tmp_path / "student.ckpt"), "teacher")
+    assert loaded[1:] == ["teacher", "student"]

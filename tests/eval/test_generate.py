@@ -79,8 +79,26 @@ def test_sampling_config_is_checked(kwargs):
         SamplingConfig(**kwargs)
 
 
-def test_the_models_own_generation_defaults_do_not_leak_in(tiny_tokenizer):
-    config = SamplingConfig().hf_config(tiny_tokenizer)
-    assert config.do_sample and config.temperature == 1.0 and config.top_k is None and config.top_p == 1.0
-    greedy = SamplingConfig(greedy=True).hf_config(tiny_tokenizer)
-    assert not greedy.do_sample
+@pytest.mark.parametrize("greedy", [False, True])
+def test_the_models_own_generation_defaults_do_not_leak_in(tiny_model, tiny_tokenizer, monkeypatch, greedy):
+    """transformers fills unset fields from the model's generation_config and its global defaults (top_k=50):
+    a real generate call must shape the logits with nothing at all (temperature 1, no truncation)."""
+    from transformers import GenerationConfig
+
+    tiny_model.generation_config = GenerationConfig(top_k=5, top_p=0.5, repetition_penalty=1.7, no_repeat_ngram_size=2)
+    seen = []
+    original = tiny_model._get_logits_processor
+
+    def recording(*args, **kwargs):
+        processors = original(*args, **kwargs)
+        seen.append([type(p).__name__ for p in processors])
+        return processors
+
+    monkeypatch.setattr(tiny_model, "_get_logits_processor", recording)
+    prompts = encode_prompts(tiny_tokenizer, RECORDS[:2], SamplingConfig())
+    generate_ids(tiny_model, tiny_tokenizer, prompts, SamplingConfig(max_new_tokens=3, greedy=greedy), seed=0)
+    assert seen == [[]]  # no top-k, top-p, repetition penalty, n-gram ban or temperature warper
+    assert tiny_model.generation_config.top_k == 5  # the model's own config is left as it was
+    truncating = SamplingConfig(max_new_tokens=3, top_k=7, top_p=0.9)
+    generate_ids(tiny_model, tiny_tokenizer, prompts, truncating, seed=0)
+    assert set(seen[-1]) == {"TopKLogitsWarper", "TopPLogitsWarper"}

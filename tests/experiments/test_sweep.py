@@ -4,6 +4,7 @@ runs are skipped on restart, the report has every cell and non-empty figures."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,71 @@ def test_the_whole_chain_teacher_sft_export_sweep_report(tmp_path, monkeypatch):
     assert "n/a" not in grid and grid.count(" ± ") == 4
     for png in ("figure1_fkl_rkl.png", "heatmap_gain.png", "diagnostics_vs_tau.png"):
         assert (tmp_path / "sweep" / png).stat().st_size > 1000
+
+
+def test_a_run_whose_evaluation_failed_is_not_fitted_again(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    base = tiny_base(tmp_path)
+    missing = SweepEval(benchmarks=["dolly"], data_dir=str(tmp_path / "not-yet"), max_new_tokens=4)
+    sweep = Sweep.create(str(tmp_path / "s"), [str(base)], ["fkl"], [1.0], [10], missing)
+    first = sweep.run_one(sweep.runs[0])
+    assert first["state"] == "failed" and first["stage"] == "evaluate"
+    write_jsonl(tmp_path / "not-yet" / "dolly" / "valid.jsonl", [{"instruction": "q?", "output": "a."}])
+    second = Sweep.load(str(tmp_path / "s")).run_one(sweep.runs[0])
+    assert second["state"] == "done"
+    fit_log = (tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "fit.log").read_text()
+    assert fit_log.count("$ ") == 1  # the finished fit was reused, not repeated
+    eval_log = (tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "eval.log").read_text()
+    assert eval_log.count("$ ") == 2 and "benchmark file not found" in eval_log  # the first attempt's log is kept
+
+
+def test_sweep_plan_errors(tmp_path, capsys):
+    base = tiny_base(tmp_path)
+    (base.parent / "fkl.yaml").write_text(yaml.safe_dump({"model": {"loss": {"tau_squared_scaling": True}}}))
+    sweep = Sweep.create(
+        str(tmp_path / "s"), [str(base)], ["fkl", "fkl"], [1.0, 1.0, 2.0], [10, 10], evaluation(tmp_path)
+    )
+    assert [r.run_id for r in sweep.runs] == ["fkl/tau_1/seed_10", "fkl/tau_2/seed_10"]  # duplicates dropped
+    assert "--config" in sweep.fit_command(sweep.runs[0], resume=False)
+    (base.parent / "fkl.yaml").write_text(yaml.safe_dump({"model": {"loss": {"tau_squared_scaling": False}}}))
+    with pytest.raises(ConfigError, match="changed or vanished since the sweep was planned"):
+        Sweep.load(str(tmp_path / "s"))
+    with pytest.raises(ConfigError, match="share a run directory name"):
+        Sweep.create(str(tmp_path / "t"), [str(base)], ["rkl"], [1.0, 1.0000001], [10], evaluation(tmp_path))
+    (tmp_path / "u").mkdir()
+    (tmp_path / "u" / "sweep.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="is not a valid sweep plan"):
+        Sweep.load(str(tmp_path / "u"))
+    with pytest.raises(SystemExit):
+        main(["sweep", "--base", f"[{base}]", "--out", str(tmp_path / "v"), "--index", "0"])
+    assert "--index runs one run of an existing sweep" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_in_its_own_version_directory(tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    monkeypatch.chdir(ROOT)
+    base = tiny_base(tmp_path)
+    fit_args = ["--trainer.max_epochs", "4", "--last_checkpoint.every_n_train_steps", "1"]
+    sweep = Sweep.create(str(tmp_path / "s"), [str(base)], ["fkl"], [1.0], [10], evaluation(tmp_path), fit_args)
+    runner = [sys.executable, "-m", "lit_kd", "sweep", "--resume", str(tmp_path / "s"), "--index", "0"]
+    process = subprocess.Popen(
+        runner, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    checkpoint = tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "fit" / "version_0" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not checkpoint.is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the sweep process and its fit child
+    process.wait()
+    assert json.loads((tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "status.json").read_text())["state"] == "running"
+    status = Sweep.load(str(tmp_path / "s")).run_one(sweep.runs[0])
+    assert status["state"] == "done" and status["fit_dir"].endswith("version_0")
+    fit_log = (tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "fit.log").read_text()
+    commands = [line for line in fit_log.splitlines() if line.startswith("$ ")]
+    assert len(commands) == 2 and "--ckpt_path last" not in commands[0] and "--ckpt_path last" in commands[1]
+    assert not (tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "fit" / "version_1").exists()

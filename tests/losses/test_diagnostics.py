@@ -55,5 +55,5 @@ def test_higher_tau_raises_teacher_entropy():
 def test_diagnostics_do_not_touch_the_student_graph():
     zs = torch.randn(3, 9, requires_grad=True)
     out = kd_diagnostics(LossConfig("drkl", tau=1.5), zs * 1.0, torch.randn(3, 9), torch.tensor([0, 1, 2]))
-    assert zs.grad is None and all(not v.requires_grad for v in out.values())
+    assert all(not v.requires_grad and v.grad_fn is None for v in out.values())
     assert all(torch.isfinite(v) for v in out.values())
