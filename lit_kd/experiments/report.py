@@ -217,7 +217,9 @@ class Report:
             ax.set_yticks(range(len(self.objectives)), self.objectives)
             for i, row in enumerate(values):
                 for j, v in enumerate(row):
-                    ax.text(j, i, "n/a" if v != v else f"{v:+.1f}", ha="center", va="center", fontsize=8)
+                    label = "n/a" if v != v else f"{v:+.1f}"
+                    color = "white" if v == v and abs(v) > 0.6 * bound else "black"  # legible on dark cells
+                    ax.text(j, i, label, ha="center", va="center", fontsize=8, color=color)
             ax.set_xlabel("τ")
             ax.set_title("ROUGE-L gain over τ = 1")
             fig.colorbar(image, ax=ax)

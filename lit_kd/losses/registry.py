@@ -112,10 +112,16 @@ class LossConfig:
     """drkl: weight γ > 0 of the non-target KL. PROVISIONAL default (see README)."""
 
     def __post_init__(self) -> None:
-        get_objective(self.name)
-        self.tau = check_tau(self.tau)
+        try:
+            get_objective(self.name)
+        except ConfigError as err:
+            raise ConfigError(f"model.loss.name: {err}") from None
+        try:
+            self.tau = check_tau(self.tau)
+        except ConfigError as err:
+            raise ConfigError(f"model.loss.tau: {err}") from None
         if not isinstance(self.tau_squared_scaling, bool):
-            raise ConfigError(f"tau_squared_scaling must be true or false, got {self.tau_squared_scaling!r}")
+            raise ConfigError(f"model.loss.tau_squared_scaling must be true or false, got {self.tau_squared_scaling!r}")
         _check_range("sym_kl_weight", self.sym_kl_weight, 0.0, 1.0)
         _check_range("js_beta", self.js_beta, 0.0, 1.0, open_low=True, open_high=True)
         _check_range("skew_alpha", self.skew_alpha, 0.0, 1.0)

@@ -115,11 +115,11 @@ def test_every_objective_trains_through_the_cli(tmp_path, tiny_args, name):
 @pytest.mark.parametrize(
     "override, message",
     [
-        (["--model.loss.name", "kld"], "unknown distillation loss 'kld'; valid names: "),
-        (["--model.loss.tau", "0"], "temperature tau must be finite and > 0, got 0.0"),
-        (["--model.loss.tau", "-2"], "temperature tau must be finite and > 0, got -2.0"),
-        (["--model.loss.tau", ".nan"], "temperature tau must be finite and > 0, got nan"),
-        (["--model.loss.tau", ".inf"], "temperature tau must be finite and > 0, got inf"),
+        (["--model.loss.name", "kld"], "model.loss.name: unknown distillation loss 'kld'; valid names: "),
+        (["--model.loss.tau", "0"], "model.loss.tau: temperature tau must be finite and > 0, got 0.0"),
+        (["--model.loss.tau", "-2"], "model.loss.tau: temperature tau must be finite and > 0, got -2.0"),
+        (["--model.loss.tau", ".nan"], "model.loss.tau: temperature tau must be finite and > 0, got nan"),
+        (["--model.loss.tau", ".inf"], "model.loss.tau: temperature tau must be finite and > 0, got inf"),
         (["--model.loss.skew_alpha", "1.5"], r"model.loss.skew_alpha must be in [0.0, 1.0], got 1.5"),
         (["--data.raw", "/no/such/file.jsonl"], "data file not found: /no/such/file.jsonl"),
         (

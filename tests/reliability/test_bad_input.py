@@ -77,11 +77,13 @@ def test_bad_data_files(workspace, capsys, label, lines, expected):
 
 
 BAD_CONFIG = [
-    ("unknown objective", ["--model.loss.name", "kld"], ["unknown distillation loss 'kld'; valid names: ab, akl"]),
-    ("tau zero", ["--model.loss.tau", "0"], ["temperature tau must be finite and > 0, got 0.0"]),
-    ("tau negative", ["--model.loss.tau", "-1.5"], ["temperature tau must be finite and > 0, got -1.5"]),
-    ("tau NaN", ["--model.loss.tau", ".nan"], ["temperature tau must be finite and > 0, got nan"]),
-    ("tau inf", ["--model.loss.tau", ".inf"], ["temperature tau must be finite and > 0, got inf"]),
+    ("unknown objective", ["--model.loss.name", "kld"],
+     ["model.loss.name: unknown distillation loss 'kld'; valid names: ab, akl"]),
+    ("tau zero", ["--model.loss.tau", "0"], ["model.loss.tau: temperature tau must be finite and > 0, got 0.0"]),
+    ("tau negative", ["--model.loss.tau", "-1.5"],
+     ["model.loss.tau: temperature tau must be finite and > 0, got -1.5"]),
+    ("tau NaN", ["--model.loss.tau", ".nan"], ["model.loss.tau: temperature tau must be finite and > 0, got nan"]),
+    ("tau inf", ["--model.loss.tau", ".inf"], ["model.loss.tau: temperature tau must be finite and > 0, got inf"]),
     ("alpha out of range", ["--model.loss.name", "sfkl", "--model.loss.skew_alpha", "1.5"],
      ["model.loss.skew_alpha must be in [0.0, 1.0], got 1.5"]),
     ("JS beta out of range", ["--model.loss.js_beta", "1.0"], ["model.loss.js_beta must be in (0.0, 1.0), got 1.0"]),
