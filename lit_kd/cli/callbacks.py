@@ -12,8 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_kd.models.export import check_export_target, export_hf
-from lit_kd.modules.distill import check_student_state
-from lit_kd.modules.loading import read_checkpoint
+from lit_kd.modules.loading import load_student_state, read_checkpoint
 from lit_kd.utils.io import atomic_write_text
 
 
@@ -65,9 +64,7 @@ class ExportBest(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         best = _best_checkpoint(trainer)
         if best is not None and best.best_model_path:
-            state = read_checkpoint(best.best_model_path)["state_dict"]
-            check_student_state(pl_module.state_dict(), state, best.best_model_path)
-            pl_module.load_state_dict(state)
+            load_student_state(pl_module, read_checkpoint(best.best_model_path)["state_dict"], best.best_model_path)
         else:
             rank_zero_warn("ExportBest: no monitored checkpoint; exporting the final weights")
         if trainer.is_global_zero:

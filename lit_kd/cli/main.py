@@ -141,11 +141,9 @@ class LitKDCLI(LightningCLI):
             return
         stored = stored if isinstance(stored, dict) else dataclasses.asdict(stored)
         configured = dataclasses.asdict(self.model.student_config)
-        keys = ("path", "gguf_file", "config", "layers")
-        if any(stored.get(k) != configured.get(k) for k in keys):
-            differences = ", ".join(
-                f"{k}: {stored.get(k)!r} vs {configured.get(k)!r}" for k in keys if stored.get(k) != configured.get(k)
-            )
+        differing = [k for k in ("path", "gguf_file", "config", "layers") if stored.get(k) != configured.get(k)]
+        if differing:
+            differences = ", ".join(f"{k}: {stored.get(k)!r} vs {configured.get(k)!r}" for k in differing)
             raise CheckpointError(
                 f"{path} was saved from another student architecture than model.student ({differences})"
             )

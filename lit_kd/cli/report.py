@@ -14,8 +14,8 @@ def report(sweep_dir: str) -> None:
     Args:
         sweep_dir: The sweep's ``--out`` directory.
     """
-    path = write_report(sweep_dir)
-    print(f"wrote {path} (+ figure1_fkl_rkl.png, heatmap_gain.png, diagnostics_vs_tau.png)")
+    path, figures = write_report(sweep_dir)
+    print(f"wrote {path} (+ {', '.join(p.name for p in figures.values())})")
 
 
 def main(args: Optional[list[str]] = None) -> None:

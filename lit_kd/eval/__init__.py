@@ -2,7 +2,13 @@
 
 from lit_kd.eval.benchmarks import BENCHMARK_FILES, PAPER_BENCHMARKS, Benchmark, load_benchmarks
 from lit_kd.eval.evaluate import EvalResult, evaluate_model, results_markdown, write_results
-from lit_kd.eval.generate import SamplingConfig, encode_prompts, generate_ids, generate_responses
+from lit_kd.eval.generate import (
+    SamplingConfig,
+    decode_responses,
+    encode_prompts,
+    generate_ids,
+    generate_responses,
+)
 from lit_kd.eval.rouge import RougeL, rouge_l
 
 __all__ = [
@@ -12,6 +18,7 @@ __all__ = [
     "EvalResult",
     "RougeL",
     "SamplingConfig",
+    "decode_responses",
     "encode_prompts",
     "evaluate_model",
     "generate_ids",

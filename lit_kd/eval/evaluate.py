@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_kd.eval.benchmarks import Benchmark
-from lit_kd.eval.generate import SamplingConfig, generate_responses
+from lit_kd.eval.generate import SamplingConfig, decode_responses, encode_prompts, generate_ids
 from lit_kd.eval.rouge import RougeL
 from lit_kd.utils.io import atomic_write_text
 
@@ -75,18 +75,13 @@ def evaluate_model(
     result = EvalResult(label)
     for benchmark in benchmarks:
         result.scores[benchmark.name] = {}
+        prompts = encode_prompts(tokenizer, benchmark.records, settings)  # the same prompts for every seed
         for seed in seeds:
             task = None
             if progress is not None:
                 task = progress.add_task(f"{label} · {benchmark.name} · seed {seed}", total=len(benchmark.records))
-            outputs = generate_responses(
-                model,
-                tokenizer,
-                benchmark.records,
-                settings,
-                seed,
-                on_batch=(lambda n, task=task: progress.advance(task, n)) if task is not None else None,
-            )
+            on_batch = (lambda n, task=task: progress.advance(task, n)) if task is not None else None
+            outputs = decode_responses(tokenizer, generate_ids(model, tokenizer, prompts, settings, seed, on_batch))
             metric = RougeL()
             metric.update(outputs, [r["output"] for r in benchmark.records])
             result.scores[benchmark.name][seed] = metric.compute().item()

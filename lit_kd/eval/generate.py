@@ -147,6 +147,11 @@ def _generate_batches(
     return outputs
 
 
+def decode_responses(tokenizer: PreTrainedTokenizerBase, ids: Sequence[Sequence[int]]) -> list[str]:
+    """Response texts of ``generate_ids``' output: special tokens dropped, surrounding space stripped."""
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+
+
 def generate_responses(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -157,4 +162,4 @@ def generate_responses(
 ) -> list[str]:
     """The model's response text to each record's prompt."""
     ids = generate_ids(model, tokenizer, encode_prompts(tokenizer, records, settings), settings, seed, on_batch)
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in ids]
+    return decode_responses(tokenizer, ids)

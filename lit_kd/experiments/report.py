@@ -258,11 +258,7 @@ class Report:
             f"- objectives: {', '.join(self.objectives)}; τ: {', '.join(f'{t:g}' for t in self.taus)}; "
             f"training seeds: {', '.join(str(s) for s in sorted({r.seed for r in self.sweep.runs}))}",
             f"- evaluation: {', '.join(evaluation.benchmarks)}"
-            + (
-                f", first {self.sweep.evaluation.max_examples} examples each"
-                if self.sweep.evaluation.max_examples
-                else ""
-            )
+            + (f", first {evaluation.max_examples} examples each" if evaluation.max_examples else "")
             + f", {evaluation.max_new_tokens} new tokens, sampling at temperature 1",
             f"- runs: {done} of {len(self.sweep.runs)} done",
         ]
@@ -278,7 +274,9 @@ class Report:
         return "\n".join(lines)
 
 
-def write_report(sweep_dir: str) -> Path:
+def write_report(sweep_dir: str) -> tuple[Path, dict[str, Path]]:
+    """Write ``report.md`` and its figures into the sweep directory; returns the report's path and the
+    figures written (the heatmap only when the sweep has τ = 1 runs)."""
     sweep = Sweep.load(sweep_dir)
     records, problems = collect(sweep)
     if not records:
@@ -286,4 +284,4 @@ def write_report(sweep_dir: str) -> Path:
     report = Report(sweep, records, problems)
     out = Path(sweep_dir)
     figures = report.figures(out)
-    return atomic_write_text(out / "report.md", report.markdown(figures))
+    return atomic_write_text(out / "report.md", report.markdown(figures)), figures

@@ -34,8 +34,8 @@ from typing import Any, Optional
 import yaml
 
 from lit_kd.errors import ConfigError
-from lit_kd.losses import OBJECTIVES, check_tau
-from lit_kd.utils.io import atomic_write_text
+from lit_kd.losses import check_tau, get_objective
+from lit_kd.utils.io import atomic_write_text, numbered_paths
 
 
 def _sha256(path: Path) -> str:
@@ -69,11 +69,16 @@ class RunSpec:
 
 
 def plan_runs(objectives: list[str], taus: list[float], seeds: list[int]) -> list[RunSpec]:
-    for name in objectives:
-        if name not in OBJECTIVES:
-            raise ConfigError(f"unknown objective {name!r} in --objectives; valid names: {', '.join(OBJECTIVES)}")
-    for tau in taus:
-        check_tau(tau)
+    try:
+        for name in objectives:
+            get_objective(name)
+    except ConfigError as err:
+        raise ConfigError(f"--objectives: {err}") from None
+    try:
+        for tau in taus:
+            check_tau(tau)
+    except ConfigError as err:
+        raise ConfigError(f"--taus: {err}") from None
     if not (objectives and taus and seeds):
         raise ConfigError("a sweep needs at least one objective, one tau and one seed")
     objectives, taus, seeds = (list(dict.fromkeys(v)) for v in (objectives, [float(t) for t in taus], seeds))
@@ -267,10 +272,8 @@ class Sweep:
         if not checkpoint or not Path(checkpoint).is_file():
             return self._fail(spec, "fit (no checkpoint)", 0, fit_log)
         eval_log = run_dir / "eval.log"
-        eval_dir = run_dir / "eval"
-        n = 2
-        while eval_dir.exists():  # an earlier attempt's results stay where they are
-            eval_dir, n = run_dir / f"eval-{n}", n + 1
+        # a new directory (eval, eval-2, ...): an earlier attempt's results stay where they are
+        eval_dir = next(path for path in numbered_paths(run_dir / "eval") if not path.exists())
         code = self._call(self.eval_command(spec, checkpoint, eval_dir), eval_log)
         if code != 0 or not (eval_dir / "results.json").is_file():
             return self._fail(spec, "evaluate", code, eval_log)

@@ -30,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_kd.data.tokenize import IGNORE_INDEX
 from lit_kd.errors import CheckpointError, ConfigError, NonFiniteError
-from lit_kd.eval.generate import SamplingConfig, fit_prompt, generate_ids
+from lit_kd.eval.generate import SamplingConfig, decode_responses, fit_prompt, generate_ids
 from lit_kd.eval.rouge import RougeL
 from lit_kd.losses import LossConfig, distillation_loss, kd_diagnostics
 from lit_kd.models import (
@@ -321,7 +321,7 @@ class DistillModule(L.LightningModule):
             prompts.append(fit_prompt(batch["input_ids"][row, :start].tolist(), self.val_rouge.generation))
         seed = self.val_rouge.seed + 1_000_003 * self.global_rank + self._generated[stage]
         outputs = generate_ids(self.student, self.tokenizer, prompts, self.val_rouge.generation, seed)
-        texts = [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in outputs]
+        texts = decode_responses(self.tokenizer, outputs)
         self.rouge[stage].update(texts, batch["references"][:take])
         self._generated[stage] += take
         self.log(f"{stage}/rougeL", self.rouge[stage], prog_bar=True, batch_size=take)

@@ -7,6 +7,15 @@ from lit_kd.utils.io import (
     ensure_writable_dir,
     fresh_directory,
     newest,
+    numbered_paths,
 )
 
-__all__ = ["atomic_directory", "atomic_path", "atomic_write_text", "ensure_writable_dir", "fresh_directory", "newest"]
+__all__ = [
+    "atomic_directory",
+    "atomic_path",
+    "atomic_write_text",
+    "ensure_writable_dir",
+    "fresh_directory",
+    "newest",
+    "numbered_paths",
+]

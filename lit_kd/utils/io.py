@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
@@ -68,18 +69,24 @@ def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
-def fresh_directory(base: str | os.PathLike) -> Path:
-    """``base`` if it does not exist yet, else ``base-2``, ``base-3``, ...: created, never reused."""
+def numbered_paths(base: str | os.PathLike) -> Iterator[Path]:
+    """``base``, ``base-2``, ``base-3``, ...: the names a new output directory takes in turn."""
     base = Path(base)
-    ensure_writable_dir(base.parent, "output folder")
-    candidate, n = base, 1
-    while True:
+    yield base
+    for n in itertools.count(2):
+        yield base.with_name(f"{base.name}-{n}")
+
+
+def fresh_directory(base: str | os.PathLike) -> Path:
+    """The first of ``numbered_paths(base)`` that does not exist yet: created, never reused."""
+    ensure_writable_dir(Path(base).parent, "output folder")
+    for candidate in numbered_paths(base):
         try:
             candidate.mkdir(parents=False, exist_ok=False)
             return candidate
         except FileExistsError:
-            n += 1
-            candidate = base.with_name(f"{base.name}-{n}")
+            continue
+    raise AssertionError("unreachable: numbered_paths is endless")
 
 
 def newest(paths: Iterable[Path]) -> Optional[Path]:

@@ -12,7 +12,8 @@ import yaml
 
 from lit_kd.cli import main
 from lit_kd.errors import ConfigError
-from lit_kd.experiments.sweep import Sweep, SweepEval
+from lit_kd.experiments.report import Report, RunRecord
+from lit_kd.experiments.sweep import RunSpec, Sweep, SweepEval
 from tests.conftest import DEMO_DATA, ROOT, TINY_TOKENIZER, write_jsonl
 
 
@@ -41,7 +42,7 @@ def evaluation(tmp_path: Path) -> SweepEval:
     return SweepEval(benchmarks=["dolly"], data_dir=str(benchmark_dir(tmp_path)), max_new_tokens=4, batch_size=4)
 
 
-def test_sweep_records_failures_skips_finished_runs_and_reports(tmp_path, monkeypatch):
+def test_sweep_records_failures_skips_finished_runs_and_reports(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     base = tiny_base(tmp_path)
     # an objective file beside the base config is layered on its runs: this one is broken on purpose
@@ -61,7 +62,9 @@ def test_sweep_records_failures_skips_finished_runs_and_reports(tmp_path, monkey
     again = Sweep.load(str(tmp_path / "sweep"))
     assert again.run_one(again.runs[0])["state"] == "done" and fit_log.stat().st_size == size
 
+    capsys.readouterr()
     main(["report", str(tmp_path / "sweep")])
+    assert "(+ figure1_fkl_rkl.png, heatmap_gain.png, diagnostics_vs_tau.png)" in capsys.readouterr().out
     report = (tmp_path / "sweep" / "report.md").read_text()
     assert "| fkl | 1 |" in report and "rkl/tau_1/seed_10: failed at fit" in report
     assert "| fkl | 2 | " in report  # diagnostics row
@@ -74,9 +77,9 @@ def test_a_different_plan_in_the_same_directory_is_refused(tmp_path):
     Sweep.create(str(tmp_path / "s"), [str(base)], ["fkl"], [1.0], [10], evaluation(tmp_path))
     with pytest.raises(ConfigError, match="holds a different sweep"):
         Sweep.create(str(tmp_path / "s"), [str(base)], ["rkl"], [1.0], [10], evaluation(tmp_path))
-    with pytest.raises(ConfigError, match="unknown objective 'kld'"):
+    with pytest.raises(ConfigError, match="--objectives: unknown distillation loss 'kld'; valid names: ab, akl"):
         Sweep.create(str(tmp_path / "t"), [str(base)], ["kld"], [1.0], [10], evaluation(tmp_path))
-    with pytest.raises(ConfigError, match="tau"):
+    with pytest.raises(ConfigError, match=r"--taus: temperature tau must be finite and > 0, got 0\.0"):
         Sweep.create(str(tmp_path / "t"), [str(base)], ["fkl"], [0.0], [10], evaluation(tmp_path))
 
 
@@ -135,12 +138,28 @@ def test_a_run_whose_evaluation_failed_is_not_fitted_again(tmp_path, monkeypatch
     first = sweep.run_one(sweep.runs[0])
     assert first["state"] == "failed" and first["stage"] == "evaluate"
     write_jsonl(tmp_path / "not-yet" / "dolly" / "valid.jsonl", [{"instruction": "q?", "output": "a."}])
+    leftover = tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "eval" / "partial.txt"  # an earlier attempt's output
+    leftover.parent.mkdir()
+    leftover.write_text("kept")
     second = Sweep.load(str(tmp_path / "s")).run_one(sweep.runs[0])
     assert second["state"] == "done"
+    assert Path(second["eval_dir"]).name == "eval-2" and leftover.read_text() == "kept"
     fit_log = (tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "fit.log").read_text()
     assert fit_log.count("$ ") == 1  # the finished fit was reused, not repeated
     eval_log = (tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "eval.log").read_text()
     assert eval_log.count("$ ") == 2 and "benchmark file not found" in eval_log  # the first attempt's log is kept
+
+
+def test_a_report_without_tau_1_runs_has_no_heatmap(tmp_path):
+    runs = [RunSpec(i, objective, 2.0, 10) for i, objective in enumerate(["fkl", "rkl"])]
+    sweep = Sweep(tmp_path, ["base.yaml"], runs, SweepEval(benchmarks=["dolly"]))
+    records = [RunRecord(r.objective, r.tau, r.seed, {"dolly": 5.0 + r.index}, 6.0) for r in runs]
+    report = Report(sweep, records, [])
+    figures = report.figures(tmp_path)
+    assert sorted(figures) == ["diagnostics", "figure1"] and not (tmp_path / "heatmap_gain.png").exists()
+    markdown = report.markdown(figures)
+    assert "no τ = 1 runs" in markdown and "heatmap_gain.png" not in markdown
+    assert "| rkl | 2 (best) | 6.00 ± 0.00 | 6.00 ± 0.00 |" in markdown
 
 
 def test_sweep_plan_errors(tmp_path, capsys):

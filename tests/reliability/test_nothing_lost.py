@@ -9,7 +9,7 @@ import torch
 
 from lit_kd.cli import cli_main
 from lit_kd.cli.checkpoint_io import AtomicCheckpointIO
-from lit_kd.utils.io import atomic_write_text, fresh_directory
+from lit_kd.utils.io import atomic_write_text, fresh_directory, numbered_paths
 
 
 def test_a_crash_mid_write_keeps_the_previous_result(tmp_path, monkeypatch):
@@ -45,6 +45,8 @@ def test_a_crash_mid_checkpoint_keeps_the_previous_checkpoint(tmp_path, monkeypa
 def test_fresh_directories_are_never_reused(tmp_path):
     first, second = fresh_directory(tmp_path / "eval"), fresh_directory(tmp_path / "eval")
     assert (first.name, second.name) == ("eval", "eval-2")
+    names = [path.name for path, _ in zip(numbered_paths(tmp_path / "eval"), range(4))]
+    assert names == ["eval", "eval-2", "eval-3", "eval-4"]
 
 
 def test_a_second_run_gets_its_own_version(tmp_path, tiny_args):
