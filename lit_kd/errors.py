@@ -22,6 +22,14 @@ class OutputDirError(LitKDError, OSError):
     """An output directory cannot be created or written."""
 
 
+class OutOfSpaceError(LitKDError, OSError):
+    """The disk (or quota) is full while writing a checkpoint, a result or a cache; the message names the path."""
+
+
+class LockedError(LitKDError, RuntimeError):
+    """A directory is in use by another lit_kd process (its lock file names the owner)."""
+
+
 class DataFormatError(LitKDError, ValueError):
     """A data source is missing, unreadable or has a bad row; the message says where (file and line)."""
 

@@ -52,8 +52,10 @@ class DDPProbe(L.Callback):
 
 
 class LossRecorder(L.Callback):
-    """Appends ``{"step", "loss"}`` per training step to ``<out_dir>/losses.jsonl`` (flushed at once, so a
-    SIGKILL loses nothing already written) and saves the student's final weights to ``final.pt``."""
+    """Appends ``{"step", "loss"}`` per training step to ``<out_dir>/losses.jsonl`` and the validation metrics
+    of each epoch to ``validation.jsonl`` (flushed at once, so a SIGKILL loses nothing already written); at the
+    end saves the student's final weights to ``final.pt`` and the best checkpoint's name and score to
+    ``best.json``."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
@@ -61,8 +63,90 @@ class LossRecorder(L.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / "losses.jsonl", "a") as stream:
-            stream.write(json.dumps({"step": trainer.global_step, "loss": float(outputs["loss"])}) + "\n")
+            rows = hashlib.sha1(batch["input_ids"].numpy().tobytes()).hexdigest()[:12]
+            record = {"step": trainer.global_step, "loss": float(outputs["loss"]), "batch": rows}
+            stream.write(json.dumps(record) + "\n")
+            stream.flush()
+
+    def on_validation_end(self, trainer, module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        with open(self.out_dir / "validation.jsonl", "a") as stream:
+            stream.write(json.dumps({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics}) + "\n")
             stream.flush()
 
     def on_fit_end(self, trainer, module) -> None:
         torch.save(module.student.state_dict(), self.out_dir / "final.pt")
+        best = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
+        record = {"best": Path(best[0].best_model_path).name, "score": float(best[0].best_model_score)} if best else {}
+        (self.out_dir / "best.json").write_text(json.dumps(record))
+
+
+class KillAt(L.Callback):
+    """SIGKILLs its own process at one chosen point of epoch ``epoch`` (a preemption at the worst moment):
+
+    * ``train_batch`` — after training batch ``batch``, before any checkpoint of that step is written;
+    * ``validation_batch`` — after validation batch ``batch`` (its loss and ROUGE-L generation done);
+    * ``validation_end`` — after the validation loop, before the checkpoints that follow it are written;
+    * ``checkpoint_write`` — while a checkpoint whose file name starts with ``file`` is written at the end of
+      validation: its temporary file is complete, the rename into place has not happened;
+    * ``train_epoch_end`` — after the epoch, its checkpoints written.
+    """
+
+    def __init__(self, hook: str, epoch: int = 1, batch: int = 0, file: str = "last") -> None:
+        self.hook, self.epoch, self.batch, self.file = hook, epoch, batch, file
+        self.validated = False  # between the end of a validation and the next training batch
+
+    @staticmethod
+    def _kill() -> None:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def _due(self, trainer, hook: str, batch: int = 0) -> bool:
+        return (
+            hook == self.hook
+            and not trainer.sanity_checking
+            and trainer.current_epoch == self.epoch
+            and batch == self.batch
+        )
+
+    def setup(self, trainer, module, stage) -> None:
+        if self.hook != "checkpoint_write":
+            return
+        from contextlib import contextmanager
+
+        from lit_kd.cli import checkpoint_io
+
+        real_atomic_path, probe = checkpoint_io.atomic_path, self
+
+        @contextmanager
+        def atomic_path(path, **kwargs):
+            with real_atomic_path(path, **kwargs) as tmp:
+                yield tmp
+                if probe.validated and Path(path).name.startswith(probe.file) and probe._due(trainer, probe.hook):
+                    probe._kill()
+
+        checkpoint_io.atomic_path = atomic_path
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.validated = False
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self._due(trainer, "train_batch", batch_idx):
+            self._kill()
+
+    def on_validation_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._due(trainer, "validation_batch", batch_idx):
+            self._kill()
+
+    def on_validation_end(self, trainer, module) -> None:
+        self.validated = not trainer.sanity_checking
+        if self._due(trainer, "validation_end"):
+            self._kill()
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if self._due(trainer, "train_epoch_end"):
+            self._kill()

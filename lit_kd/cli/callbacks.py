@@ -1,19 +1,24 @@
-"""Callbacks every lit_kd run can use: a machine-readable fit summary and exporting the best model."""
+"""Callbacks every lit_kd run can use: a restart-safe ``last.ckpt``, a machine-readable fit summary and
+exporting the best model."""
 
 from __future__ import annotations
 
 import json
+import math
+import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_kd.models.export import check_export_target, export_hf
 from lit_kd.modules.loading import load_student_state, read_checkpoint
-from lit_kd.utils.io import atomic_write_text
+from lit_kd.utils.io import atomic_write_text, remove_stale_temporaries
 
 
 def _best_checkpoint(trainer: L.Trainer) -> Optional[ModelCheckpoint]:
@@ -21,6 +26,109 @@ def _best_checkpoint(trainer: L.Trainer) -> Optional[ModelCheckpoint]:
         if isinstance(callback, ModelCheckpoint) and callback.monitor is not None:
             return callback
     return None
+
+
+def validation_follows(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether the fit loop validates right after training batch ``batch_idx`` (the epoch's last batch, or
+    every ``val_check_interval`` batches), with the rule Lightning's training epoch loop applies."""
+    if not trainer.enable_validation:
+        return False
+    every = trainer.check_val_every_n_epoch
+    if every is not None and (trainer.current_epoch + 1) % every != 0:
+        return False
+    if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        return True
+    interval = trainer.val_check_batch
+    if interval is None or isinstance(interval, float) and math.isinf(interval):
+        return False
+    position = trainer.fit_loop.total_batch_idx if every is None else batch_idx
+    return (position + 1) % int(interval) == 0
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``: the latest state of a run, always one that Lightning resumes exactly.
+
+    A checkpoint written at a training batch that validation follows records "batch done, validation not
+    yet"; Lightning's fit loop resumes such a checkpoint *past* that validation (it fast-forwards the
+    validation progress), so the epoch's ``val/*`` metrics, its best-checkpoint decision and everything
+    drawn after it would differ from an uninterrupted run. This callback therefore skips the step-based save
+    at such a batch and writes ``last.ckpt`` once the validation and the best checkpoint's bookkeeping are
+    done: at the end of the epoch for an end-of-epoch validation (after the other checkpoint callbacks, which
+    run before it: lit_kd's CLI orders them so), at the end of the validation for one inside the epoch. A kill
+    during validation resumes from the previous ``last.ckpt``, replays the batches since (the data position
+    and RNG states are in it) and validates again.
+    """
+
+    def __init__(
+        self, every_n_train_steps: Optional[int] = None, train_time_interval: Optional[timedelta] = None, **kwargs: Any
+    ) -> None:
+        super().__init__(every_n_train_steps=every_n_train_steps, train_time_interval=train_time_interval, **kwargs)
+        self.step_interval = every_n_train_steps or 0
+        self.time_interval = train_time_interval
+        self.deferred_to: Optional[str] = None  # "epoch_end" or "validation_end"
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage == "fit" and trainer.is_global_zero and self.dirpath is not None:
+            for path in remove_stale_temporaries(self.dirpath):  # a write that a kill interrupted
+                rank_zero_info(f"removed {path}, the temporary file of a checkpoint write that was interrupted")
+
+    def _step_save_due(self, trainer: L.Trainer) -> bool:
+        due_by_steps = self.step_interval > 0 and trainer.global_step % self.step_interval == 0
+        return due_by_steps or self.time_interval is not None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._step_save_due(trainer) and validation_follows(trainer, batch_idx):
+            last_batch = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+            self.deferred_to = "epoch_end" if last_batch else "validation_end"  # see the class docstring
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self.deferred_to == "validation_end" and not trainer.sanity_checking:
+            self._save_deferred(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self.deferred_to == "epoch_end":
+            self._save_deferred(trainer)
+
+    def _save_deferred(self, trainer: L.Trainer) -> None:
+        self.deferred_to = None
+        metrics = {
+            **trainer.callback_metrics,
+            "epoch": torch.tensor(trainer.current_epoch),
+            "step": torch.tensor(trainer.global_step),
+        }
+        self.best_model_path = self.format_checkpoint_name(metrics)  # set first: it is part of the saved state
+        trainer.save_checkpoint(self.best_model_path)
+
+
+class ResumeHint(L.Callback):
+    """On Ctrl-C (or a SIGTERM that Lightning turns into an exception) during ``fit``, say where the latest
+    state is and the command that resumes it."""
+
+    def __init__(self, command: str = "") -> None:
+        self.command = command
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or not trainer.is_global_zero:
+            return
+        if trainer.state.fn != "fit":
+            return
+        latest = [c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)]
+        where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
+        if latest and latest[0] and Path(latest[0]).is_file():
+            saved = torch.load(latest[0], map_location="cpu", mmap=True, weights_only=False).get("global_step", "?")
+            message = f"interrupted at {where}; the latest state is {latest[0]} (step {saved}). Resume with:"
+            command = self.command or "python -m lit_kd fit <the same arguments> --ckpt_path last"
+        else:
+            message = f"interrupted at {where}, before any last.ckpt was written; start again with:"
+            command = self.command.replace(" --ckpt_path last", "") or "the same command"
+        print(f"\nlit_kd: {message}\n  {command}", file=sys.stderr, flush=True)
 
 
 class FitSummary(L.Callback):

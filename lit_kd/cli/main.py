@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import importlib
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -27,13 +28,14 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lit_kd.cli.callbacks import FitSummary
+from lit_kd.cli.callbacks import FitSummary, LastCheckpoint, ResumeHint
 from lit_kd.cli.checkpoint_io import AtomicCheckpointIO
 from lit_kd.data import DollyDataModule
 from lit_kd.errors import CheckpointError, LitKDError
 from lit_kd.modules import DistillModule
 from lit_kd.modules.loading import read_checkpoint
-from lit_kd.utils.io import ensure_writable_dir, newest
+from lit_kd.utils.io import ensure_writable_dir, is_out_of_space, newest, out_of_space_error
+from lit_kd.utils.yaml_files import check_config_files
 
 TRAINER_DEFAULTS = {
     "logger": {
@@ -41,6 +43,20 @@ TRAINER_DEFAULTS = {
         "init_args": {"save_dir": "logs", "name": "lit_kd"},
     },
 }
+
+
+def resume_command(args: Optional[list[str]]) -> str:
+    """The command that resumes this ``fit`` (its arguments, with ``--ckpt_path last``)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        elif not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    return shlex.join(["python", "-m", "lit_kd", *kept, "--ckpt_path", "last"])
 
 
 class LitKDCLI(LightningCLI):
@@ -56,7 +72,8 @@ class LitKDCLI(LightningCLI):
             args=args,
             run=run,
             seed_everything_default=1234,
-            trainer_defaults=TRAINER_DEFAULTS | {"callbacks": [RichProgressBar(), FitSummary()]},
+            trainer_defaults=TRAINER_DEFAULTS
+            | {"callbacks": [RichProgressBar(), FitSummary(), ResumeHint(resume_command(args))]},
             auto_configure_optimizers=False,
             parser_kwargs={"exit_on_error": False},  # parse errors reach main() and become one line
             **kwargs,
@@ -67,7 +84,7 @@ class LitKDCLI(LightningCLI):
         # state as last.ckpt (for `--ckpt_path last`). Two callbacks because Lightning >= 2.6 writes
         # save_last's last.ckpt only when a top-k checkpoint is saved at the same step.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
@@ -75,6 +92,8 @@ class LitKDCLI(LightningCLI):
                 "checkpoint.save_top_k": 1,
                 "checkpoint.filename": "best-{epoch}-{step}",
                 "checkpoint.auto_insert_metric_name": False,
+                # a validation replayed after a resume rewrites the same file instead of adding a "-v1" twin
+                "checkpoint.enable_version_counter": False,
                 "last_checkpoint.monitor": None,
                 "last_checkpoint.save_top_k": 1,
                 "last_checkpoint.filename": "last",
@@ -90,6 +109,9 @@ class LitKDCLI(LightningCLI):
         callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         if trainer_config.get("enable_checkpointing") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+        # last.ckpt is written after validation by LastCheckpoint: the best checkpoint must have recorded the
+        # epoch first (a stable sort: the other callbacks keep their order)
+        callbacks.sort(key=lambda c: isinstance(c, LastCheckpoint))
         if trainer_config.get("enable_progress_bar") is False:
             kept = [c for c in self.trainer_defaults["callbacks"] if not isinstance(c, RichProgressBar)]
             self.trainer_defaults = {**self.trainer_defaults, "callbacks": kept}
@@ -106,7 +128,7 @@ class LitKDCLI(LightningCLI):
         init_args = getattr(logger, "init_args", None)
         save_dir = getattr(init_args, "save_dir", None)
         if save_dir is not None:
-            ensure_writable_dir(save_dir, "trainer.logger save_dir")
+            ensure_writable_dir(save_dir, "trainer.logger save_dir", create=False)
         if self.subcommand == "fit" and config.get("ckpt_path") == "last" and save_dir is not None:
             runs = Path(save_dir) / (getattr(init_args, "name", None) or "")
             last = newest(runs.glob("version_*/checkpoints/last.ckpt"))
@@ -171,12 +193,19 @@ def main(args: Optional[list[str]] = None) -> None:
     the traceback instead."""
     argv = sys.argv[1:] if args is None else list(args)
     try:
+        check_config_files(argv)
         if argv and argv[0] in COMMANDS:
             importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
         else:
             cli_main(args)  # None: LightningCLI reads sys.argv itself
-    except (LitKDError, argparse.ArgumentError) as err:
+    except (LitKDError, argparse.ArgumentError, OSError, RuntimeError) as err:
         if os.environ.get("LIT_KD_DEBUG"):
             raise
+        if not isinstance(err, (LitKDError, argparse.ArgumentError)):
+            if not is_out_of_space(err):
+                raise
+            # a full disk met by a writer that is not lit_kd's own (a logger, the config saver, the Arrow cache)
+            where = getattr(err, "filename", None)
+            err = out_of_space_error(where) if where else "no space left on the device; free some space and run again"
         print(f"lit_kd: error: {' '.join(str(err).split())}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -71,8 +71,12 @@ def sweep(
         print(f"submit with: sbatch {script}")
         return
     results = plan.run()
-    failed = [r for r in results if r["state"] != "done"]
-    print(f"sweep {plan.out}: {len(results) - len(failed)} done, {len(failed)} failed")
+    failed = [r for r in results if r["state"] == "failed"]
+    busy = [r for r in results if r["state"] == "busy"]
+    print(
+        f"sweep {plan.out}: {len(results) - len(failed) - len(busy)} done, {len(failed)} failed"
+        + (f", {len(busy)} running in another process" if busy else "")
+    )
     print(f"report: python -m lit_kd report {plan.out}")
 
 

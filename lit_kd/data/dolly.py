@@ -16,6 +16,7 @@ The tokenizer comes from the model (``connect``; LightningCLI calls it), so it i
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 import lightning as L
@@ -27,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_kd.data.collate import PadCollator
 from lit_kd.data.records import DataFormatError, load_records
+from lit_kd.data.sampler import EpochShuffleSampler
 from lit_kd.data.tokenize import TokenizedSplit, tokenize_records
 from lit_kd.errors import ConfigError
 
@@ -68,6 +70,7 @@ class DollyDataModule(L.LightningDataModule):
         eval_batch_size: Optional[int] = None,
         num_workers: int = 0,
         cache_dir: Optional[str] = None,
+        shuffle_seed: Optional[int] = None,
     ) -> None:
         """
         Args:
@@ -84,6 +87,8 @@ class DollyDataModule(L.LightningDataModule):
             eval_batch_size: Validation/test batch size (default: ``batch_size``).
             num_workers: DataLoader worker processes.
             cache_dir: Where tokenized splits are cached as Arrow files (default: the datasets cache).
+            shuffle_seed: Seed of the training order (epoch e is shuffled with ``shuffle_seed + e``); default:
+                the run's ``seed_everything``.
         """
         super().__init__()
         if raw is not None and any(s is not None for s in (train, val, test)):
@@ -107,6 +112,7 @@ class DollyDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.cache_dir = cache_dir
+        self.shuffle_seed = shuffle_seed
         self.tokenizer: Optional[PreTrainedTokenizerBase] = None
         self.records: dict[str, list[dict[str, Any]]] = {}
         self.splits: dict[str, TokenizedSplit] = {}
@@ -157,15 +163,23 @@ class DollyDataModule(L.LightningDataModule):
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         if name not in self.splits:
             raise ConfigError(f"data: no {name!r} split is configured (set `data.{name}` or `data.raw`)")
-        # StatefulDataLoader saves its position (and its sampler's RNG) in Lightning checkpoints, so a
-        # run killed mid-epoch resumes on exactly the next batch
-        loader_class = StatefulDataLoader if shuffle else DataLoader
-        return loader_class(
-            self.splits[name].dataset,
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=PadCollator(self.tokenizer.pad_token_id),
+        dataset, collate = self.splits[name].dataset, PadCollator(self.tokenizer.pad_token_id)
+        if not shuffle:
+            return DataLoader(
+                dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers, collate_fn=collate
+            )
+        # the order of epoch e is a function of (seed, e), sharded over the processes; StatefulDataLoader saves
+        # the position within the epoch in Lightning checkpoints, so a killed run resumes on the next batch
+        trainer = self.trainer
+        sampler = EpochShuffleSampler(
+            dataset,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            shuffle=True,
+            seed=self.shuffle_seed if self.shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0)),
+        )
+        return StatefulDataLoader(
+            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers, collate_fn=collate
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -63,6 +63,11 @@ def iter_local_rows(path: Path) -> Iterator[tuple[str, Any]]:
     if not path.is_file():
         raise DataFormatError(f"data file not found: {path}")
     name = path.name.lower()
+    if not name.endswith(LOCAL_SUFFIXES):
+        kind = path.suffix or "(no extension)"
+        raise DataFormatError(
+            f"{path}: unsupported data format {kind} (expected {', '.join(LOCAL_SUFFIXES)}, or a hub dataset name)"
+        )
     if name.endswith(".parquet"):
         import pyarrow.parquet as pq
 

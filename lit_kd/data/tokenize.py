@@ -21,18 +21,42 @@ from transformers import PreTrainedTokenizerBase
 from lit_kd.data.prompt import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, format_prompt
 
 IGNORE_INDEX = -100
-CACHE_FORMAT = "2"  # bump whenever encode_example or the cached columns change: old cache entries are then unused
+CACHE_FORMAT = "3"  # bump whenever encode_example or the cached columns change: old cache entries are then unused
+
+
+HEAD_MARGIN = 32
+"""Tokens beyond the kept ones that a prefix must yield before its tokenization is trusted (see ``head_tokens``)."""
+
+
+def head_tokens(
+    tokenizer: PreTrainedTokenizerBase, text: str, count: int, add_special_tokens: bool = False
+) -> list[int]:
+    """The first ``count + 1`` tokens of ``text`` at most (one more than asked tells whether it is longer),
+    equal to those of tokenizing it in full, with work bounded by ``count`` rather than by the text's length.
+
+    Growing prefixes (16 characters per wanted token, then ×4) are cut at a whitespace and tokenized until one
+    yields ``HEAD_MARGIN`` tokens more than wanted: the wanted tokens then lie far from the cut, where a
+    tokenizer's merges cannot see it. A 50 MB response costs the same as a few thousand characters."""
+    chars = 16 * (count + HEAD_MARGIN)
+    while chars < len(text):
+        cut = text.rfind(" ", chars // 2, chars)
+        ids = tokenizer(text[: cut if cut > 0 else chars], add_special_tokens=add_special_tokens)["input_ids"]
+        if len(ids) > count + HEAD_MARGIN:
+            return ids[: count + 1]
+        chars *= 4
+    return tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"][: count + 1]
 
 
 def encode_example(
     tokenizer: PreTrainedTokenizerBase, instruction: str, input: str, output: str, max_length: int
 ) -> dict[str, Any]:
-    """``input_ids``/``labels`` of one example, with ``truncated``/``dropped`` flags (dropped: empty ids)."""
-    prompt_ids = tokenizer(format_prompt(instruction, input), add_special_tokens=True)["input_ids"]
-    response_ids = tokenizer(output, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    """``input_ids``/``labels`` of one example, with ``truncated``/``dropped`` flags (dropped: empty ids).
+    The work per example is bounded by ``max_length`` (``head_tokens``), however long its texts are."""
+    prompt_ids = head_tokens(tokenizer, format_prompt(instruction, input), max_length, add_special_tokens=True)
     room = max_length - len(prompt_ids)
     if room < 1:
         return {"input_ids": [], "labels": [], "truncated": False, "dropped": True}
+    response_ids = head_tokens(tokenizer, output, room) + [tokenizer.eos_token_id]
     truncated = len(response_ids) > room
     response_ids = response_ids[:room]
     return {

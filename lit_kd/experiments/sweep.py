@@ -11,6 +11,11 @@ Layout of a sweep directory::
         fit.log, eval.log                the processes' output (appended per attempt)
         status.json                      done | failed, with what the report needs
 
+A sweep directory has one owner at a time: ``run`` holds ``<out>/.lock`` (pid and host of the owner) and
+each run's ``<run>/.lock`` while it runs, so a second sweep on the same directory stops with an error naming
+the owner, and the array tasks of a cluster launch (``--index``), which lock only their own run, still run
+in parallel. A lock left by a killed process on the same host is taken over.
+
 ``status.json`` goes running → done | failed. On restart a done run is skipped; a run whose fit finished
 (its ``fit_summary.json`` exists) goes straight to evaluation; an interrupted fit (status still running)
 resumes from its ``last.ckpt`` in the same version directory (``--ckpt_path last``), so the best
@@ -27,15 +32,20 @@ import shlex
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import yaml
 
-from lit_kd.errors import ConfigError
+from lit_kd.errors import ConfigError, LockedError
 from lit_kd.losses import check_tau, get_objective
 from lit_kd.utils.io import atomic_write_text, numbered_paths
+from lit_kd.utils.lock import DirectoryLock
+from lit_kd.utils.yaml_files import load_yaml_file
+
+LOCK_FILE = ".lock"
 
 
 def _sha256(path: Path) -> str:
@@ -110,6 +120,23 @@ class Sweep:
     fit_args: list[str] = field(default_factory=list)
     objective_configs: dict[str, dict[str, str]] = field(default_factory=dict)
     """``<objective>.yaml`` files beside the first base config, layered on that objective's runs (path, sha256)"""
+    lock: Optional[DirectoryLock] = field(default=None, repr=False, compare=False)
+    """The sweep directory's lock while this process owns it"""
+
+    @contextmanager
+    def owned(self) -> Iterator["Sweep"]:
+        """Hold the sweep directory's lock (re-entrant); ``LockedError`` names the owner if another has it."""
+        if self.lock is not None:
+            yield self
+            return
+        self.lock = DirectoryLock(self.out / LOCK_FILE, "sweep directory").acquire()
+        if self.lock.took_over:
+            print(f"took over the sweep's lock from pid {self.lock.took_over.get('pid')} (no longer running)")
+        try:
+            yield self
+        finally:
+            self.lock.release()
+            self.lock = None
 
     # -- planning -------------------------------------------------------------------------------
 
@@ -125,8 +152,7 @@ class Sweep:
         fit_args: Optional[list[str]] = None,
     ) -> "Sweep":
         for path in base:
-            if not os.path.isfile(path):
-                raise ConfigError(f"base config not found: {path}")
+            load_yaml_file(path, "base config")  # missing or not YAML: an error naming the file, before any write
         runs = plan_runs(objectives, taus, seeds)
         base = [os.path.abspath(p) for p in base]
         layers = {
@@ -137,18 +163,19 @@ class Sweep:
         sweep = cls(Path(out), base, runs, evaluation, list(fit_args or []), layers)
         plan = sweep.plan()
         existing = sweep.out / "sweep.json"
-        if existing.is_file():
-            if json.loads(existing.read_text()) != plan:
-                raise ConfigError(
-                    f"{sweep.out} holds a different sweep (its sweep.json differs); choose another --out. "
-                    "Nothing was changed."
+        with sweep.owned():
+            if existing.is_file():
+                if json.loads(existing.read_text()) != plan:
+                    raise ConfigError(
+                        f"{sweep.out} holds a different sweep (its sweep.json differs); choose another --out. "
+                        "Nothing was changed."
+                    )
+            else:
+                atomic_write_text(existing, json.dumps(plan, indent=2) + "\n")
+            for spec in sweep.runs:
+                atomic_write_text(
+                    sweep.out / "runs" / f"{spec.index}.yaml", yaml.safe_dump(run_overrides(spec, sweep.run_dir(spec)))
                 )
-        else:
-            atomic_write_text(existing, json.dumps(plan, indent=2) + "\n")
-        for spec in sweep.runs:
-            atomic_write_text(
-                sweep.out / "runs" / f"{spec.index}.yaml", yaml.safe_dump(run_overrides(spec, sweep.run_dir(spec)))
-            )
         return sweep
 
     @classmethod
@@ -251,7 +278,12 @@ class Sweep:
         )
 
     def run_one(self, spec: RunSpec) -> dict[str, Any]:
-        """Fit then evaluate one run, picking up where an earlier attempt stopped; returns its status."""
+        """Fit then evaluate one run, picking up where an earlier attempt stopped; returns its status. The run's
+        own lock is held meanwhile (``LockedError`` if another process is running it)."""
+        with DirectoryLock(self.run_dir(spec) / LOCK_FILE, "sweep run directory"):
+            return self._run_one(spec)
+
+    def _run_one(self, spec: RunSpec) -> dict[str, Any]:
         previous = self.status(spec) or {}
         if previous.get("state") == "done":
             return previous
@@ -290,14 +322,19 @@ class Sweep:
         )
 
     def run(self) -> list[dict[str, Any]]:
-        """Every run in order; a failure is recorded and the sweep goes on."""
+        """Every run in order, holding the sweep's lock; a failure is recorded and the sweep goes on; a run that
+        another process (an array task) is running is left to it (state ``busy``)."""
         results = []
-        for spec in self.runs:
-            previous = (self.status(spec) or {}).get("state")
-            status = self.run_one(spec)
-            word = "skipped (done)" if previous == "done" else status["state"]
-            print(f"[{spec.index + 1}/{len(self.runs)}] {spec.run_id}: {word}", flush=True)
-            results.append(status)
+        with self.owned():
+            for spec in self.runs:
+                previous = (self.status(spec) or {}).get("state")
+                try:
+                    status = self.run_one(spec)
+                    word = "skipped (done)" if previous == "done" else status["state"]
+                except LockedError as err:
+                    status, word = {"state": "busy", "spec": asdict(spec), "reason": str(err)}, f"busy: {err}"
+                print(f"[{spec.index + 1}/{len(self.runs)}] {spec.run_id}: {word}", flush=True)
+                results.append(status)
         return results
 
     def write_slurm_launcher(self, partition: Optional[str] = None, gpus: int = 1, hours: int = 24) -> Path:

@@ -9,7 +9,14 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from lit_kd.errors import ModelLoadError
 from lit_kd.models.config import ModelConfig
@@ -103,6 +110,30 @@ def load_model(config: ModelConfig, role: str = "model") -> PreTrainedModel:
         raise ModelLoadError(f"{role}: {err}") from err
     except (OSError, ValueError, KeyError) as err:
         raise ModelLoadError(f"could not load {role} model from {config.describe()!r}: {err}") from err
+
+
+def load_hf_config(config: ModelConfig, role: str = "model") -> PretrainedConfig:
+    """The Hugging Face config of a model source, without its weights (cheap: a JSON file or a GGUF header),
+    so that settings depending on the architecture are checked before any data or weights are loaded."""
+    if not config.has_source:
+        raise ModelLoadError(f"{role} has no source: set `path`, `gguf_file` or `config`")
+    try:
+        if config.config is not None:
+            fields = dict(config.config)
+            return AutoConfig.for_model(fields.pop("model_type"), **fields)
+        if config.gguf_file is not None:
+            directory, filename = gguf_location(config)
+            cached = _gguf_cache_dir(directory, filename)
+            if config.cache_gguf_conversion and (cached / "config.json").is_file():
+                return AutoConfig.from_pretrained(cached)
+            return AutoConfig.from_pretrained(directory, gguf_file=filename)
+        path = resolve_path(config.path)
+        _check_local(path, role, "model path")
+        return AutoConfig.from_pretrained(path, revision=config.revision)
+    except ModelLoadError as err:
+        raise ModelLoadError(f"{role}: {err}") from err
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"could not load the {role} model's config from {config.describe()!r}: {err}") from err
 
 
 def load_tokenizer(config: ModelConfig, role: str = "model") -> PreTrainedTokenizerBase:

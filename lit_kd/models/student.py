@@ -28,6 +28,16 @@ def find_layer_stack(model: PreTrainedModel) -> tuple[str, nn.ModuleList]:
     return stacks[0]
 
 
+def check_layers(layers: Sequence[int], available: int, parent: str = "the parent") -> None:
+    """``ConfigError`` unless ``layers`` are strictly increasing indices into ``available`` decoder layers."""
+    layers = list(layers)
+    if not layers or any(b <= a for a, b in zip(layers, layers[1:])) or layers[0] < 0 or layers[-1] >= available:
+        raise ConfigError(
+            f"model.student.layers {layers} must be strictly increasing indices into the {available} decoder "
+            f"layers of {parent} (0 to {available - 1})"
+        )
+
+
 def derive_student(parent: PreTrainedModel, layers: Sequence[int]) -> PreTrainedModel:
     """A new model with the parent's embeddings, final norm, LM head and the chosen ``layers``, copied.
 
@@ -36,10 +46,7 @@ def derive_student(parent: PreTrainedModel, layers: Sequence[int]) -> PreTrained
     """
     stack_name, stack = find_layer_stack(parent)
     layers = list(layers)
-    if not layers or any(b <= a for a, b in zip(layers, layers[1:])) or layers[0] < 0 or layers[-1] >= len(stack):
-        raise ConfigError(
-            f"student layers {layers} must be strictly increasing indices into the parent's {len(stack)} layers"
-        )
+    check_layers(layers, len(stack), type(parent).__name__)
     config = copy.deepcopy(parent.config)
     config.num_hidden_layers = len(layers)
     if isinstance(getattr(config, "layer_types", None), list):

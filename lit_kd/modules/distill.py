@@ -36,8 +36,10 @@ from lit_kd.losses import LossConfig, distillation_loss, kd_diagnostics
 from lit_kd.models import (
     ModelConfig,
     StudentConfig,
+    check_layers,
     check_same_tokenizer,
     derive_student,
+    load_hf_config,
     load_model,
     load_tokenizer,
     shared_vocab_size,
@@ -148,6 +150,7 @@ class DistillModule(L.LightningModule):
         self.lr_scheduler_factory: Optional[Callable] = lr_scheduler
 
         self.tokenizer: PreTrainedTokenizerBase = self._load_tokenizers()
+        self._check_student_layers()
         self.student: Optional[PreTrainedModel] = None  # built in configure_model
         object.__setattr__(self, "_teacher", None)  # deliberately not a registered submodule
         self.vocab_size: Optional[int] = None
@@ -174,6 +177,16 @@ class DistillModule(L.LightningModule):
                 tokenizer, student_tokenizer, self.teacher_config.describe(), self.student_config.describe()
             )
         return tokenizer
+
+    def _check_student_layers(self) -> None:
+        """``student.layers`` against the parent's config (no weights loaded), before any data is tokenized."""
+        if self.student_config.layers is None:
+            return
+        parent, role = (
+            (self.student_config, "student") if self.student_config.has_source else (self.teacher_config, "teacher")
+        )
+        available = load_hf_config(parent, role).num_hidden_layers
+        check_layers(self.student_config.layers, available, f"the {role} ({parent.describe()})")
 
     def configure_model(self) -> None:
         """Load (or derive) the models; idempotent, as Lightning calls it in every stage."""

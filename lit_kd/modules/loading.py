@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from lit_kd.errors import CheckpointError, ConfigError, LitKDError
 from lit_kd.models import ModelConfig, load_model, load_tokenizer
 from lit_kd.modules.distill import DistillModule, check_student_state
+from lit_kd.utils.yaml_files import load_yaml_file
 
 MODULE_ARGS = ("student", "teacher", "loss", "kd_ratio", "diagnostics", "val_rouge")
 
@@ -46,10 +46,8 @@ def build_module(section: dict[str, Any], source: str, need_teacher: bool = True
 
 def module_from_config(path: str, need_teacher: bool = True) -> DistillModule:
     """The ``model:`` section of a fit config as a ``DistillModule`` with its models loaded (untrained student)."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as handle:
-        section = (yaml.safe_load(handle) or {}).get("model")
+    content = load_yaml_file(path)
+    section = content.get("model") if isinstance(content, dict) else None
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: no `model:` section")
     return build_module(section, path, need_teacher)

@@ -8,6 +8,7 @@ from lit_kd.utils.io import (
     fresh_directory,
     newest,
     numbered_paths,
+    remove_stale_temporaries,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "fresh_directory",
     "newest",
     "numbered_paths",
+    "remove_stale_temporaries",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_kd.cli import LitKDCLI, cli_main, main
 from lit_kd.losses import OBJECTIVES
@@ -145,8 +146,12 @@ def test_switching_off_checkpointing_and_the_progress_bar(tiny_args):
     assert cli.trainer.checkpoint_callback is None and cli.trainer.progress_bar_callback is None
     default = LitKDCLI(args=tiny_args, run=False)
     assert default.trainer.checkpoint_callback.monitor == "val/rougeL"  # tiny.yaml: best validation ROUGE-L
-    checkpoints = [c for c in default.trainer.callbacks if type(c).__name__ == "ModelCheckpoint"]
-    assert [c.monitor for c in checkpoints] == ["val/rougeL", None]  # best, and the latest as last.ckpt
+    checkpoints = [c for c in default.trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    # best, then the latest as last.ckpt (LastCheckpoint runs after the best one has recorded each epoch)
+    assert [(type(c).__name__, c.monitor) for c in checkpoints] == [
+        ("ModelCheckpoint", "val/rougeL"),
+        ("LastCheckpoint", None),
+    ]
     assert type(default.trainer.progress_bar_callback).__name__ == "RichProgressBar"
 
 

@@ -65,6 +65,28 @@ def test_truncation_rule(tiny_tokenizer):
     assert dropped["dropped"] and dropped["input_ids"] == []
 
 
+def test_a_huge_response_is_cut_before_it_is_tokenized_in_full(tiny_tokenizer, monkeypatch):
+    from lit_kd.data.tokenize import head_tokens
+
+    text = " ".join(f"word{i % 97}, and then {i}." for i in range(3000))
+    full = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    for count in (0, 1, 17, 200, 1000, len(full) + 5):  # the same tokens as tokenizing the whole text
+        assert head_tokens(tiny_tokenizer, text, count) == full[: count + 1]
+    prompt_len = len(tiny_tokenizer(format_prompt("Say it."))["input_ids"])
+    lengths = []
+    real_call = type(tiny_tokenizer).__call__
+    monkeypatch.setattr(
+        type(tiny_tokenizer),
+        "__call__",
+        lambda self, text, **kw: lengths.append(len(text)) or real_call(self, text, **kw),
+    )
+    huge = "word " * 10_000_000  # 50 MB
+    cut = encode_example(tiny_tokenizer, "Say it.", "", huge, max_length=prompt_len + 64)
+    assert cut["truncated"] and len(cut["input_ids"]) == prompt_len + 64
+    assert max(lengths) < 10_000  # bounded by max_length, not by the 50 MB
+    assert cut["input_ids"][prompt_len:] == tiny_tokenizer("word " * 100, add_special_tokens=False)["input_ids"][:64]
+
+
 def _module(tmp_path: Path, tokenizer, **kwargs) -> DollyDataModule:
     path = write_jsonl(tmp_path / "rows.jsonl", dolly_rows(40))
     data = DollyDataModule(

@@ -212,3 +212,49 @@ def test_an_interrupted_run_resumes_in_its_own_version_directory(tmp_path, monke
     commands = [line for line in fit_log.splitlines() if line.startswith("$ ")]
     assert len(commands) == 2 and "--ckpt_path last" not in commands[0] and "--ckpt_path last" in commands[1]
     assert not (tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "fit" / "version_1").exists()
+
+
+def test_two_sweeps_started_together_on_one_directory_one_runs_the_other_refuses(tmp_path):
+    import subprocess
+    import sys
+
+    base = tiny_base(tmp_path)
+    command = [
+        sys.executable, "-m", "lit_kd", "sweep", "--base", f"[{base}]", "--objectives", "[fkl]", "--taus", "[1.0]",
+        "--seeds", "[10]", "--out", str(tmp_path / "s"), "--evaluation.benchmarks", "[dolly]",
+        "--evaluation.data_dir", str(benchmark_dir(tmp_path)), "--evaluation.max_new_tokens", "4",
+    ]  # fmt: skip
+    first, second = (
+        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    )
+    outputs = {p.pid: (p.communicate(timeout=600), p.returncode) for p in (first, second)}
+    codes = sorted(code for _, code in outputs.values())
+    assert codes == [0, 2], {pid: (code, err[-1500:]) for pid, ((_, err), code) in outputs.items()}
+    winner = next(pid for pid, (_, code) in outputs.items() if code == 0)
+    (_, refusal), _ = next(value for pid, value in outputs.items() if pid != winner)
+    assert f"lit_kd: error: sweep directory {tmp_path / 's'} is in use by pid {winner} on host" in refusal
+    run = tmp_path / "s" / "fkl" / "tau_1" / "seed_10"
+    assert [p.name for p in (run / "fit").iterdir()] == ["version_0"]  # fitted once
+    assert sorted(p.name for p in run.glob("eval*")) == ["eval", "eval.log"]  # evaluated once
+    assert (run / "fit.log").read_text().count("$ ") == 1
+    assert json.loads((run / "status.json").read_text())["state"] == "done"
+    assert not (tmp_path / "s" / ".lock").exists() and not (run / ".lock").exists()  # released
+
+
+def test_array_tasks_lock_their_own_run_not_the_sweep(tmp_path, monkeypatch, capsys):
+    from lit_kd.utils.lock import DirectoryLock
+
+    monkeypatch.chdir(ROOT)
+    base = tiny_base(tmp_path)
+    (base.parent / "rkl.yaml").write_text(yaml.safe_dump({"model": {"loss": {"skew_alpha": 5.0}}}))  # fails fast
+    sweep = Sweep.create(str(tmp_path / "s"), [str(base)], ["fkl", "rkl"], [1.0], [10], evaluation(tmp_path))
+    with sweep.owned():  # a local sweep owns the directory ...
+        # ... an array task running another run is not held up by it
+        assert Sweep.load(str(tmp_path / "s")).run_one(sweep.runs[1])["state"] == "failed"
+    with DirectoryLock(tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / ".lock", "x"):  # run 0 is taken
+        with pytest.raises(SystemExit) as exit_info:
+            main(["sweep", "--resume", str(tmp_path / "s"), "--index", "0"])
+        assert exit_info.value.code == 2
+        run_dir = tmp_path / "s" / "fkl" / "tau_1" / "seed_10"
+        assert f"sweep run directory {run_dir} is in use by pid {os.getpid()}" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "status.json").exists()  # untouched

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -21,8 +23,15 @@ def test_exported_student_loads_and_generates_without_lit_kd(tmp_path):
         teacher=ModelConfig(config=tiny_llama_config(3), tokenizer=str(TINY_TOKENIZER)),
     )
     module.configure_model()
-    target = export_hf(module.student, module.tokenizer, tmp_path / "student")
+    previous = os.umask(0o022)
+    try:
+        target = export_hf(module.student, module.tokenizer, tmp_path / "student")
+    finally:
+        os.umask(previous)
     assert (target / "model.safetensors").is_file() and (target / "tokenizer.json").is_file()
+    # readable by others, as the umask allows: the export folder and every file in it
+    assert stat.S_IMODE(target.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in target.iterdir()} == {0o644}
     ids = torch.tensor([[5, 6, 7, 8]])
     expected = module.student(input_ids=ids).logits[0, -1].argmax().item()
     script = textwrap.dedent(

@@ -119,7 +119,7 @@ def test_derived_student_copies_the_kept_layers(model_type, overrides):
 
 def test_derive_student_rejects_out_of_range_layers():
     parent = load_model(ModelConfig(config=tiny_llama_config(4)))
-    with pytest.raises(ValueError, match="4 layers"):
+    with pytest.raises(ValueError, match=r"into the 4 decoder layers of LlamaForCausalLM \(0 to 3\)"):
         derive_student(parent, [0, 4])
 
 

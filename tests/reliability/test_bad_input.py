@@ -197,3 +197,48 @@ def test_an_output_directory_that_is_not_writable(workspace, capsys):
         "is not writable",
     )
     assert snapshot(tmp_path / "logs") == before
+
+
+def test_a_yaml_syntax_error_names_the_config_file_and_line(workspace, capsys):
+    tmp_path, args, before = workspace
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("trainer:\n  max_epochs: 1\n bad: [\n")
+    line = fails_cleanly(capsys, ["fit", *args, "--config", str(broken)], f"{broken}:3:2: invalid YAML in config file")
+    assert "<unicode string>" not in line
+    fails_cleanly(capsys, ["sweep", "--base", f"[{broken}]", "--out", str(tmp_path / "sw")], f"{broken}:3:2")
+    assert snapshot(tmp_path / "logs") == before and not (tmp_path / "sw").exists()
+
+
+def test_student_layers_beyond_the_teacher_fail_before_any_data_or_run_directory(workspace, capsys):
+    tmp_path, args, before = workspace
+    fails_cleanly(
+        capsys,
+        ["fit", *args, "--model.student.layers", "[0, 99]"],
+        "model.student.layers [0, 99] must be strictly increasing indices into the 4 decoder layers of the teacher",
+    )
+    assert snapshot(tmp_path / "logs") == before  # no version_1
+    assert not (tmp_path / "cache").exists()  # nothing tokenized
+
+
+def test_a_new_save_dir_is_not_created_for_a_config_that_fails(workspace, capsys):
+    tmp_path, args, _ = workspace
+    fails_cleanly(
+        capsys,
+        ["fit", *args, "--model.loss.tau", "0", "--trainer.logger.init_args.save_dir", str(tmp_path / "new" / "logs")],
+        "temperature tau must be finite and > 0",
+    )
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("name", ["train.csv", "train.txt", "train"])
+def test_an_unsupported_data_format_is_named_as_such(workspace, capsys, name):
+    tmp_path, args, before = workspace
+    data = tmp_path / name
+    data.write_text("instruction,response\na,b\n")
+    suffix = data.suffix or "(no extension)"
+    fails_cleanly(
+        capsys,
+        ["fit", *args, "--data.raw", str(data)],
+        f"{data}: unsupported data format {suffix} (expected .jsonl, .jsonl.gz, .json, .json.gz, .parquet",
+    )
+    assert snapshot(tmp_path / "logs") == before

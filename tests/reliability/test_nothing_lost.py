@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
 import torch
 
-from lit_kd.cli import cli_main
+from lit_kd.cli import cli_main, main
 from lit_kd.cli.checkpoint_io import AtomicCheckpointIO
 from lit_kd.utils.io import atomic_write_text, fresh_directory, numbered_paths
 
@@ -58,3 +59,38 @@ def test_a_second_run_gets_its_own_version(tmp_path, tiny_args):
     assert (tmp_path / "logs" / "tiny" / "version_0" / "config.yaml").read_text() == config
     assert (tmp_path / "logs" / "tiny" / "version_1" / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "logs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+def _disk_full_while_writing_checkpoints(monkeypatch):
+    """Every checkpoint write fills the disk half-way through (what ENOSPC looks like to the writer)."""
+
+    def full_disk(self, checkpoint, path, storage_options=None):
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr("lightning.pytorch.plugins.io.TorchCheckpointIO.save_checkpoint", full_disk)
+
+
+def _files(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_full_disk_is_one_error_and_earlier_files_stay_byte_identical(tmp_path, tiny_args, monkeypatch, capsys):
+    short = [*tiny_args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+             "--trainer.enable_progress_bar", "false"]  # fmt: skip
+    main(["fit", *short])  # an earlier run: its files must survive what follows
+    earlier = _files(tmp_path / "logs")
+    _disk_full_while_writing_checkpoints(monkeypatch)
+    for attempt in (["fit", *short], ["fit", *short, "--trainer.max_epochs", "2", "--ckpt_path", "last"]):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            main(attempt)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        line = err.strip().splitlines()[-1]
+        assert "Traceback" not in err and line.startswith("lit_kd: error: no space left on the device writing ")
+        assert "/checkpoints/" in line and ".ckpt (it needs about " in line and " free in " in line
+        now = _files(tmp_path / "logs")
+        assert {name: now.get(name) for name in earlier} == earlier  # nothing earlier lost or changed
+        assert not [name for name in now if ".tmp" in name]  # no temporary left

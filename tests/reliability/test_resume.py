@@ -1,89 +1,154 @@
-"""Exact resume: SIGKILL a fit mid-epoch, resume with --ckpt_path last, and get the same per-step losses
-and the same final student weights as an uninterrupted run."""
+"""Exact resume from any kill point: SIGKILL a fit at a chosen moment (mid-epoch, during validation and its
+ROUGE-L generation, right after validation, while a checkpoint is written, after the epoch), resume with
+``--ckpt_path last`` and get what an uninterrupted run gets: the same per-step losses, validation metrics,
+best checkpoint and final student weights."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
 from tests.conftest import DEMO_DATA, ROOT, TINY_TOKENIZER
 
-STEPS_PER_EPOCH = 6
+STEPS_PER_EPOCH = 4
 EPOCHS = 3
 
 
-def fit_command(tmp_path: Path, name: str, *extra: str) -> list[str]:
-    probe = {
-        "trainer": {
-            "callbacks": [{"class_path": "tests.probes.LossRecorder", "init_args": {"out_dir": str(tmp_path / name)}}]
-        }
-    }
-    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(probe))
+def fit_command(tmp_path: Path, name: str, *extra: str, kill: dict | None = None) -> list[str]:
+    callbacks = [{"class_path": "tests.probes.LossRecorder", "init_args": {"out_dir": str(tmp_path / name)}}]
+    if kill is not None:
+        callbacks.append({"class_path": "tests.probes.KillAt", "init_args": kill})
+    probe = tmp_path / f"{name}-{'kill' if kill else 'run'}.yaml"
+    probe.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
     return [
         sys.executable, "-m", "lit_kd", "fit",
-        "--config", str(ROOT / "configs" / "tiny.yaml"), "--config", str(tmp_path / f"{name}.yaml"),
+        "--config", str(ROOT / "configs" / "tiny.yaml"), "--config", str(probe),
         "--trainer.deterministic", "true", "--trainer.max_epochs", str(EPOCHS),
-        "--trainer.limit_train_batches", str(STEPS_PER_EPOCH), "--trainer.limit_val_batches", "1",
+        "--trainer.limit_train_batches", str(STEPS_PER_EPOCH), "--trainer.limit_val_batches", "2",
         "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
-        "--last_checkpoint.every_n_train_steps", "1",
+        "--trainer.enable_model_summary", "false",
+        # every epoch improves val/loss: each validation writes a new best checkpoint and deletes the old one
+        "--checkpoint.monitor", "val/loss", "--checkpoint.mode", "min",
         "--model.teacher.tokenizer", str(TINY_TOKENIZER), "--data.raw", str(DEMO_DATA),
-        "--data.cache_dir", str(tmp_path / "cache"),
+        "--data.cache_dir", str(tmp_path.parent / "cache"),
         "--trainer.logger.init_args.save_dir", str(tmp_path / f"logs-{name}"),
         *extra,
     ]  # fmt: skip
 
 
-def losses_by_step(path: Path) -> dict[int, float]:
-    """The last recorded loss of each step (a resumed run re-records the steps after its checkpoint)."""
-    return {r["step"]: r["loss"] for r in map(json.loads, path.read_text().splitlines())}
+def run(command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
-def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path):
-    reference = subprocess.run(
-        fit_command(tmp_path, "reference"), cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert reference.returncode == 0, reference.stderr[-3000:]
+def outcome(folder: Path, logs: Path) -> dict:
+    """What a run leaves: per-step losses, per-epoch validation metrics, the best checkpoint, the files in
+    its checkpoint folder."""
+    losses = {r["step"]: r["loss"] for r in map(json.loads, (folder / "losses.jsonl").read_text().splitlines())}
+    validation = {r["epoch"]: r for r in map(json.loads, (folder / "validation.jsonl").read_text().splitlines())}
+    (version,) = (logs / "tiny").glob("version_*")
+    summary = json.loads((version / "fit_summary.json").read_text())
+    return {
+        "losses": losses,
+        "validation": validation,
+        "best": json.loads((folder / "best.json").read_text()),
+        "summary_best": Path(summary["best_model_path"]).name,
+        "checkpoints": sorted(p.name for p in (version / "checkpoints").iterdir()),
+        "weights": torch.load(folder / "final.pt"),
+    }
 
-    # the interrupted run: killed once it is inside its second epoch
-    kill_after = STEPS_PER_EPOCH + 3
-    process = subprocess.Popen(
-        fit_command(tmp_path, "interrupted"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    record = tmp_path / "interrupted" / "losses.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if record.is_file() and len(record.read_text().splitlines()) >= kill_after:
-            os.kill(process.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    killed_at = max(losses_by_step(record))
-    assert STEPS_PER_EPOCH < killed_at < EPOCHS * STEPS_PER_EPOCH  # mid-run, past the first epoch
 
-    resume = fit_command(tmp_path, "interrupted", "--ckpt_path", "last")
-    resumed = subprocess.run(resume, cwd=ROOT, capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume") / "reference"
+    root.mkdir()
+    done = run(fit_command(root, "reference", "--last_checkpoint.every_n_train_steps", "1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = outcome(root / "reference", root / "logs-reference")
+    assert sorted(result["validation"]) == list(range(EPOCHS))
+    assert result["best"]["best"] == f"best-{EPOCHS - 1}-{EPOCHS * STEPS_PER_EPOCH}.ckpt"
+    return result
+
+
+KILL_POINTS = {
+    "mid-epoch": {"hook": "train_batch", "epoch": 1, "batch": 1},
+    "during validation (loss and generation)": {"hook": "validation_batch", "epoch": 1, "batch": 0},
+    "right after validation, before its checkpoints": {"hook": "validation_end", "epoch": 1},
+    "while writing the best checkpoint": {"hook": "checkpoint_write", "epoch": 1, "file": "best"},
+    "while writing last.ckpt after validation": {"hook": "checkpoint_write", "epoch": 1, "file": "last"},
+    "after the epoch": {"hook": "train_epoch_end", "epoch": 1},
+}
+# the default last_checkpoint (once per epoch, after validation) and a kill mid-epoch
+EPOCH_END_ONLY = {"mid-epoch, last.ckpt once per epoch": {"hook": "train_batch", "epoch": 2, "batch": 2}}
+
+
+@pytest.mark.parametrize(
+    "label, kill, every_step",
+    [(label, kill, True) for label, kill in KILL_POINTS.items()]
+    + [(label, kill, False) for label, kill in EPOCH_END_ONLY.items()],
+    ids=[*KILL_POINTS, *EPOCH_END_ONLY],
+)
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, uninterrupted, label, kill, every_step):
+    extra = ["--last_checkpoint.every_n_train_steps", "1"] if every_step else []
+    killed = run(fit_command(tmp_path, "run", *extra, kill=kill))
+    assert killed.returncode == -signal.SIGKILL, f"the run was not killed ({label}): {killed.stderr[-2000:]}"
+    assert not (tmp_path / "run" / "best.json").exists()
+
+    resumed = run(fit_command(tmp_path, "run", *extra, "--ckpt_path", "last"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint path" in resumed.stdout + resumed.stderr
 
-    expected, got = losses_by_step(tmp_path / "reference" / "losses.jsonl"), losses_by_step(record)
-    assert sorted(got) == sorted(expected) == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
-    for step in expected:
-        assert abs(got[step] - expected[step]) <= 1e-6, (step, got[step], expected[step])
-    final_expected = torch.load(tmp_path / "reference" / "final.pt")
-    final_got = torch.load(tmp_path / "interrupted" / "final.pt")
-    for key, value in final_expected.items():
-        torch.testing.assert_close(final_got[key], value, atol=1e-6, rtol=0)
+    got = outcome(tmp_path / "run", tmp_path / "logs-run")
+    expected = uninterrupted
+    assert sorted(got["losses"]) == sorted(expected["losses"]) == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
+    for step, loss in expected["losses"].items():
+        assert got["losses"][step] == pytest.approx(loss, abs=1e-6, rel=0), step
+    assert sorted(got["validation"]) == list(range(EPOCHS))  # an interrupted validation was run again
+    for epoch, metrics in expected["validation"].items():
+        for key, value in metrics.items():
+            assert got["validation"][epoch][key] == pytest.approx(value, abs=1e-6, rel=0), (epoch, key)
+    assert got["best"]["best"] == expected["best"]["best"]
+    assert got["best"]["score"] == pytest.approx(expected["best"]["score"], abs=1e-6)
+    assert got["summary_best"] == expected["summary_best"]
+    # the same files: no second copy of a replayed best checkpoint, no temporary left by the killed write
+    assert got["checkpoints"] == expected["checkpoints"]
+    for key, value in expected["weights"].items():
+        torch.testing.assert_close(got["weights"][key], value, atol=1e-6, rtol=0)
 
     # the resumed run continued in the killed run's own version directory and kept its first config
-    version = tmp_path / "logs-interrupted" / "tiny" / "version_0"
+    version = tmp_path / "logs-run" / "tiny" / "version_0"
     assert (version / "config.yaml").is_file() and list(version.glob("config-resumed-*.yaml"))
-    assert not (tmp_path / "logs-interrupted" / "tiny" / "version_1").exists()
+
+
+def test_ctrl_c_prints_the_command_that_resumes_the_run(tmp_path):
+    import os
+    import shlex
+    import time
+
+    command = fit_command(tmp_path, "run", "--last_checkpoint.every_n_train_steps", "1")
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    record = tmp_path / "run" / "losses.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if record.is_file() and len(record.read_text().splitlines()) >= 3:
+            os.kill(process.pid, signal.SIGINT)
+            break
+        time.sleep(0.02)
+    err = process.communicate(timeout=120)[1]
+    lines = err.splitlines()
+    hint = next(i for i, line in enumerate(lines) if line.startswith("lit_kd: interrupted at epoch"))
+    assert "the latest state is " in lines[hint] and "last.ckpt" in lines[hint] and lines[hint].endswith("Resume with:")
+    printed = shlex.split(lines[hint + 1])
+    assert printed[:4] == ["python", "-m", "lit_kd", "fit"] and printed[-2:] == ["--ckpt_path", "last"]
+    assert printed[4:-2] == command[4:]  # the same arguments
+
+    resumed = run([sys.executable, *printed[1:]])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Restoring states from the checkpoint path" in resumed.stdout + resumed.stderr
+    assert not (tmp_path / "logs-run" / "tiny" / "version_1").exists()
