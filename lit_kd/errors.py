@@ -22,6 +22,10 @@ class OutputDirError(LitKDError, OSError):
     """An output directory cannot be created or written."""
 
 
+class CacheError(LitKDError, RuntimeError):
+    """A teacher cache is missing, truncated, unreadable, or was built for another teacher, data or settings."""
+
+
 class OutOfSpaceError(LitKDError, OSError):
     """The disk (or quota) is full while writing a checkpoint, a result or a cache; the message names the path."""
 

@@ -34,6 +34,7 @@ from lit_kd.data import DollyDataModule
 from lit_kd.errors import CheckpointError, LitKDError
 from lit_kd.modules import DistillModule
 from lit_kd.modules.loading import read_checkpoint
+from lit_kd.teacher import TeacherCache, cache_key
 from lit_kd.utils.io import ensure_writable_dir, is_out_of_space, newest, out_of_space_error
 from lit_kd.utils.yaml_files import check_config_files
 
@@ -150,6 +151,19 @@ class LitKDCLI(LightningCLI):
         self.datamodule.connect(self.model.tokenizer)
         self.datamodule.load_split_records()  # bad data files fail here, before any trainer or model work
         self._check_checkpoint_student()
+        self._check_teacher_cache()
+
+    def _check_teacher_cache(self) -> None:
+        """A ``model.teacher_cache`` that is missing, damaged or built for another teacher, tokenizer or data is
+        refused now, before any run directory is written (``DistillModule`` checks it again when it opens it)."""
+        if self.subcommand not in ("fit", "validate", "test") or self.model.teacher_cache_path is None:
+            return
+        cache = TeacherCache.open(self.model.teacher_cache_path)
+        records = self.datamodule.load_split_records()
+        cache.check(
+            cache_key(self.model.teacher_config, self.model.tokenizer, records, self.datamodule.max_length),
+            command_hint=" --config <this config> --out " + str(self.model.teacher_cache_path),
+        )
 
     def _check_checkpoint_student(self) -> None:
         """A ``--ckpt_path`` saved for another student is refused now, from its stored hyperparameters,
@@ -179,6 +193,7 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> LitKDCLI:
 # lit_kd's own commands: `python -m lit_kd <name> ...` calls `<module>.main(args)` (imported on demand)
 COMMANDS: dict[str, str] = {
     "demo": "lit_kd.cli.demo",
+    "cache-teacher": "lit_kd.cli.cache_teacher",
     "objectives": "lit_kd.cli.objectives",
     "evaluate": "lit_kd.cli.evaluate",
     "export": "lit_kd.cli.export",

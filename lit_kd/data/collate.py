@@ -5,13 +5,28 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from torch.utils.data import Dataset
 
 from lit_kd.data.tokenize import IGNORE_INDEX
 
 
+class IndexedExamples(Dataset):
+    """A split's examples, each with its ``index`` (its position in the split: the key of its rows in a teacher
+    cache)."""
+
+    def __init__(self, examples: Sequence[dict[str, Any]]) -> None:
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.examples[index], "index": index}
+
+
 class PadCollator:
     """Right-pads ``input_ids`` with ``pad_id`` and ``labels`` with -100; builds the attention mask.
-    A ``reference`` (the response text) passes through as the list ``references``."""
+    A ``reference`` (the response text) passes through as the list ``references``, an ``index`` as a tensor."""
 
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
@@ -29,4 +44,6 @@ class PadCollator:
         batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         if "reference" in examples[0]:
             batch["references"] = [example["reference"] for example in examples]
+        if "index" in examples[0]:  # the examples' positions in their split (the teacher cache's keys)
+            batch["index"] = torch.tensor([example["index"] for example in examples], dtype=torch.long)
         return batch

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
 
-from lit_kd.data.collate import PadCollator
+from lit_kd.data.collate import IndexedExamples, PadCollator
 from lit_kd.data.records import DataFormatError, load_records
 from lit_kd.data.sampler import EpochShuffleSampler
 from lit_kd.data.tokenize import TokenizedSplit, tokenize_records
@@ -163,7 +163,7 @@ class DollyDataModule(L.LightningDataModule):
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         if name not in self.splits:
             raise ConfigError(f"data: no {name!r} split is configured (set `data.{name}` or `data.raw`)")
-        dataset, collate = self.splits[name].dataset, PadCollator(self.tokenizer.pad_token_id)
+        dataset, collate = IndexedExamples(self.splits[name].dataset), PadCollator(self.tokenizer.pad_token_id)
         if not shuffle:
             return DataLoader(
                 dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers, collate_fn=collate

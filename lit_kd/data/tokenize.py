@@ -91,6 +91,12 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256((content + extra).encode()).hexdigest()
 
 
+def records_fingerprint(records: list[dict[str, Any]]) -> str:
+    """A content hash of records (instruction, input, output, in order)."""
+    content = json.dumps([[r["instruction"], r["input"], r["output"]] for r in records])
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
 def default_cache_dir() -> Path:
     import datasets
 
@@ -111,7 +117,7 @@ def tokenize_records(
     key = hashlib.sha256()
     for part in (
         CACHE_FORMAT,
-        json.dumps([[r["instruction"], r["input"], r["output"]] for r in records]),
+        records_fingerprint(records),
         tokenizer_fingerprint(tokenizer),
         PROMPT_NO_INPUT,
         PROMPT_WITH_INPUT,

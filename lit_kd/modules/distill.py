@@ -1,9 +1,12 @@
 """``DistillModule``: a frozen teacher, a trainable student and a τ-scaled objective from the registry.
 
-    L = (1 − kd_ratio) · CE(student, labels) + kd_ratio · L_KD(student, teacher; τ)
+    L = Σ_i [(1 − kd_ratio) · CE_i + kd_ratio · d_i(student, teacher; τ)] / N_step
 
-Both terms are token means over the response positions of the micro-batch (labels ≠ −100 after
-the causal shift). The module orchestrates; the math lives in ``lit_kd.losses``.
+over the response positions i (labels ≠ −100 after the causal shift) of the whole optimizer step: N_step
+counts the response tokens of every micro-batch of the accumulation window on every process
+(``lit_kd.modules.normalization``). The module orchestrates: the teacher comes from a source
+(``lit_kd.teacher``: the live model, or a cache of its hidden states), the per-token math and the chunking
+from ``lit_kd.losses``.
 
 The teacher is kept outside the module's registered children: it is never in the optimizer, never
 in ``state_dict`` (a checkpoint is student-sized), never wrapped by DDP/FSDP (it is replicated and
@@ -22,7 +25,6 @@ from typing import Any, Callable, Optional
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
@@ -32,7 +34,8 @@ from lit_kd.data.tokenize import IGNORE_INDEX
 from lit_kd.errors import CheckpointError, ConfigError, NonFiniteError
 from lit_kd.eval.generate import SamplingConfig, decode_responses, fit_prompt, generate_ids
 from lit_kd.eval.rouge import RougeL
-from lit_kd.losses import LossConfig, distillation_loss, kd_diagnostics
+from lit_kd.losses import LossConfig
+from lit_kd.losses.chunked import TokenSums, chunked_token_sums, token_sums_from_logits
 from lit_kd.models import (
     ModelConfig,
     StudentConfig,
@@ -44,9 +47,12 @@ from lit_kd.models import (
     load_tokenizer,
     shared_vocab_size,
 )
+from lit_kd.models.head import final_hidden_states, output_head, verify_head
+from lit_kd.modules.normalization import StepNormalizer
 from lit_kd.modules.schedule import WarmupCosineLR
+from lit_kd.teacher import CachedTeacher, LiveTeacher, TeacherCache, cache_key
 
-LOSS_NAMES = ("loss", "kd_loss", "lm_loss")
+SPLIT_OF_STAGE = {"train": "train", "val": "val", "test": "test"}
 
 
 def check_student_state(expected: dict[str, Tensor], given: dict[str, Tensor], source: str) -> None:
@@ -83,20 +89,6 @@ class ValidationRouge:
             raise ConfigError(f"model.val_rouge.examples must be >= 1, got {self.examples} (null turns it off)")
 
 
-@dataclass
-class StepLosses:
-    """The losses of one batch and the number of supervised (response) tokens behind them."""
-
-    loss: Tensor
-    lm_loss: Tensor
-    kd_loss: Optional[Tensor]
-    tokens: int
-    student_rows: Tensor
-    """student logits at the response positions, ``[tokens, V]``"""
-    teacher_rows: Optional[Tensor]
-    targets: Tensor
-
-
 class DistillModule(L.LightningModule):
     def __init__(
         self,
@@ -109,6 +101,8 @@ class DistillModule(L.LightningModule):
         diagnostics: bool = True,
         val_rouge: Optional[ValidationRouge] = None,
         nonfinite: str = "raise",
+        teacher_cache: Optional[str] = None,
+        chunk_size: Optional[int] = 1024,
     ) -> None:
         """
         Args:
@@ -127,6 +121,12 @@ class DistillModule(L.LightningModule):
                 step and batch) or ``skip`` (the batch is dropped, counted in ``train/skipped_batches``;
                 under DDP it contributes a zero gradient so the processes stay in step, but the optimizer
                 and the LR schedule still step: AdamW's moments decay and weight decay applies).
+            teacher_cache: A teacher cache directory (``python -m lit_kd cache-teacher``): the teacher's logits
+                are recomputed exactly from its stored hidden states with its LM head, and its body is never
+                run (nor loaded, unless the student is cut from its layers). ``teacher`` still names the
+                teacher: the cache must have been built for it, the tokenizer and the data.
+            chunk_size: Response rows per chunk of the fused-head loss: at most one ``[chunk_size, V]`` block
+                of each model's logits exists at a time. ``null`` computes the full logits (the former path).
         """
         super().__init__()
         if not 0.0 <= kd_ratio <= 1.0:
@@ -135,6 +135,10 @@ class DistillModule(L.LightningModule):
             raise ConfigError("model.teacher is required when model.kd_ratio > 0 (set kd_ratio: 0 to fine-tune alone)")
         if not student.has_source and (student.layers is None or teacher is None):
             raise ConfigError("model.student needs a source (path, gguf_file or config) or `layers` of the teacher")
+        if chunk_size is not None and chunk_size < 1:
+            raise ConfigError(f"model.chunk_size must be a positive number of rows or null, got {chunk_size}")
+        if teacher_cache is not None and teacher is None:
+            raise ConfigError("model.teacher_cache needs model.teacher: it names the teacher the cache was built from")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.teacher_config, self.student_config, self.loss_config = teacher, student, loss
         self.kd_ratio = kd_ratio
@@ -148,6 +152,10 @@ class DistillModule(L.LightningModule):
         self._generated = {"val": 0, "test": 0}
         self.optimizer_factory: Callable = optimizer
         self.lr_scheduler_factory: Optional[Callable] = lr_scheduler
+        self.teacher_cache_path = teacher_cache
+        self.chunk_size = chunk_size
+        self.teacher_source: Optional[LiveTeacher | CachedTeacher] = None
+        self.normalizer = StepNormalizer()
 
         self.tokenizer: PreTrainedTokenizerBase = self._load_tokenizers()
         self._check_student_layers()
@@ -189,11 +197,15 @@ class DistillModule(L.LightningModule):
         check_layers(self.student_config.layers, available, f"the {role} ({parent.describe()})")
 
     def configure_model(self) -> None:
-        """Load (or derive) the models; idempotent, as Lightning calls it in every stage."""
+        """Load (or derive) the models and the teacher source; idempotent, as Lightning calls it in every stage.
+        With a teacher cache the teacher's body is loaded only to cut the student from it, then released."""
         if self.student is not None:
             return
         teacher = None
-        if self.teacher_config is not None:
+        needs_teacher_body = self.teacher_config is not None and (
+            self.teacher_cache_path is None or not self.student_config.has_source
+        )
+        if needs_teacher_body:
             teacher = load_model(self.teacher_config, "teacher")
             teacher.requires_grad_(False)
             teacher.eval()
@@ -204,9 +216,16 @@ class DistillModule(L.LightningModule):
         else:
             student = derive_student(teacher, self.student_config.layers)
         self.student = student.to(self.student_config.torch_dtype)
+        cache = None
+        if self.teacher_cache_path is not None:
+            cache = self.open_teacher_cache()
+            teacher = None  # the cache replaces the body (loaded above only to cut the student from it)
         object.__setattr__(self, "_teacher", teacher)
         student_width = self.student.get_output_embeddings().weight.shape[0]
-        teacher_width = teacher.get_output_embeddings().weight.shape[0] if teacher is not None else student_width
+        if cache is not None:
+            teacher_width = cache.head.weight.shape[0]
+        else:
+            teacher_width = teacher.get_output_embeddings().weight.shape[0] if teacher is not None else student_width
         self.vocab_size = shared_vocab_size(
             self.tokenizer,
             teacher_width,
@@ -214,20 +233,53 @@ class DistillModule(L.LightningModule):
             self.teacher_config.describe() if self.teacher_config else "<none>",
             self.student_config.describe() if self.student_config.has_source else "derived from the teacher",
         )
+        if cache is not None:
+            self.teacher_source = CachedTeacher(cache, self.vocab_size)
+        elif teacher is not None:
+            self.teacher_source = LiveTeacher(teacher, self.vocab_size)
+        if self.chunk_size is not None:  # logits = head(hidden) must hold exactly for the chunked loss
+            verify_head(self.student, "student", self.vocab_size)
+            if teacher is not None:
+                verify_head(teacher, "teacher", self.vocab_size)
         # follow whatever device/dtype the module is already on
         if teacher is not None:
             teacher.to(device=self.device)
+        if isinstance(self.teacher_source, CachedTeacher):
+            self.teacher_source.to(self.device)
         self.student.to(device=self.device)
         rank_zero_info(
             f"student: {sum(p.numel() for p in self.student.parameters()):,} trainable parameters"
             + (f"; teacher: {sum(p.numel() for p in teacher.parameters()):,} frozen" if teacher is not None else "")
+            + (f"; teacher from the cache {self.teacher_cache_path} (its body not loaded)" if cache is not None else "")
             + f"; compared over {self.vocab_size:,} vocabulary entries"
         )
+
+    def setup(self, stage: str) -> None:
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if self.chunk_size is not None and type(strategy).__name__ in ("FSDPStrategy", "ModelParallelStrategy"):
+            raise ConfigError(
+                "model.chunk_size: the chunked loss applies the student's LM head outside its forward, where FSDP "
+                "keeps it sharded; set model.chunk_size: null with FSDP (configs/strategies/fsdp.yaml does)"
+            )
+
+    def open_teacher_cache(self) -> TeacherCache:
+        """Open ``teacher_cache`` and, inside a trainer with a ``DollyDataModule``, check it was built for this
+        teacher, tokenizer and data (the CLI checks it earlier, before anything is written)."""
+        cache = TeacherCache.open(self.teacher_cache_path)
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None and hasattr(datamodule, "load_split_records"):
+            expected = cache_key(
+                self.teacher_config, self.tokenizer, datamodule.load_split_records(), datamodule.max_length
+            )
+            cache.check(expected)
+        return cache
 
     def _apply(self, fn: Callable, recurse: bool = True) -> "DistillModule":
         super()._apply(fn, recurse)
         if self._teacher is not None:
             self._teacher._apply(fn)
+        if isinstance(self.teacher_source, CachedTeacher):
+            self.teacher_source.to(self.device)
         return self
 
     # -- the step ---------------------------------------------------------------------------------
@@ -236,43 +288,38 @@ class DistillModule(L.LightningModule):
         """Student logits ``[B, T, V]``."""
         return self.student(input_ids=input_ids, attention_mask=attention_mask).logits
 
-    def compute_losses(self, batch: dict[str, Tensor]) -> StepLosses:
-        """Token-mean CE and KD over the positions that predict response tokens."""
+    def compute_losses(self, batch: dict[str, Tensor], stage: str = "train", diagnostics: bool = False) -> TokenSums:
+        """Token sums of ℓ_i = (1 − r)·CE_i + r·d_i over the batch's response positions (``lit_kd.losses.chunked``),
+        chunked through the LM heads (``chunk_size``) or from full logits (``chunk_size: null``)."""
         labels = batch["labels"][:, 1:]
         mask = labels != IGNORE_INDEX  # position t predicts token t + 1
         targets = labels[mask]
-        student_rows = self(batch["input_ids"], batch["attention_mask"])[:, :-1, : self.vocab_size][mask]
-        lm_loss = F.cross_entropy(student_rows.float(), targets)
-        kd_loss = None
-        if self._teacher is not None and self.kd_ratio > 0:
-            with torch.no_grad():
-                teacher_logits = self._teacher(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                ).logits
-            teacher_rows = teacher_logits[:, :-1, : self.vocab_size][mask]
-            kd_loss = distillation_loss(self.loss_config, student_rows, teacher_rows, targets=targets)
-        loss = lm_loss if kd_loss is None else (1.0 - self.kd_ratio) * lm_loss + self.kd_ratio * kd_loss
-        return StepLosses(
-            loss=loss,
-            lm_loss=lm_loss,
-            kd_loss=kd_loss,
-            tokens=int(mask.sum()),
-            student_rows=student_rows,
-            teacher_rows=teacher_rows if kd_loss is not None else None,
-            targets=targets,
+        source = self.teacher_source if self.kd_ratio > 0 else None
+        split = SPLIT_OF_STAGE[stage]
+        if self.chunk_size is None:
+            student_rows = self(batch["input_ids"], batch["attention_mask"])[:, :-1, : self.vocab_size][mask]
+            teacher_rows = source.logits_rows(batch, mask, split) if source is not None else None
+            return token_sums_from_logits(
+                student_rows, teacher_rows, targets, self.loss_config, self.kd_ratio, diagnostics
+            )
+        hidden = final_hidden_states(self.student, batch["input_ids"], batch["attention_mask"])[:, :-1][mask]
+        return chunked_token_sums(
+            hidden,
+            output_head(self.student, self.vocab_size),
+            targets,
+            self.loss_config,
+            self.kd_ratio,
+            self.chunk_size,
+            teacher_hidden=source.hidden_rows(batch, mask, split) if source is not None else None,
+            teacher_head=source.head if source is not None else None,
+            diagnostics=diagnostics,
         )
 
-    def _check_finite(self, losses: StepLosses, stage: str, batch_idx: int) -> bool:
+    def _check_finite(self, sums: TokenSums, stage: str, batch_idx: int) -> bool:
         """Apply the ``nonfinite`` policy; True when the batch may be used."""
-        problems = [
-            f"{what} in {name}"
-            for name, tensor in (("student logits", losses.student_rows), ("teacher logits", losses.teacher_rows))
-            if tensor is not None
-            for what, found in (("NaN", torch.isnan(tensor)), ("+inf", torch.isposinf(tensor)))
-            if found.any()
-        ]
-        if not torch.isfinite(losses.loss.detach()):
-            problems.append(f"non-finite loss ({losses.loss.item()})")
+        problems = list(sums.problems)
+        if not torch.isfinite(sums.loss.detach()):
+            problems.append(f"non-finite loss ({(sums.loss.detach() / max(sums.tokens, 1)).item()})")
         if not problems:
             return True
         where = f"{stage} step {self.global_step}, batch {batch_idx}, epoch {self.current_epoch}"
@@ -284,39 +331,52 @@ class DistillModule(L.LightningModule):
         return False
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Optional[Tensor]:
-        losses = self.compute_losses(batch)
+        diagnostics = self.diagnostics and self.kd_ratio > 0 and self.teacher_source is not None
+        sums = self.compute_losses(batch, "train", diagnostics=diagnostics and self._logging_this_step())
         size = batch["input_ids"].shape[0]
-        if not self._check_finite(losses, "train", batch_idx):
+        if not self._check_finite(sums, "train", batch_idx):
             self.log("train/skipped_batches", float(self.skipped_batches), batch_size=size)
             if self.trainer.world_size > 1:  # every rank must take part in the gradient all-reduce
                 return sum(p.sum() for p in self.student.parameters() if p.requires_grad) * 0.0
             return None  # Lightning skips backward and the optimizer step
-        self.log("train/loss", losses.loss, prog_bar=True, batch_size=size)
-        self.log("train/lm_loss", losses.lm_loss, batch_size=size)
-        if losses.kd_loss is not None:
-            self.log("train/kd_loss", losses.kd_loss, batch_size=size)
+        self.normalizer.add(sums)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=size)
-        if self.diagnostics and losses.teacher_rows is not None and self._logging_this_step():
-            diagnostics = kd_diagnostics(self.loss_config, losses.student_rows, losses.teacher_rows, losses.targets)
-            for name, value in diagnostics.items():
-                self.log(f"diag/{name}", value, batch_size=size)
-        return losses.loss
+        for name, value in (sums.diagnostics or {}).items():
+            self.log(f"diag/{name}", value, batch_size=size)
+        # the micro-batch's sum: the gradient is divided by the step's token count in on_before_optimizer_step
+        return sums.loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Token-exact normalization of the accumulated gradients; log the step's token means."""
+        means = self.normalizer.finish(
+            self.student.parameters(),
+            reduce_sum=lambda tensor: self.trainer.strategy.reduce(tensor, reduce_op="sum"),
+            grad_scale=self.trainer.accumulate_grad_batches * self.trainer.world_size,
+            device=self.device,
+        )
+        for name, value in means.items():
+            if name == "kd_loss" and (self.kd_ratio == 0 or self.teacher_source is None):
+                continue
+            self.log(f"train/{name}", value, prog_bar=name == "loss")
+
+    def on_train_epoch_start(self) -> None:
+        self.normalizer.reset()
 
     def _logging_this_step(self) -> bool:
-        """True on the steps whose logged values reach the logger (every ``log_every_n_steps``), so the
-        diagnostics cost nothing on the others. Uses the connector's own decision, the one ``self.log`` obeys."""
-        return bool(self.trainer._logger_connector.should_update_logs)
+        """True on the optimizer steps whose logged values reach the logger (every ``log_every_n_steps``), so
+        the diagnostics cost nothing on the others."""
+        return (self.trainer.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0
 
     def _eval_step(self, stage: str, batch: dict[str, Tensor], batch_idx: int) -> None:
-        losses = self.compute_losses(batch)
-        if not self._check_finite(losses, stage, batch_idx):
+        sums = self.compute_losses(batch, stage)
+        if not self._check_finite(sums, stage, batch_idx):
             return
-        for name in LOSS_NAMES:
-            value = getattr(losses, name)
+        for name in ("loss", "kd_loss", "lm_loss"):
+            value = sums.mean(name)
             if value is not None:
                 # weighting each batch mean by its token count makes the epoch value a token mean over
                 # the whole split; sync_dist sums values and weights over processes
-                self.log(f"{stage}/{name}", value, prog_bar=name == "loss", batch_size=losses.tokens, sync_dist=True)
+                self.log(f"{stage}/{name}", value, prog_bar=name == "loss", batch_size=sums.tokens, sync_dist=True)
 
         if self.val_rouge is not None:
             self._generation_step(stage, batch)

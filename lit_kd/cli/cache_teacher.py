@@ -1,0 +1,136 @@
+"""``python -m lit_kd cache-teacher``: run the teacher once over a fit config's data and store its final hidden
+states at the response positions, so that training (``model.teacher_cache``) never runs the teacher again.
+
+    python -m lit_kd cache-teacher --config configs/demo.yaml --out logs/cache/demo
+    python -m lit_kd fit --config configs/demo.yaml --model.teacher_cache logs/cache/demo
+
+Every ``--config`` and override a ``fit`` accepts is accepted (they select the teacher, tokenizer and data);
+``--out`` defaults to the config's ``model.teacher_cache``. An existing cache built for the same teacher, data
+and settings is reused; one built for anything else is refused, never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from lit_kd.data.collate import IndexedExamples, PadCollator
+from lit_kd.errors import CacheError, ConfigError
+from lit_kd.models import ModelConfig, load_model
+from lit_kd.models.head import final_hidden_states, output_head, verify_head
+from lit_kd.teacher.cache import (
+    CACHE_DTYPES,
+    MANIFEST,
+    TeacherCache,
+    build_teacher_cache,
+    cache_key,
+    describe_size,
+)
+
+
+def split_sizes(dataset: Any) -> tuple[int, int]:
+    """(examples, response rows) of a tokenized split: the rows a cache stores for it."""
+    labels = dataset["labels"]
+    return len(labels), sum(sum(1 for label in row[1:] if label != -100) for row in labels)
+
+
+def cache_teacher(
+    fit_args: list[str], out: Optional[str] = None, dtype: str = "float32", batch_size: Optional[int] = None,
+    device: str = "auto",
+) -> Path:  # fmt: skip
+    """Build (or confirm) the teacher cache of a fit configuration (its ``--config`` files and overrides)."""
+    from lit_kd.cli.main import LitKDCLI
+
+    if dtype not in CACHE_DTYPES:
+        raise ConfigError(f"--dtype must be one of {', '.join(CACHE_DTYPES)}, got {dtype!r}")
+    cli = LitKDCLI(args=fit_args, run=False)
+    module = cli.model
+    if module.teacher_config is None:
+        raise ConfigError("cache-teacher: the config has no model.teacher")
+    target = out or module.teacher_cache_path
+    if target is None:
+        raise ConfigError("cache-teacher: give --out (or set model.teacher_cache in the config)")
+    return write_teacher_cache(
+        module.teacher_config, module.tokenizer, cli.datamodule, target, dtype, batch_size, device
+    )
+
+
+def write_teacher_cache(
+    teacher_config: ModelConfig,
+    tokenizer: Any,
+    data: Any,
+    target: str | Path,
+    dtype: str = "float32",
+    batch_size: Optional[int] = None,
+    device: str = "auto",
+) -> Path:
+    """Run the teacher over every split of ``data`` (a connected ``DollyDataModule``) and write the cache to
+    ``target``; an existing cache for the same key is reused, any other content is refused."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    target = Path(target)
+    key = cache_key(teacher_config, tokenizer, data.load_split_records(), data.max_length)
+    if target.exists() and any(target.iterdir()):
+        if not (target / MANIFEST).is_file():
+            raise CacheError(f"{target} exists and is not a teacher cache; choose another --out (nothing was changed)")
+        TeacherCache.open(target).check(key)
+        print(f"teacher cache {target} is up to date for this teacher, tokenizer and data: nothing to do")
+        return target
+
+    data.setup("fit")
+    sizes = {name: split_sizes(split.dataset) for name, split in data.splits.items()}
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    teacher = load_model(teacher_config, "teacher").to(device).eval().requires_grad_(False)
+    verify_head(teacher, "teacher")  # the cached hidden states must give the teacher's logits exactly
+    head = output_head(teacher)
+    print(f"teacher cache {target}: {describe_size(sizes, head.hidden_size, dtype)}", flush=True)
+    collate = PadCollator(tokenizer.pad_token_id)
+    size = batch_size or data.eval_batch_size
+    loaders = {
+        name: (lambda d=split.dataset: DataLoader(IndexedExamples(d), batch_size=size, collate_fn=collate))
+        for name, split in data.splits.items()
+    }
+
+    def hidden(batch: dict[str, Any]) -> torch.Tensor:
+        return final_hidden_states(teacher, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    terminal = sys.stderr.isatty()
+    with Progress(*columns, disable=not terminal) as bar:
+        tasks = {name: bar.add_task(f"teacher cache: {name}", total=examples) for name, (examples, _) in sizes.items()}
+        last = {name: 0 for name in sizes}
+
+        def progress(split: str, done: int) -> None:
+            bar.update(tasks[split], completed=done)
+            if not terminal and (done - last[split] >= max(sizes[split][0] // 10, 1) or done == sizes[split][0]):
+                print(f"teacher cache: {split} {done}/{sizes[split][0]}", flush=True)  # logs without a terminal
+                last[split] = done
+
+        path = build_teacher_cache(target, key, head, loaders, sizes, hidden, dtype=dtype, progress=progress)
+    print(f"wrote the teacher cache {path}; train with --model.teacher_cache {path}")
+    return path
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m lit_kd cache-teacher",
+        description=__doc__.split("\n\n")[0],
+        epilog="Other arguments are those of `python -m lit_kd fit` (--config FILE, --data.*, --model.*).",
+    )
+    parser.add_argument("--out", help="cache directory (default: the config's model.teacher_cache)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=sorted(CACHE_DTYPES),
+        help="float32: exact; bfloat16: half the size (see the README for the loss difference)",
+    )
+    parser.add_argument("--batch_size", type=int, help="examples per teacher forward (default: data.eval_batch_size)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    options, fit_args = parser.parse_known_args(sys.argv[1:] if args is None else args)
+    cache_teacher(fit_args, options.out, options.dtype, options.batch_size, options.device)

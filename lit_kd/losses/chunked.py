@@ -1,0 +1,202 @@
+"""The KD step's loss over the response rows of a micro-batch, as token *sums* (normalized later over the whole
+optimizer step), computed either from full logits or chunk by chunk from hidden states and LM heads.
+
+Per response token i (label t_i, student logits z_s,i, teacher logits z_t,i):
+
+    ℓ_i = (1 − r) · CE(z_s,i, t_i) + r · s · d(z_s,i, z_t,i; τ)        r = kd_ratio, s = τ² or 1
+
+with d the configured objective from the registry, called as it is (``per_token_divergence``).
+
+**Chunked, fused-head path** (``chunked_token_sums``): the rows are taken ``chunk_size`` at a time; for each
+chunk the student's logits ``h_s W_sᵀ`` and the teacher's ``h_t W_tᵀ`` (live hidden states or cached ones)
+are formed, ℓ and its gradient with respect to the chunk's student hidden rows and the student head are
+computed at once (``torch.autograd.grad`` on the chunk), and the chunk's logits are freed. At most one
+``[chunk, V]`` block of each model's logits exists at a time and the full ``[B, T, V]`` logits never do.
+The gradients are kept (``[N, d]`` for the hidden rows, ``[V, d]`` for the head) and handed to autograd by
+``_PrecomputedGradient``, whose backward scales them by the incoming gradient: the loss is linear in Σ ℓ
+(it is divided by the step's token count), so nothing is recomputed — the chunked step costs the same
+FLOPs as the full-logits one (the approach of Liger's fused linear cross-entropy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lit_kd.losses.core import upcast
+from lit_kd.losses.diagnostics import kd_diagnostics
+from lit_kd.losses.registry import LossConfig, per_token_divergence
+from lit_kd.models.head import OutputHead
+
+SUM_NAMES = ("loss", "kd_loss", "lm_loss")
+
+
+@dataclass
+class TokenSums:
+    """Sums over the response tokens of one micro-batch: ``loss`` carries the gradient, the others are detached."""
+
+    loss: Tensor
+    lm_loss: Tensor
+    kd_loss: Optional[Tensor]
+    tokens: int
+    problems: list[str] = field(default_factory=list)
+    """non-finite values met: "NaN in student logits", "+inf in teacher logits", ..."""
+    diagnostics: Optional[dict[str, Tensor]] = None
+    """KD diagnostics as means over this micro-batch's tokens (when asked for)"""
+
+    def mean(self, name: str) -> Optional[Tensor]:
+        """``Σ / tokens`` of ``loss``, ``kd_loss`` or ``lm_loss`` (None where that term is absent)."""
+        value = getattr(self, name)
+        return None if value is None else value / max(self.tokens, 1)
+
+
+def token_terms(
+    student_logits: Tensor,
+    teacher_logits: Optional[Tensor],
+    targets: Tensor,
+    config: LossConfig,
+    kd_ratio: float,
+) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Per-token ``(ℓ, CE, s·d)`` of rows ``[n, V]``; the KD term is None without teacher logits or weight."""
+    ce = F.cross_entropy(upcast(student_logits), targets, reduction="none")
+    if teacher_logits is None or kd_ratio == 0:
+        return ce, ce, None
+    kd = per_token_divergence(config, student_logits, teacher_logits, targets)
+    if config.tau_squared_scaling:
+        kd = kd * config.tau**2
+    combined = kd if kd_ratio == 1 else (1.0 - kd_ratio) * ce + kd_ratio * kd
+    return combined, ce, kd
+
+
+def nonfinite_problems(student_logits: Tensor, teacher_logits: Optional[Tensor]) -> list[str]:
+    """What is wrong in these logits: NaN or +inf (−inf is a legitimate mask)."""
+    return [
+        f"{what} in {name} logits"
+        for name, tensor in (("student", student_logits), ("teacher", teacher_logits))
+        if tensor is not None
+        for what, found in (("NaN", torch.isnan(tensor)), ("+inf", torch.isposinf(tensor)))
+        if found.any()
+    ]
+
+
+def token_sums_from_logits(
+    student_logits: Tensor,
+    teacher_logits: Optional[Tensor],
+    targets: Tensor,
+    config: LossConfig,
+    kd_ratio: float,
+    diagnostics: bool = False,
+) -> TokenSums:
+    """The full-logits path: rows ``[N, V]`` of both models at once (``model.chunk_size: null``)."""
+    combined, ce, kd = token_terms(student_logits, teacher_logits, targets, config, kd_ratio)
+    diag = None
+    if diagnostics and kd is not None:
+        diag = kd_diagnostics(config, student_logits, teacher_logits, targets)
+    return TokenSums(
+        loss=combined.sum(),
+        lm_loss=ce.detach().sum(),
+        kd_loss=None if kd is None else kd.detach().sum(),
+        tokens=int(targets.numel()),
+        problems=nonfinite_problems(student_logits.detach(), teacher_logits),
+        diagnostics=diag,
+    )
+
+
+class _PrecomputedGradient(torch.autograd.Function):
+    """Returns ``value``; its backward hands out gradients computed in the forward, scaled by ``grad_output``."""
+
+    @staticmethod
+    def forward(ctx, value, hidden, weight, bias, grad_hidden, grad_weight, grad_bias):  # type: ignore[override]
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias if grad_bias is not None else grad_weight)
+        ctx.has_bias = grad_bias is not None
+        return value.detach().clone()
+
+    @staticmethod
+    def backward(ctx, grad_output):  # type: ignore[override]
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        scale = grad_output.to(grad_weight.dtype)
+        return (
+            None,
+            grad_hidden * grad_output.to(grad_hidden.dtype),
+            grad_weight * scale,
+            grad_bias * scale if ctx.has_bias else None,
+            None,
+            None,
+            None,
+        )
+
+
+def chunked_token_sums(
+    student_hidden: Tensor,
+    student_head: OutputHead,
+    targets: Tensor,
+    config: LossConfig,
+    kd_ratio: float,
+    chunk_size: int,
+    teacher_hidden: Optional[Tensor] = None,
+    teacher_head: Optional[OutputHead] = None,
+    diagnostics: bool = False,
+) -> TokenSums:
+    """The chunked, fused-head path (see the module docstring): the same sums as ``token_sums_from_logits`` on
+    ``student_head.logits(student_hidden)`` and ``teacher_head.logits(teacher_hidden)``, with the same
+    gradient, one ``chunk_size``-row block of logits at a time."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    rows = student_hidden.shape[0]
+    weight, bias = student_head.weight, student_head.bias
+    needs_grad = torch.is_grad_enabled() and (student_hidden.requires_grad or weight.requires_grad)
+    with_teacher = teacher_hidden is not None and teacher_head is not None and kd_ratio > 0
+    zero = torch.zeros((), device=student_hidden.device, dtype=torch.promote_types(student_hidden.dtype, torch.float32))
+    total, lm_sum = zero.clone(), zero.clone()
+    kd_sum = zero.clone() if with_teacher else None
+    grad_hidden = torch.zeros_like(student_hidden) if needs_grad else None
+    grad_weight = torch.zeros_like(weight) if needs_grad else None
+    grad_bias = torch.zeros_like(bias) if needs_grad and bias is not None else None
+    problems: set[str] = set()
+    diag_sums: dict[str, Tensor] = {}
+
+    for start in range(0, rows, chunk_size):
+        end = min(start + chunk_size, rows)
+        with torch.no_grad():
+            teacher_logits = teacher_head.logits(teacher_hidden[start:end]) if with_teacher else None
+        with torch.enable_grad() if needs_grad else torch.no_grad():
+            hidden = student_hidden[start:end].detach().requires_grad_(needs_grad)
+            leaf_weight = weight.detach().requires_grad_(needs_grad)
+            leaf_bias = bias.detach().requires_grad_(needs_grad) if bias is not None else None
+            head = OutputHead(leaf_weight, leaf_bias, student_head.vocab_size)
+            logits = head.logits(hidden)
+            combined, ce, kd = token_terms(logits, teacher_logits, targets[start:end], config, kd_ratio)
+            chunk_total = combined.sum()
+            if needs_grad:
+                inputs = [hidden, leaf_weight] + ([leaf_bias] if leaf_bias is not None else [])
+                grads = torch.autograd.grad(chunk_total, inputs)
+                grad_hidden[start:end] = grads[0]
+                grad_weight += grads[1]
+                if leaf_bias is not None:
+                    grad_bias += grads[2]
+        total += chunk_total.detach()
+        lm_sum += ce.detach().sum()
+        if kd is not None:
+            kd_sum += kd.detach().sum()
+        problems.update(nonfinite_problems(logits.detach(), teacher_logits))
+        if diagnostics and kd is not None:
+            for name, value in kd_diagnostics(config, logits.detach(), teacher_logits, targets[start:end]).items():
+                diag_sums[name] = diag_sums.get(name, 0.0) + value * (end - start)
+        del logits, teacher_logits, combined, ce, kd  # one chunk of logits alive at a time
+
+    loss = total
+    if needs_grad:
+        loss = _PrecomputedGradient.apply(total, student_hidden, weight, bias, grad_hidden, grad_weight, grad_bias)
+    order = ["NaN in student logits", "+inf in student logits", "NaN in teacher logits", "+inf in teacher logits"]
+    return TokenSums(
+        loss=loss,
+        lm_loss=lm_sum,
+        kd_loss=kd_sum,
+        tokens=rows,
+        problems=[p for p in order if p in problems],
+        diagnostics={k: v / rows for k, v in diag_sums.items()} if diag_sums else None,
+    )

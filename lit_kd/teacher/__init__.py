@@ -1,0 +1,14 @@
+"""The teacher as a source: a live model or an exact cache of its final hidden states."""
+
+from lit_kd.teacher.cache import CacheKey, TeacherCache, build_teacher_cache, cache_key, teacher_identity
+from lit_kd.teacher.source import CachedTeacher, LiveTeacher
+
+__all__ = [
+    "CacheKey",
+    "CachedTeacher",
+    "LiveTeacher",
+    "TeacherCache",
+    "build_teacher_cache",
+    "cache_key",
+    "teacher_identity",
+]

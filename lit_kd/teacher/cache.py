@@ -1,0 +1,331 @@
+"""The teacher cache: the frozen teacher's final hidden states at every response position of the train,
+validation and test examples, computed once, so training recomputes the teacher's logits exactly with its
+LM head (one ``[rows, d] × [d, V]`` matmul per chunk) instead of a forward pass through its body.
+
+Layout of a cache directory (written to a temporary sibling, renamed into place when complete)::
+
+    manifest.json                  format, key (what the cache was built from), dtype, hidden size, shards
+    head.safetensors               the teacher's LM head: weight [V, d] (+ bias), in the teacher's dtype
+    <split>-<k>.safetensors        hidden [rows, d] (float32 or bfloat16) and offsets [examples + 1]
+
+Storage is safetensors, read with ``safe_open``: memory-mapped, so a batch reads exactly the rows of its
+examples (no copy of the file in memory, pages shared between processes), with native bfloat16 (Arrow, the
+``datasets`` format, has no bfloat16), and a library transformers already depends on. Shards (about
+``shard_bytes`` each) keep the memory of the writer bounded.
+
+The cache is keyed by the teacher's identity, the tokenizer, the prompt template, ``max_length`` and each
+split's content: a cache built for anything else is refused with the fields that differ.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from lit_kd.data.prompt import PROMPT_NO_INPUT, PROMPT_WITH_INPUT
+from lit_kd.data.tokenize import IGNORE_INDEX, records_fingerprint, tokenizer_fingerprint
+from lit_kd.errors import CacheError
+from lit_kd.models.config import ModelConfig
+from lit_kd.models.head import OutputHead
+from lit_kd.models.loading import gguf_location, resolve_path
+from lit_kd.utils.io import atomic_directory, check_free_space, human_bytes
+
+CACHE_FORMAT = 1
+MANIFEST = "manifest.json"
+HEAD_FILE = "head.safetensors"
+CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _file_digest(path: str, edge: int = 1 << 20) -> str:
+    """Size + SHA-256 of the first and last MiB: identifies a large weights file without reading it all."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(edge))
+        if size > edge:
+            handle.seek(max(size - edge, edge))
+            digest.update(handle.read(edge))
+    return digest.hexdigest()[:16]
+
+
+def teacher_identity(config: ModelConfig) -> dict[str, Any]:
+    """What identifies a teacher without loading it: its source, revision, dtype, and for local files the
+    digests of its config and weights files (a retrained teacher at the same path is another teacher)."""
+    identity: dict[str, Any] = {"source": config.describe(), "dtype": config.dtype}
+    if config.config is not None:
+        identity.update(config=config.config, init_seed=config.init_seed)
+    elif config.gguf_file is not None:
+        directory, filename = gguf_location(config)
+        identity["files"] = {filename: _file_digest(os.path.join(directory, filename))}
+    else:
+        path = resolve_path(config.path)
+        identity["revision"] = config.revision
+        if os.path.isdir(path):
+            names = sorted(
+                n for n in os.listdir(path) if n == "config.json" or n.endswith((".safetensors", ".bin", ".pt"))
+            )
+            identity["files"] = {n: _file_digest(os.path.join(path, n)) for n in names}
+    return identity
+
+
+@dataclass
+class CacheKey:
+    """Everything a cache's content depends on; two keys that differ name the fields that differ."""
+
+    teacher: dict[str, Any]
+    tokenizer: str
+    template: str
+    max_length: int
+    splits: dict[str, str] = field(default_factory=dict)
+    """split name → the content fingerprint of its records"""
+
+    def differences(self, cached: "CacheKey") -> list[str]:
+        """The fields in which ``cached`` (a cache's key) does not serve this run."""
+        found = []
+        if cached.teacher != self.teacher:
+            same = cached.teacher.get("source") == self.teacher.get("source")
+            found.append(
+                f"teacher (cache: {cached.teacher.get('source')}, this run: {self.teacher.get('source')}"
+                + (": the same source with other weights or settings)" if same else ")")
+            )
+        if cached.tokenizer != self.tokenizer:
+            found.append("tokenizer")
+        if cached.template != self.template:
+            found.append("prompt template")
+        if cached.max_length != self.max_length:
+            found.append(f"max_length (cache: {cached.max_length}, this run: {self.max_length})")
+        for split, fingerprint in self.splits.items():
+            if split not in cached.splits:
+                found.append(f"{split} split (not in the cache)")
+            elif cached.splits[split] != fingerprint:
+                found.append(f"{split} data (another file or content)")
+        return found
+
+
+def template_fingerprint() -> str:
+    return hashlib.sha256((PROMPT_NO_INPUT + "\0" + PROMPT_WITH_INPUT).encode()).hexdigest()[:16]
+
+
+def cache_key(teacher: ModelConfig, tokenizer: Any, records: dict[str, list[dict]], max_length: int) -> CacheKey:
+    """The key of a cache for this teacher, tokenizer and data (the records of each split, ``max_length``)."""
+    return CacheKey(
+        teacher=teacher_identity(teacher),
+        tokenizer=tokenizer_fingerprint(tokenizer)[:16],
+        template=template_fingerprint(),
+        max_length=int(max_length),
+        splits={name: records_fingerprint(rows)[:16] for name, rows in records.items()},
+    )
+
+
+def response_rows(labels: Tensor) -> Tensor:
+    """Mask ``[B, T-1]`` of the positions that predict a response token (label of the next position set)."""
+    return labels[:, 1:] != IGNORE_INDEX
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Shard:
+    file: str
+    first_example: int
+    examples: int
+    rows: int
+    bytes: int
+
+
+class TeacherCache:
+    """A cache directory opened for reading (memory-mapped). ``rows(split, indices)`` returns the hidden rows
+    of those examples, concatenated in order: the rows of a batch at its response positions."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        from safetensors import safe_open
+
+        self.path = path
+        self.key = CacheKey(**manifest["key"])
+        self.dtype = manifest["dtype"]
+        self.hidden_size = int(manifest["hidden_size"])
+        self.shards = {s: [_Shard(**x) for x in shards] for s, shards in manifest["splits"].items()}
+        self._starts = {s: [x.first_example for x in shards] for s, shards in self.shards.items()}
+        self._handles: dict[str, Any] = {}
+        self._offsets: dict[str, Tensor] = {}
+        for split, shards in self.shards.items():
+            for shard in shards:
+                file = path / shard.file
+                if not file.is_file():
+                    raise CacheError(f"teacher cache {path}: {shard.file} is missing; rebuild the cache")
+                if file.stat().st_size != shard.bytes:
+                    raise CacheError(
+                        f"teacher cache {path}: {shard.file} is truncated or altered ({file.stat().st_size} bytes, "
+                        f"the manifest says {shard.bytes}); rebuild the cache"
+                    )
+                try:
+                    handle = safe_open(str(file), framework="pt")
+                    offsets = handle.get_tensor("offsets")
+                except Exception as err:  # safetensors raises its own error types for a corrupt file
+                    raise CacheError(f"teacher cache {path}: {shard.file} is not readable ({err})") from None
+                if offsets.numel() != shard.examples + 1 or int(offsets[-1]) != shard.rows:
+                    raise CacheError(f"teacher cache {path}: {shard.file} does not match the manifest; rebuild it")
+                self._handles[shard.file], self._offsets[shard.file] = handle, offsets
+        try:
+            head = safe_open(str(path / HEAD_FILE), framework="pt")
+            self.head = OutputHead(
+                head.get_tensor("weight"), head.get_tensor("bias") if "bias" in head.keys() else None
+            )
+        except Exception as err:
+            raise CacheError(f"teacher cache {path}: {HEAD_FILE} is missing or not readable ({err})") from None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "TeacherCache":
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise CacheError(
+                f"teacher cache not found: {path} (no {MANIFEST}); build it with "
+                "`python -m lit_kd cache-teacher --config <fit config>`"
+            )
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except ValueError as err:
+            raise CacheError(f"teacher cache {path}: {MANIFEST} is not valid JSON ({err})") from None
+        if manifest.get("format") != CACHE_FORMAT:
+            raise CacheError(
+                f"teacher cache {path} has format {manifest.get('format')}, this lit_kd reads format {CACHE_FORMAT}; "
+                "rebuild it"
+            )
+        return cls(path, manifest)
+
+    def check(self, expected: CacheKey, command_hint: str = "") -> None:
+        """``CacheError`` naming what differs when this cache was not built for ``expected``."""
+        differences = expected.differences(self.key)
+        if differences:
+            raise CacheError(
+                f"teacher cache {self.path} was built for another run, its {'; '.join(differences)} differ from "
+                f"this one's. Rebuild it "
+                f"(python -m lit_kd cache-teacher{command_hint}) or point model.teacher_cache elsewhere"
+            )
+
+    def split_examples(self, split: str) -> int:
+        return sum(s.examples for s in self.shards.get(split, []))
+
+    def rows(self, split: str, indices: list[int], expected_rows: Optional[list[int]] = None) -> Tensor:
+        """Hidden rows ``[Σ rows, d]`` of the examples ``indices`` of ``split``, in order; ``expected_rows``
+        (each example's response positions in the batch) must match what was cached."""
+        if split not in self.shards:
+            raise CacheError(f"teacher cache {self.path} has no {split!r} split; rebuild it with that split configured")
+        pieces = []
+        for position, index in enumerate(indices):
+            k = bisect.bisect_right(self._starts[split], index) - 1
+            shard = self.shards[split][k] if k >= 0 else None
+            if shard is None or index >= shard.first_example + shard.examples:
+                raise CacheError(f"teacher cache {self.path}: {split} example {index} is not in the cache")
+            offsets = self._offsets[shard.file]
+            local = index - shard.first_example
+            start, end = int(offsets[local]), int(offsets[local + 1])
+            if expected_rows is not None and end - start != expected_rows[position]:
+                raise CacheError(
+                    f"teacher cache {self.path}: {split} example {index} has {end - start} cached rows but "
+                    f"{expected_rows[position]} response positions in this batch; the cache is for other data"
+                )
+            pieces.append(self._handles[shard.file].get_slice("hidden")[start:end])
+        return torch.cat(pieces) if pieces else torch.empty(0, self.hidden_size)
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+
+def build_teacher_cache(
+    out: str | os.PathLike,
+    key: CacheKey,
+    head: OutputHead,
+    batches: dict[str, Callable[[], Any]],
+    sizes: dict[str, tuple[int, int]],
+    hidden_fn: Callable[[dict[str, Tensor]], Tensor],
+    dtype: str = "float32",
+    shard_bytes: int = 1 << 30,
+    progress: Optional[Callable[[str, int], None]] = None,
+) -> Path:
+    """Write a cache: for each split, ``batches[split]()`` yields its examples in order (padded batches with
+    ``labels``), ``hidden_fn(batch)`` returns the teacher's final hidden states ``[B, T, d]``; the rows at the
+    response positions are stored. ``sizes[split] = (examples, rows)`` lets the size be checked first.
+    ``progress(split, examples_done)`` is called after each batch."""
+    from safetensors.torch import save_file
+
+    if dtype not in CACHE_DTYPES:
+        raise CacheError(f"teacher cache dtype must be one of {', '.join(CACHE_DTYPES)}, got {dtype!r}")
+    out = Path(out)
+    hidden_size = head.hidden_size
+    element = torch.empty((), dtype=CACHE_DTYPES[dtype]).element_size()
+    total = sum(rows for _, rows in sizes.values()) * hidden_size * element
+    check_free_space(out, total + head.weight.numel() * head.weight.element_size())
+    manifest: dict[str, Any] = {
+        "format": CACHE_FORMAT,
+        "key": asdict(key),
+        "dtype": dtype,
+        "hidden_size": hidden_size,
+        "splits": {},
+    }
+    with atomic_directory(out, size_hint=total) as tmp:
+        tensors = {"weight": head.weight.detach().cpu().contiguous()}
+        if head.bias is not None:
+            tensors["bias"] = head.bias.detach().cpu().contiguous()
+        save_file(tensors, str(tmp / HEAD_FILE))
+        for split, make_batches in batches.items():
+            shards: list[dict[str, Any]] = []
+            buffer: list[Tensor] = []
+            counts: list[int] = []
+            first = 0
+
+            def flush() -> None:
+                nonlocal first, buffer, counts
+                if not counts:
+                    return
+                name = f"{split}-{len(shards):05d}.safetensors"
+                hidden = torch.cat(buffer) if buffer else torch.empty(0, hidden_size, dtype=CACHE_DTYPES[dtype])
+                offsets = torch.tensor([0, *counts]).cumsum(0)
+                save_file({"hidden": hidden.contiguous(), "offsets": offsets}, str(tmp / name))
+                shards.append({"file": name, "first_example": first, "examples": len(counts),
+                               "rows": int(offsets[-1]), "bytes": (tmp / name).stat().st_size})  # fmt: skip
+                first += len(counts)
+                buffer, counts = [], []
+
+            done = 0
+            for batch in make_batches():
+                with torch.no_grad():
+                    hidden = hidden_fn(batch)[:, :-1]
+                mask = response_rows(batch["labels"]).to(hidden.device)
+                for row in range(hidden.shape[0]):
+                    rows = hidden[row][mask[row]].to("cpu", CACHE_DTYPES[dtype])
+                    buffer.append(rows)
+                    counts.append(rows.shape[0])
+                if sum(b.shape[0] for b in buffer) * hidden_size * element >= shard_bytes:
+                    flush()
+                done += hidden.shape[0]
+                if progress is not None:
+                    progress(split, done)
+            flush()
+            examples, rows = sizes[split]
+            cached = sum(s["examples"] for s in shards), sum(s["rows"] for s in shards)
+            if cached != (examples, rows):
+                raise CacheError(
+                    f"teacher cache: the {split} split gave {cached} (examples, rows), expected {sizes[split]}"
+                )
+            manifest["splits"][split] = shards
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    return out
+
+
+def describe_size(sizes: dict[str, tuple[int, int]], hidden_size: int, dtype: str) -> str:
+    """``train: 11,435 examples, 1,034,221 rows; ... → 6.2 GB (float32, d = 1600)``."""
+    element = torch.empty((), dtype=CACHE_DTYPES[dtype]).element_size()
+    parts = [f"{split}: {examples:,} examples, {rows:,} rows" for split, (examples, rows) in sizes.items()]
+    total = sum(rows for _, rows in sizes.values()) * hidden_size * element
+    return f"{'; '.join(parts)} → {human_bytes(total)} ({dtype}, d = {hidden_size})"

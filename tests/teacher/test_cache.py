@@ -1,0 +1,199 @@
+"""The teacher cache: head(hidden) = logits per family, cached = live loss and gradients, stale or damaged
+caches refused before training, the command builds once and reuses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from lit_kd.cli import main
+from lit_kd.cli.cache_teacher import write_teacher_cache
+from lit_kd.data import DollyDataModule
+from lit_kd.errors import CacheError, ConfigError
+from lit_kd.losses import LossConfig
+from lit_kd.models import ModelConfig, StudentConfig, load_model
+from lit_kd.models.head import verify_head
+from lit_kd.modules import DistillModule
+from lit_kd.teacher import TeacherCache
+from tests.conftest import DEMO_DATA, ROOT, TINY_TOKENIZER, tiny_llama_config
+
+FAMILIES = {
+    "llama": tiny_llama_config(3),
+    "gpt2": {"model_type": "gpt2", "vocab_size": 1000, "n_embd": 32, "n_layer": 3, "n_head": 4, "n_positions": 512,
+             "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0},
+    # word_embed_proj_dim < hidden_size: OPT's project_in/project_out are in the model
+    "opt": {"model_type": "opt", "vocab_size": 1000, "hidden_size": 32, "ffn_dim": 64, "num_hidden_layers": 3,
+            "num_attention_heads": 4, "max_position_embeddings": 512, "word_embed_proj_dim": 16,
+            "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0},
+}  # fmt: skip
+
+
+def tiny_data(tmp_path, tokenizer, **kwargs) -> DollyDataModule:
+    options = dict(raw=str(DEMO_DATA), split_sizes=(24, 8, 8), max_length=128, batch_size=4)
+    data = DollyDataModule(**{**options, **kwargs}, cache_dir=str(tmp_path / "tokenized"))
+    data.connect(tokenizer)
+    return data
+
+
+def module_for(family: str, **kwargs) -> DistillModule:
+    teacher = ModelConfig(config=FAMILIES[family], tokenizer=str(TINY_TOKENIZER))
+    return DistillModule(
+        student=StudentConfig(layers=[0, 2]), teacher=teacher, loss=LossConfig("js", tau=2.0), **kwargs
+    )
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_lm_head_of_the_last_hidden_state_is_the_logits(family):
+    model = load_model(ModelConfig(config=FAMILIES[family]))
+    if family == "opt":
+        assert model.model.decoder.project_out is not None
+    verify_head(model, "teacher")  # no error: exact
+
+
+def test_an_architecture_that_caps_its_logits_is_refused():
+    config = {"model_type": "gemma2", "vocab_size": 1000, "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 16,
+              "final_logit_softcapping": 0.5}  # fmt: skip
+    with pytest.raises(ConfigError, match=r"its config sets final_logit_softcapping=0\.5.*max difference"):
+        verify_head(load_model(ModelConfig(config=config)), "teacher")
+
+
+@pytest.mark.parametrize("chunk_size", [6, None])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_cached_teacher_equals_the_live_one(tmp_path, family, chunk_size):
+    live = module_for(family, chunk_size=chunk_size, kd_ratio=0.8)
+    live.configure_model()
+    data = tiny_data(tmp_path, live.tokenizer)
+    cache = write_teacher_cache(live.teacher_config, live.tokenizer, data, tmp_path / "cache")
+    cached = module_for(family, chunk_size=chunk_size, kd_ratio=0.8, teacher_cache=str(cache))
+    cached.configure_model()
+    assert cached.teacher is None  # the body was released after cutting the student
+    for split, loader in (("train", data.train_dataloader()), ("val", data.val_dataloader())):
+        batch = next(iter(loader))
+        results = []
+        for module in (live, cached):
+            module.eval()  # no dropout (GPT-2, OPT): the same computation twice
+            module.student.zero_grad()
+            sums = module.compute_losses(batch, split)
+            (sums.loss / sums.tokens).backward()
+            results.append((sums, [p.grad.clone() for p in module.student.parameters()]))
+        (a, grads_a), (b, grads_b) = results
+        assert a.tokens == b.tokens
+        for name in ("loss", "kd_loss", "lm_loss"):
+            assert float(b.mean(name)) == pytest.approx(float(a.mean(name)), rel=1e-5, abs=1e-6), (split, name)
+        for x, y in zip(grads_a, grads_b):
+            assert (x - y).abs().max() <= 1e-5 * max(y.abs().max(), 1e-6)
+
+
+def test_a_bfloat16_cache_is_half_the_size_and_close(tmp_path):
+    live = module_for("llama")
+    live.configure_model()
+    data = tiny_data(tmp_path, live.tokenizer)
+    exact = write_teacher_cache(live.teacher_config, live.tokenizer, data, tmp_path / "fp32")
+    half = write_teacher_cache(live.teacher_config, live.tokenizer, data, tmp_path / "bf16", dtype="bfloat16")
+    size = lambda folder: sum(p.stat().st_size for p in folder.glob("train-*.safetensors"))  # noqa: E731
+    assert size(half) < 0.55 * size(exact)
+    batch = next(iter(data.train_dataloader()))
+    values = []
+    for cache in (exact, half):
+        module = module_for("llama", teacher_cache=str(cache))
+        module.configure_model()
+        with torch.no_grad():
+            values.append(float(module.compute_losses(batch, "train").mean("kd_loss")))
+    assert values[0] != values[1] and values[1] == pytest.approx(values[0], rel=1e-2)
+
+
+def snapshot(folder) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def cached_run(tmp_path_factory):
+    """A cache built by the command for configs/tiny.yaml, and an earlier run's outputs beside it (shared:
+    the tests below must leave them as they are)."""
+    tmp_path = tmp_path_factory.mktemp("cached_run")
+    args = [
+        "--config", str(ROOT / "configs" / "tiny.yaml"), "--model.teacher.tokenizer", str(TINY_TOKENIZER),
+        "--data.raw", str(DEMO_DATA), "--data.cache_dir", str(tmp_path / "tokenized"),
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"), "--trainer.enable_progress_bar", "false",
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.enable_model_summary", "false",
+    ]  # fmt: skip
+    main(["cache-teacher", *args, "--out", str(tmp_path / "cache")])
+    main(["fit", *args, "--model.teacher_cache", str(tmp_path / "cache")])  # the earlier run, from the cache
+    return tmp_path, args
+
+
+STALE = [
+    ("another teacher", ["--model.teacher.init_seed", "3"], "its teacher (cache: random llama from config, this run"),
+    ("another data file", ["--data.split_seed", "7"], "train data (another file or content)"),
+    ("another max length", ["--data.max_length", "200"], "max_length (cache: 256, this run: 200)"),
+]
+
+
+@pytest.mark.parametrize("label, override, expected", STALE, ids=[row[0] for row in STALE])
+def test_a_stale_cache_is_one_clear_error_before_training(cached_run, capsys, label, override, expected):
+    tmp_path, args = cached_run
+    before = snapshot(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, *override, "--model.teacher_cache", str(tmp_path / "cache")])
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert (
+        line.startswith(f"lit_kd: error: teacher cache {tmp_path / 'cache'} was built for another run")
+        and expected in line
+    )
+    assert "cache-teacher" in line
+    assert snapshot(tmp_path) == before  # nothing written, nothing lost
+
+
+def test_a_truncated_cache_file_is_one_clear_error(cached_run, capsys, tmp_path):
+    import shutil
+
+    shared, args = cached_run
+    cache = shutil.copytree(shared / "cache", tmp_path / "cache")
+    shard = cache / "train-00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    before = snapshot(shared), snapshot(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["fit", *args, "--model.teacher_cache", str(cache)])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "train-00000.safetensors is truncated or altered" in line and "rebuild the cache" in line
+    assert (snapshot(shared), snapshot(tmp_path)) == before
+
+
+def test_the_command_reuses_a_matching_cache_and_refuses_a_foreign_folder(cached_run, capsys):
+    tmp_path, args = cached_run
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert set(manifest["splits"]) == {"train", "val", "test"} and manifest["dtype"] == "float32"
+    before = snapshot(tmp_path / "cache")
+    capsys.readouterr()
+    main(["cache-teacher", *args, "--out", str(tmp_path / "cache")])
+    assert "is up to date" in capsys.readouterr().out and snapshot(tmp_path / "cache") == before
+    with pytest.raises(SystemExit):
+        main(["cache-teacher", *args, "--data.max_length", "64", "--out", str(tmp_path / "cache")])
+    assert "was built for another run" in capsys.readouterr().err and snapshot(tmp_path / "cache") == before
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        main(["cache-teacher", *args, "--out", str(tmp_path / "other")])
+    assert "exists and is not a teacher cache" in capsys.readouterr().err
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_reading_rows_checks_them_against_the_batch(tmp_path):
+    live = module_for("llama")
+    live.configure_model()
+    data = tiny_data(tmp_path, live.tokenizer)
+    cache = TeacherCache.open(write_teacher_cache(live.teacher_config, live.tokenizer, data, tmp_path / "cache"))
+    batch = next(iter(data.val_dataloader()))
+    counts = (batch["labels"][:, 1:] != -100).sum(1).tolist()
+    assert cache.rows("val", batch["index"].tolist(), counts).shape == (sum(counts), 32)
+    with pytest.raises(CacheError, match="has 1 cached rows|cached rows but"):
+        cache.rows("val", batch["index"].tolist(), [c + 1 for c in counts])
+    with pytest.raises(CacheError, match="val example 999 is not in the cache"):
+        cache.rows("val", [999])
