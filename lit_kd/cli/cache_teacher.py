@@ -40,8 +40,12 @@ def split_sizes(dataset: Any) -> tuple[int, int]:
 
 
 def cache_teacher(
-    fit_args: list[str], out: Optional[str] = None, dtype: str = "float32", batch_size: Optional[int] = None,
+    fit_args: list[str],
+    out: Optional[str] = None,
+    dtype: str = "float32",
+    batch_size: Optional[int] = None,
     device: str = "auto",
+    splits: tuple[str, ...] = ("train", "val"),
 ) -> Path:  # fmt: skip
     """Build (or confirm) the teacher cache of a fit configuration (its ``--config`` files and overrides)."""
     from lit_kd.cli.main import LitKDCLI
@@ -68,22 +72,36 @@ def write_teacher_cache(
     dtype: str = "float32",
     batch_size: Optional[int] = None,
     device: str = "auto",
+    splits: tuple[str, ...] = ("train", "val"),
 ) -> Path:
-    """Run the teacher over every split of ``data`` (a connected ``DollyDataModule``) and write the cache to
+    """Run the teacher over the ``splits`` of ``data`` (a connected ``DollyDataModule``) and write the cache to
     ``target``; an existing cache for the same key is reused, any other content is refused."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     target = Path(target)
-    key = cache_key(teacher_config, tokenizer, data.load_split_records(), data.max_length)
+    records = data.load_split_records()
+    unknown = [name for name in splits if name not in ("train", "val", "test")]
+    if unknown or not splits:
+        raise ConfigError(f"--splits: choose among train, val, test; got {','.join(splits) or 'nothing'}")
+    missing = [name for name in splits if name not in records]
+    if missing:
+        raise ConfigError(f"--splits: the config's data has no {', '.join(missing)} split")
+    key = cache_key(teacher_config, tokenizer, {name: records[name] for name in splits}, data.max_length)
     if target.exists() and any(target.iterdir()):
         if not (target / MANIFEST).is_file():
             raise CacheError(f"{target} exists and is not a teacher cache; choose another --out (nothing was changed)")
-        TeacherCache.open(target).check(key)
+        existing = TeacherCache.open(target)
+        existing.check(key)
+        if set(splits) - set(existing.shards):
+            raise CacheError(
+                f"teacher cache {target} holds the splits {','.join(existing.shards)}, not "
+                f"{','.join(sorted(set(splits) - set(existing.shards)))}; build one with all of them elsewhere"
+            )
         print(f"teacher cache {target} is up to date for this teacher, tokenizer and data: nothing to do")
         return target
 
     data.setup("fit")
-    sizes = {name: split_sizes(split.dataset) for name, split in data.splits.items()}
+    sizes = {name: split_sizes(data.splits[name].dataset) for name in splits}
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     teacher = load_model(teacher_config, "teacher").to(device).eval().requires_grad_(False)
@@ -93,8 +111,8 @@ def write_teacher_cache(
     collate = PadCollator(tokenizer.pad_token_id)
     size = batch_size or data.eval_batch_size
     loaders = {
-        name: (lambda d=split.dataset: DataLoader(IndexedExamples(d), batch_size=size, collate_fn=collate))
-        for name, split in data.splits.items()
+        name: (lambda d=data.splits[name].dataset: DataLoader(IndexedExamples(d), batch_size=size, collate_fn=collate))
+        for name in splits
     }
 
     def hidden(batch: dict[str, Any]) -> torch.Tensor:
@@ -132,5 +150,7 @@ def main(args: Optional[list[str]] = None) -> None:
     )
     parser.add_argument("--batch_size", type=int, help="examples per teacher forward (default: data.eval_batch_size)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--splits", default="train,val", help="the splits to cache (add test for `test` runs)")
     options, fit_args = parser.parse_known_args(sys.argv[1:] if args is None else args)
-    cache_teacher(fit_args, options.out, options.dtype, options.batch_size, options.device)
+    splits = tuple(name.strip() for name in options.splits.split(",") if name.strip())
+    cache_teacher(fit_args, options.out, options.dtype, options.batch_size, options.device, splits)

@@ -21,6 +21,7 @@ from lit_kd.cli.main import LitKDCLI
 from lit_kd.eval.benchmarks import Benchmark
 from lit_kd.eval.evaluate import EvalResult, evaluate_model, new_progress, results_markdown
 from lit_kd.eval.generate import SamplingConfig
+from lit_kd.models import load_model
 from lit_kd.utils.io import atomic_write_text
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
@@ -46,7 +47,10 @@ def main(args: Optional[list[str]] = None) -> dict[str, float]:
                 evaluate_model(lm, model.tokenizer, [held_out], TABLE_SEEDS, settings, label, progress, generations)
             )
 
-    score(f"teacher ({model.teacher.config.num_hidden_layers} layers)", model.teacher)
+    # with model.teacher_cache the module never holds the teacher's body: load it for its ROUGE-L row only
+    teacher = model.teacher if model.teacher is not None else load_model(model.teacher_config, "teacher").eval()
+    score(f"teacher ({teacher.config.num_hidden_layers} layers)", teacher)
+    del teacher
     score(f"student before KD ({model.student.config.num_hidden_layers} layers)", model.student)
 
     before = trainer.validate(model, datamodule=data, verbose=False)[0]

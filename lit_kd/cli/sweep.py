@@ -28,6 +28,7 @@ def sweep(
     launcher: str = "local",
     resume: Optional[str] = None,
     index: Optional[int] = None,
+    teacher_cache: Optional[str] = None,
 ) -> None:
     """Run (or prepare) a sweep of distillation runs.
 
@@ -45,6 +46,8 @@ def sweep(
             per run and ``launch_slurm.sh`` (a job array) and runs nothing.
         resume: An existing sweep directory to continue (its plan is reused; other arguments ignored).
         index: With ``resume``: run only this run index (what each array task does).
+        teacher_cache: Build the teacher cache once and let every run read it instead of running the teacher:
+            ``auto`` (``<out>/teacher_cache``) or a directory (reused when it matches). ``null``: a live teacher.
     """
     if resume is not None:
         plan = Sweep.load(resume)
@@ -64,7 +67,7 @@ def sweep(
         raise ConfigError("a new sweep needs --base (one or more fit configs) and --out (its directory)")
     if launcher not in ("local", "slurm"):
         raise ConfigError(f"--launcher must be local or slurm, got {launcher!r}")
-    plan = Sweep.create(out, base, objectives, taus, seeds, evaluation, fit_args)
+    plan = Sweep.create(out, base, objectives, taus, seeds, evaluation, fit_args, teacher_cache)
     if launcher == "slurm":
         script = plan.write_slurm_launcher()
         print(f"wrote {len(plan.runs)} run configs under {plan.out / 'runs'} and {script}")

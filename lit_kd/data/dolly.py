@@ -71,6 +71,7 @@ class DollyDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: Optional[str] = None,
         shuffle_seed: Optional[int] = None,
+        max_examples: Optional[dict[str, int]] = None,
     ) -> None:
         """
         Args:
@@ -87,6 +88,8 @@ class DollyDataModule(L.LightningDataModule):
             eval_batch_size: Validation/test batch size (default: ``batch_size``).
             num_workers: DataLoader worker processes.
             cache_dir: Where tokenized splits are cached as Arrow files (default: the datasets cache).
+            max_examples: Use only the first N examples of a split, e.g. ``{train: 1000, val: 40}``: quick runs
+                and small teacher caches.
             shuffle_seed: Seed of the training order (epoch e is shuffled with ``shuffle_seed + e``); default:
                 the run's ``seed_everything``.
         """
@@ -113,6 +116,12 @@ class DollyDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.cache_dir = cache_dir
         self.shuffle_seed = shuffle_seed
+        self.max_examples = dict(max_examples or {})
+        for name, count in self.max_examples.items():
+            if name not in SPLITS or not isinstance(count, int) or count < 1:
+                raise ConfigError(
+                    f"data.max_examples: expected {{train|val|test: a positive count}}, got {name}: {count}"
+                )
         self.tokenizer: Optional[PreTrainedTokenizerBase] = None
         self.records: dict[str, list[dict[str, Any]]] = {}
         self.splits: dict[str, TokenizedSplit] = {}
@@ -136,6 +145,9 @@ class DollyDataModule(L.LightningDataModule):
                     for name, source in self.sources.items()
                     if source is not None
                 }
+            for name, count in self.max_examples.items():
+                if name in self.records:
+                    self.records[name] = self.records[name][:count]
         return self.records
 
     def setup(self, stage: Optional[str] = None) -> None:

@@ -7,6 +7,7 @@ Layout of a sweep directory::
     <out>/launch_slurm.sh                a job-array script (``--launcher slurm``)
     <out>/<objective>/tau_<τ>/seed_<s>/
         fit/version_N/                   TensorBoard logs, checkpoints, fit_summary.json (one per attempt)
+    <out>/teacher_cache/, teacher_cache.log   the teacher cache every run reads (``--teacher_cache auto``)
         eval[-k]/                        results.json, results.md, generations.jsonl
         fit.log, eval.log                the processes' output (appended per attempt)
         status.json                      done | failed, with what the report needs
@@ -39,7 +40,7 @@ from typing import Any, Iterator, Optional
 
 import yaml
 
-from lit_kd.errors import ConfigError, LockedError
+from lit_kd.errors import CacheError, ConfigError, LockedError
 from lit_kd.losses import check_tau, get_objective
 from lit_kd.utils.io import atomic_write_text, numbered_paths
 from lit_kd.utils.lock import DirectoryLock
@@ -120,6 +121,8 @@ class Sweep:
     fit_args: list[str] = field(default_factory=list)
     objective_configs: dict[str, dict[str, str]] = field(default_factory=dict)
     """``<objective>.yaml`` files beside the first base config, layered on that objective's runs (path, sha256)"""
+    teacher_cache: Optional[str] = None
+    """A teacher cache directory built once (``cache-teacher``) before the first run and read by every run"""
     lock: Optional[DirectoryLock] = field(default=None, repr=False, compare=False)
     """The sweep directory's lock while this process owns it"""
 
@@ -150,6 +153,7 @@ class Sweep:
         seeds: list[int],
         evaluation: SweepEval,
         fit_args: Optional[list[str]] = None,
+        teacher_cache: Optional[str] = None,
     ) -> "Sweep":
         for path in base:
             load_yaml_file(path, "base config")  # missing or not YAML: an error naming the file, before any write
@@ -160,12 +164,15 @@ class Sweep:
             for name in dict.fromkeys(r.objective for r in runs)
             if (path := Path(base[0]).parent / f"{name}.yaml").is_file()
         }
-        sweep = cls(Path(out), base, runs, evaluation, list(fit_args or []), layers)
+        if teacher_cache == "auto":
+            teacher_cache = str(Path(out) / "teacher_cache")
+        cache = os.path.abspath(teacher_cache) if teacher_cache is not None else None
+        sweep = cls(Path(out), base, runs, evaluation, list(fit_args or []), layers, cache)
         plan = sweep.plan()
         existing = sweep.out / "sweep.json"
         with sweep.owned():
             if existing.is_file():
-                if json.loads(existing.read_text()) != plan:
+                if {"teacher_cache": None, **json.loads(existing.read_text())} != plan:  # (older plans lack it)
                     raise ConfigError(
                         f"{sweep.out} holds a different sweep (its sweep.json differs); choose another --out. "
                         "Nothing was changed."
@@ -187,7 +194,13 @@ class Sweep:
             plan = json.loads(path.read_text())
             runs = [RunSpec(**r) for r in plan["runs"]]
             sweep = cls(
-                Path(out), plan["base"], runs, SweepEval(**plan["eval"]), plan["fit_args"], plan["objective_configs"]
+                Path(out),
+                plan["base"],
+                runs,
+                SweepEval(**plan["eval"]),
+                plan["fit_args"],
+                plan["objective_configs"],
+                plan.get("teacher_cache"),
             )
         except (ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"{path} is not a valid sweep plan ({err})") from None
@@ -206,6 +219,7 @@ class Sweep:
             "eval": asdict(self.evaluation),
             "fit_args": self.fit_args,
             "objective_configs": self.objective_configs,
+            "teacher_cache": self.teacher_cache,
         }
 
     def run_dir(self, spec: RunSpec) -> Path:
@@ -229,6 +243,8 @@ class Sweep:
         if spec.objective in self.objective_configs:  # e.g. configs/paper/gpt2/js.yaml: the objective's settings
             command += ["--config", self.objective_configs[spec.objective]["path"]]
         command += ["--config", str(self.out / "runs" / f"{spec.index}.yaml"), *self.fit_args]
+        if self.teacher_cache is not None:
+            command += ["--model.teacher_cache", self.teacher_cache]
         if resume:  # into the interrupted attempt's own version directory (see LitKDCLI)
             command += ["--ckpt_path", "last"]
         return command
@@ -277,9 +293,29 @@ class Sweep:
             spec, {"state": "failed", "stage": stage, "returncode": code, "log": str(log), "log_tail": tail}
         )
 
+    def ensure_teacher_cache(self) -> None:
+        """Build the sweep's teacher cache once (``cache-teacher`` on the base configs and fit arguments), before
+        any run needs it; array tasks that start together wait for the one that builds it."""
+        if self.teacher_cache is None or (Path(self.teacher_cache) / "manifest.json").is_file():
+            return
+        with DirectoryLock(self.out / ".teacher_cache.lock", "teacher cache of").acquire(wait=24 * 3600):
+            if (Path(self.teacher_cache) / "manifest.json").is_file():
+                return  # built by another process while this one waited
+            command = [sys.executable, "-m", "lit_kd", "cache-teacher"]
+            for path in self.base:
+                command += ["--config", path]
+            command += [*self.fit_args, "--out", self.teacher_cache]
+            log = self.out / "teacher_cache.log"
+            print(f"building the teacher cache {self.teacher_cache} (log: {log})", flush=True)
+            code = self._call(command, log)
+            if code != 0:
+                tail = " | ".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-3:])
+                raise CacheError(f"building the sweep's teacher cache failed (exit {code}; {log}): {tail}")
+
     def run_one(self, spec: RunSpec) -> dict[str, Any]:
         """Fit then evaluate one run, picking up where an earlier attempt stopped; returns its status. The run's
         own lock is held meanwhile (``LockedError`` if another process is running it)."""
+        self.ensure_teacher_cache()
         with DirectoryLock(self.run_dir(spec) / LOCK_FILE, "sweep run directory"):
             return self._run_one(spec)
 
@@ -326,6 +362,7 @@ class Sweep:
         another process (an array task) is running is left to it (state ``busy``)."""
         results = []
         with self.owned():
+            self.ensure_teacher_cache()
             for spec in self.runs:
                 previous = (self.status(spec) or {}).get("state")
                 try:

@@ -102,7 +102,7 @@ class DistillModule(L.LightningModule):
         val_rouge: Optional[ValidationRouge] = None,
         nonfinite: str = "raise",
         teacher_cache: Optional[str] = None,
-        chunk_size: Optional[int] = 1024,
+        chunk_size: Optional[int] = 512,
     ) -> None:
         """
         Args:

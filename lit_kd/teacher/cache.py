@@ -102,10 +102,8 @@ class CacheKey:
             found.append("prompt template")
         if cached.max_length != self.max_length:
             found.append(f"max_length (cache: {cached.max_length}, this run: {self.max_length})")
-        for split, fingerprint in self.splits.items():
-            if split not in cached.splits:
-                found.append(f"{split} split (not in the cache)")
-            elif cached.splits[split] != fingerprint:
+        for split, fingerprint in self.splits.items():  # a split the cache lacks is an error only when read
+            if split in cached.splits and cached.splits[split] != fingerprint:
                 found.append(f"{split} data (another file or content)")
         return found
 
@@ -220,7 +218,10 @@ class TeacherCache:
         """Hidden rows ``[Σ rows, d]`` of the examples ``indices`` of ``split``, in order; ``expected_rows``
         (each example's response positions in the batch) must match what was cached."""
         if split not in self.shards:
-            raise CacheError(f"teacher cache {self.path} has no {split!r} split; rebuild it with that split configured")
+            raise CacheError(
+                f"teacher cache {self.path} has no {split!r} split (built with --splits "
+                f"{','.join(self.shards)}); rebuild it with --splits {','.join([*self.shards, split])}"
+            )
         pieces = []
         for position, index in enumerate(indices):
             k = bisect.bisect_right(self._starts[split], index) - 1

@@ -49,7 +49,20 @@ class DirectoryLock:
         self.took_over: Optional[dict[str, Any]] = None
         """The owner recorded in a stale lock file this process took over (None: the file was new)."""
 
-    def acquire(self) -> "DirectoryLock":
+    def acquire(self, wait: float = 0.0) -> "DirectoryLock":
+        """Take the lock; with ``wait`` > 0, retry for that many seconds while another live process holds it."""
+        if self.fd is not None:
+            return self  # already held (``with lock.acquire(wait=...):``)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self._try_acquire()
+            except LockedError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(1.0)
+
+    def _try_acquire(self) -> "DirectoryLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(20):  # retried only when the file is replaced between open and flock
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)

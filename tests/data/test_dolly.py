@@ -158,3 +158,13 @@ def test_the_demo_data_is_a_valid_dolly_format_file():
     assert len(records) >= 200
     assert len({r["instruction"] for r in records}) == len(records)
     assert torch.tensor([bool(r["input"]) for r in records]).any()
+
+
+def test_max_examples_keeps_the_first_examples_of_a_split(tmp_path, tiny_tokenizer):
+    data = _module(tmp_path, tiny_tokenizer, max_examples={"train": 7, "test": 2})
+    full = _module(tmp_path, tiny_tokenizer).load_split_records()
+    records = data.load_split_records()
+    assert records["train"] == full["train"][:7] and records["test"] == full["test"][:2]
+    assert records["val"] == full["val"]
+    with pytest.raises(Exception, match=r"data.max_examples: expected \{train\|val\|test: a positive count\}"):
+        _module(tmp_path, tiny_tokenizer, max_examples={"dev": 3})

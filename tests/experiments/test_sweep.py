@@ -258,3 +258,23 @@ def test_array_tasks_lock_their_own_run_not_the_sweep(tmp_path, monkeypatch, cap
         run_dir = tmp_path / "s" / "fkl" / "tau_1" / "seed_10"
         assert f"sweep run directory {run_dir} is in use by pid {os.getpid()}" in capsys.readouterr().err
     assert not (tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "status.json").exists()  # untouched
+
+
+def test_a_sweep_builds_the_teacher_cache_once_and_every_run_reads_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    base = tiny_base(tmp_path)
+    sweep = Sweep.create(
+        str(tmp_path / "s"), [str(base)], ["fkl", "rkl"], [1.0, 2.0], [10], evaluation(tmp_path), teacher_cache="auto"
+    )
+    results = sweep.run()
+    assert [r["state"] for r in results] == ["done"] * 4
+    cache = tmp_path / "s" / "teacher_cache"
+    assert (cache / "manifest.json").is_file()
+    assert (tmp_path / "s" / "teacher_cache.log").read_text().count("$ ") == 1  # built once
+    for spec in sweep.runs:
+        fit_log = (sweep.run_dir(spec) / "fit.log").read_text()
+        assert f"--model.teacher_cache {cache}" in fit_log
+        assert f"teacher from the cache {cache} (its body not loaded)" in fit_log
+    again = Sweep.load(str(tmp_path / "s"))
+    again.ensure_teacher_cache()  # already there: nothing rebuilt
+    assert (tmp_path / "s" / "teacher_cache.log").read_text().count("$ ") == 1

@@ -33,7 +33,7 @@ def fit_command(tmp_path: Path, name: str, *extra: str, kill: dict | None = None
         "--trainer.deterministic", "true", "--trainer.max_epochs", str(EPOCHS),
         "--trainer.limit_train_batches", str(STEPS_PER_EPOCH), "--trainer.limit_val_batches", "2",
         "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
-        "--trainer.enable_model_summary", "false",
+        "--trainer.enable_model_summary", "false", "--model.chunk_size", "16",  # several chunks per batch
         # every epoch improves val/loss: each validation writes a new best checkpoint and deletes the old one
         "--checkpoint.monitor", "val/loss", "--checkpoint.mode", "min",
         "--model.teacher.tokenizer", str(TINY_TOKENIZER), "--data.raw", str(DEMO_DATA),
@@ -86,6 +86,41 @@ KILL_POINTS = {
 }
 # the default last_checkpoint (once per epoch, after validation) and a kill mid-epoch
 EPOCH_END_ONLY = {"mid-epoch, last.ckpt once per epoch": {"hook": "train_batch", "epoch": 2, "batch": 2}}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_from_cache(tmp_path_factory):
+    """The same reference run, with the teacher read from a teacher cache (built here, once)."""
+    root = tmp_path_factory.mktemp("resume-cache") / "reference"
+    root.mkdir()
+    cache = root / "teacher-cache"
+    built = run(cache_command(root, cache))
+    assert built.returncode == 0, built.stderr[-3000:]
+    done = run(fit_command(root, "reference", "--last_checkpoint.every_n_train_steps", "1",
+                           "--model.teacher_cache", str(cache)))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return outcome(root / "reference", root / "logs-reference"), cache
+
+
+def cache_command(root: Path, cache: Path) -> list[str]:
+    """``cache-teacher`` with the arguments of ``fit_command`` that select the teacher and the data."""
+    command = fit_command(root, "build")
+    command[3] = "cache-teacher"
+    return [*command, "--out", str(cache)]
+
+
+def test_sigkill_during_validation_then_resume_with_the_teacher_cache(tmp_path, uninterrupted_from_cache):
+    expected, cache = uninterrupted_from_cache
+    extra = ["--last_checkpoint.every_n_train_steps", "1", "--model.teacher_cache", str(cache)]
+    killed = run(fit_command(tmp_path, "run", *extra, kill={"hook": "validation_batch", "epoch": 1, "batch": 0}))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = run(fit_command(tmp_path, "run", *extra, "--ckpt_path", "last"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got = outcome(tmp_path / "run", tmp_path / "logs-run")
+    assert got["losses"] == pytest.approx(expected["losses"], abs=1e-6, rel=0)
+    assert sorted(got["validation"]) == list(range(EPOCHS)) and got["best"] == expected["best"]
+    for key, value in expected["weights"].items():
+        torch.testing.assert_close(got["weights"][key], value, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -169,7 +169,7 @@ def test_a_truncated_cache_file_is_one_clear_error(cached_run, capsys, tmp_path)
 def test_the_command_reuses_a_matching_cache_and_refuses_a_foreign_folder(cached_run, capsys):
     tmp_path, args = cached_run
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
-    assert set(manifest["splits"]) == {"train", "val", "test"} and manifest["dtype"] == "float32"
+    assert set(manifest["splits"]) == {"train", "val"} and manifest["dtype"] == "float32"  # the default --splits
     before = snapshot(tmp_path / "cache")
     capsys.readouterr()
     main(["cache-teacher", *args, "--out", str(tmp_path / "cache")])
@@ -197,3 +197,15 @@ def test_reading_rows_checks_them_against_the_batch(tmp_path):
         cache.rows("val", batch["index"].tolist(), [c + 1 for c in counts])
     with pytest.raises(CacheError, match="val example 999 is not in the cache"):
         cache.rows("val", [999])
+
+
+def test_a_split_the_cache_lacks_is_named_when_it_is_read(tmp_path):
+    live = module_for("llama")
+    live.configure_model()
+    data = tiny_data(tmp_path, live.tokenizer)
+    cache = write_teacher_cache(live.teacher_config, live.tokenizer, data, tmp_path / "cache", splits=("train",))
+    module = module_for("llama", teacher_cache=str(cache))
+    module.configure_model()
+    batch = next(iter(data.val_dataloader()))
+    with pytest.raises(CacheError, match=r"has no 'val' split \(built with --splits train\); rebuild it with --splits"):
+        module.compute_losses(batch, "val")
