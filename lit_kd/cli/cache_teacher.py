@@ -11,14 +11,15 @@ and settings is reused; one built for anything else is refused, never overwritte
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from lightning.pytorch.cli import LightningArgumentParser
 from torch.utils.data import DataLoader
 
+from lit_kd.cli.main import LitKDCLI
 from lit_kd.data.collate import IndexedExamples, PadCollator
 from lit_kd.errors import CacheError, ConfigError
 from lit_kd.models import ModelConfig, load_model
@@ -39,29 +40,50 @@ def split_sizes(dataset: Any) -> tuple[int, int]:
     return len(labels), sum(sum(1 for label in row[1:] if label != -100) for row in labels)
 
 
-def cache_teacher(
-    fit_args: list[str],
-    out: Optional[str] = None,
-    dtype: str = "float32",
-    batch_size: Optional[int] = None,
-    device: str = "auto",
-    splits: tuple[str, ...] = ("train", "val"),
-) -> Path:  # fmt: skip
-    """Build (or confirm) the teacher cache of a fit configuration (its ``--config`` files and overrides)."""
-    from lit_kd.cli.main import LitKDCLI
+class CacheTeacherCLI(LitKDCLI):
+    """The fit configuration's parser, plus the cache's own options (``python -m lit_kd cache-teacher --help``)."""
 
-    if dtype not in CACHE_DTYPES:
-        raise ConfigError(f"--dtype must be one of {', '.join(CACHE_DTYPES)}, got {dtype!r}")
-    cli = LitKDCLI(args=fit_args, run=False)
-    module = cli.model
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument(
+            "--out",
+            type=Optional[str],
+            default=None,
+            help="The cache directory (default: the config's model.teacher_cache).",
+        )
+        parser.add_argument(
+            "--dtype",
+            type=str,
+            default="float32",
+            choices=sorted(CACHE_DTYPES),
+            help="float32: exact; bfloat16: half the size (see the README for the loss difference).",
+        )
+        parser.add_argument(
+            "--splits", type=list[str], default=["train", "val"], help="The splits to cache (add test for `test` runs)."
+        )
+        parser.add_argument(
+            "--batch_size",
+            type=Optional[int],
+            default=None,
+            help="Examples per teacher forward (default: data.eval_batch_size).",
+        )
+        parser.add_argument("--device", type=str, default="auto",
+                            help="auto (CUDA when available), cpu, cuda, cuda:1, ...")  # fmt: skip
+
+
+def main(args: Optional[list[str]] = None) -> Path:
+    """Build (or confirm) the teacher cache of a fit configuration (its ``--config`` files and overrides)."""
+    cli = CacheTeacherCLI(args=args, run=False)
+    module, options = cli.model, cli.config
     if module.teacher_config is None:
         raise ConfigError("cache-teacher: the config has no model.teacher")
-    target = out or module.teacher_cache_path
+    target = options.out or module.teacher_cache_path
     if target is None:
         raise ConfigError("cache-teacher: give --out (or set model.teacher_cache in the config)")
     return write_teacher_cache(
-        module.teacher_config, module.tokenizer, cli.datamodule, target, dtype, batch_size, device
-    )
+        module.teacher_config, module.tokenizer, cli.datamodule, target, options.dtype, options.batch_size,
+        options.device, tuple(options.splits),
+    )  # fmt: skip
 
 
 def write_teacher_cache(
@@ -133,24 +155,3 @@ def write_teacher_cache(
         path = build_teacher_cache(target, key, head, loaders, sizes, hidden, dtype=dtype, progress=progress)
     print(f"wrote the teacher cache {path}; train with --model.teacher_cache {path}")
     return path
-
-
-def main(args: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m lit_kd cache-teacher",
-        description=__doc__.split("\n\n")[0],
-        epilog="Other arguments are those of `python -m lit_kd fit` (--config FILE, --data.*, --model.*).",
-    )
-    parser.add_argument("--out", help="cache directory (default: the config's model.teacher_cache)")
-    parser.add_argument(
-        "--dtype",
-        default="float32",
-        choices=sorted(CACHE_DTYPES),
-        help="float32: exact; bfloat16: half the size (see the README for the loss difference)",
-    )
-    parser.add_argument("--batch_size", type=int, help="examples per teacher forward (default: data.eval_batch_size)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--splits", default="train,val", help="the splits to cache (add test for `test` runs)")
-    options, fit_args = parser.parse_known_args(sys.argv[1:] if args is None else args)
-    splits = tuple(name.strip() for name in options.splits.split(",") if name.strip())
-    cache_teacher(fit_args, options.out, options.dtype, options.batch_size, options.device, splits)

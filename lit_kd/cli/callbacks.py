@@ -1,18 +1,22 @@
-"""Callbacks every lit_kd run can use: a restart-safe ``last.ckpt``, a machine-readable fit summary and
-exporting the best model."""
+"""Callbacks every lit_kd run can use: a restart-safe ``last.ckpt``, progress lines for logs, the run's
+hyperparameters in TensorBoard's HParams tab, a machine-readable fit summary, the resume hint, and exporting
+the best model."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -105,6 +109,119 @@ class LastCheckpoint(ModelCheckpoint):
         }
         self.best_model_path = self.format_checkpoint_name(metrics)  # set first: it is part of the saved state
         trainer.save_checkpoint(self.best_model_path)
+
+
+class LineProgress(ProgressBar):
+    """Progress as plain lines, for output that is not a terminal (a SLURM or ``nohup`` log, where a live bar
+    shows nothing): a line every ``every_n_steps`` optimizer steps (default: ``trainer.log_every_n_steps``) with
+    the progress-bar metrics and the time per step, one after each validation, one when training ends."""
+
+    def __init__(self, every_n_steps: Optional[int] = None) -> None:
+        super().__init__()
+        self.every_n_steps = every_n_steps
+        self.enabled = True
+        self.started = self.last_time = 0.0
+        self.last_step = 0
+
+    def disable(self) -> None:
+        self.enabled = False
+
+    def enable(self) -> None:
+        self.enabled = True
+
+    def metrics_text(self, trainer: L.Trainer, pl_module: L.LightningModule, prefix: str = "") -> str:
+        metrics = self.get_metrics(trainer, pl_module)
+        return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+                         if k.startswith(prefix) and k != "v_num")  # fmt: skip
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.started = self.last_time = time.perf_counter()
+        self.last_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[override]
+        every = self.every_n_steps or max(trainer.log_every_n_steps, 1)
+        step = trainer.global_step
+        if not self.enabled or step == self.last_step or step % every:
+            return
+        now = time.perf_counter()
+        per_step = (now - self.last_time) / (step - self.last_step)
+        self.last_time, self.last_step = now, step
+        total = "?" if trainer.max_steps is None or trainer.max_steps < 0 else trainer.max_steps
+        if total == "?" and trainer.max_epochs is not None and isinstance(self.total_train_batches, int):
+            total = trainer.max_epochs * math.ceil(self.total_train_batches / trainer.accumulate_grad_batches)
+        self.print(f"epoch {trainer.current_epoch}  step {step}/{total}  {per_step:.2f} s/step  "
+                   f"{self.metrics_text(trainer, pl_module, 'train/')}")  # fmt: skip
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled and not trainer.sanity_checking:
+            self.print(f"epoch {trainer.current_epoch}  validation  {self.metrics_text(trainer, pl_module, 'val/')}")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled:
+            minutes = (time.perf_counter() - self.started) / 60
+            self.print(f"training done: {trainer.global_step} steps in {minutes:.1f} min")
+
+    def print(self, *args: Any, **kwargs: Any) -> None:
+        if self.trainer.is_global_zero:
+            print(*args, flush=True, **kwargs)
+
+
+def run_hparams(pl_module: L.LightningModule) -> dict[str, Any]:
+    """What distinguishes a run, for TensorBoard's HParams tab: the objective, τ and each of its hyperparameters
+    that applies, τ² scaling, kd_ratio, the seed, the student and the teacher (and where it comes from)."""
+    params: dict[str, Any] = {"seed": int(os.environ.get("PL_GLOBAL_SEED", -1))}
+    loss = getattr(pl_module, "loss_config", None)
+    if loss is not None:
+        params.update(objective=loss.name, tau=loss.tau, tau_squared_scaling=loss.tau_squared_scaling)
+        params.update({f"loss.{field}": getattr(loss, field) for field in loss.objective.hparams.values()})
+    for name in ("kd_ratio", "chunk_size"):
+        if hasattr(pl_module, name):
+            params[name] = getattr(pl_module, name)
+    student = getattr(pl_module, "student_config", None)
+    if student is not None:
+        params["student"] = student.describe() if student.has_source else "cut from the teacher"
+        params["student.layers"] = str(student.layers) if student.layers is not None else "all"
+    teacher = getattr(pl_module, "teacher_config", None)
+    params["teacher"] = teacher.describe() if teacher is not None else "none"
+    params["teacher_cache"] = getattr(pl_module, "teacher_cache_path", None) is not None
+    return params
+
+
+class HParamsSummary(L.Callback):
+    """Each run's hyperparameters (``run_hparams``) in TensorBoard's HParams tab with its best validation ROUGE-L
+    (``hp/best_val_rougeL``, updated after every validation; falls back to the lowest ``val/loss`` as
+    ``hp/best_val_loss`` when ROUGE-L is off), so ``tensorboard --logdir <sweep dir>`` compares a sweep's runs
+    by objective and τ. The best value travels in checkpoints, so a resumed run keeps it."""
+
+    def __init__(self) -> None:
+        self.best: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": dict(self.best)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = dict(state_dict.get("best", {}))
+
+    @staticmethod
+    def tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
+        return [logger for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = {"hp/best_val_rougeL": self.best.get("hp/best_val_rougeL", float("nan")),
+                   "hp/best_val_loss": self.best.get("hp/best_val_loss", float("nan"))}  # fmt: skip
+        for logger in self.tensorboards(trainer):
+            logger.log_hyperparams(run_hparams(pl_module), metrics=metrics)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        found = trainer.callback_metrics
+        for tag, key, better in (("hp/best_val_rougeL", "val/rougeL", max), ("hp/best_val_loss", "val/loss", min)):
+            if key in found:
+                value = float(found[key])
+                self.best[tag] = better(self.best.get(tag, value), value)
+        for logger in self.tensorboards(trainer):
+            logger.log_metrics(dict(self.best), step=trainer.global_step)
 
 
 class ResumeHint(L.Callback):

@@ -86,9 +86,3 @@ def evaluate(
     print(results_markdown([result]))
     print(f"results: {paths['markdown']} (+ results.csv, results.json, generations.jsonl, tensorboard/)")
     return directory
-
-
-def main(args: Optional[list[str]] = None) -> None:
-    from jsonargparse import CLI
-
-    CLI(evaluate, args=args, as_positional=False, exit_on_error=False)

@@ -6,7 +6,6 @@ python -m lit_kd export --ckpt logs/demo/version_0/checkpoints/best-2-75.ckpt --
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from lit_kd.models.export import check_export_target, export_hf
 from lit_kd.modules.loading import model_from_source
@@ -25,9 +24,3 @@ def export(ckpt: str, out: str, model: str = "student") -> Path:
     target = export_hf(lm, tokenizer, out)
     print(f"exported {label} to {target}")
     return target
-
-
-def main(args: Optional[list[str]] = None) -> None:
-    from jsonargparse import CLI
-
-    CLI(export, args=args, as_positional=False, exit_on_error=False)

@@ -1,49 +1,59 @@
-"""``python -m lit_kd``: LightningCLI for fit/validate/test/predict, plus lit_kd's own commands.
+"""``python -m lit_kd``: one entry, every command a subcommand (``python -m lit_kd --help`` lists them).
 
     python -m lit_kd fit --config configs/tiny.yaml --model.loss.name rkl --model.loss.tau 2.5
     python -m lit_kd validate --config configs/tiny.yaml --ckpt_path logs/tiny/version_0/checkpoints/last.ckpt
     python -m lit_kd demo            # the embedded default: distill SmolLM2-135M-Instruct on CPU
+    python -m lit_kd sweep --help    # every option, from the function's type hints and docstring
 
-Defaults every run gets: ``seed_everything``, a TensorBoardLogger under ``logs/`` (a new
-``version_N`` per run, never overwriting an earlier one), two ModelCheckpoints (group ``checkpoint``:
-the best by a monitored metric; group ``last_checkpoint``: the latest, as last.ckpt), a Rich progress
-bar and ``fit_summary.json`` in the log directory. ``JSONARGPARSE_DEBUG=1`` shows full tracebacks of
-config errors.
+Commands on a fit configuration (LightningCLI: ``--config``, ``--model.*``, ``--data.*``, ``--trainer.*``):
+fit, validate, test, predict, demo, cache-teacher. Commands of their own (typed functions, one jsonargparse
+parser): evaluate, export, sweep, report, objectives.
+
+Defaults every run gets: ``seed_everything``, a TensorBoardLogger under ``logs/`` (a new ``version_N`` per run,
+never overwriting an earlier one), two ModelCheckpoints (group ``checkpoint``: the best by a monitored metric;
+group ``last_checkpoint``: the latest, as last.ckpt), a progress display (Rich in a terminal, plain lines in a
+log), the learning rate and throughput monitors, the run's hyperparameters in TensorBoard's HParams tab, and
+``fit_summary.json`` in the log directory. ``JSONARGPARSE_DEBUG=1`` shows full tracebacks of config errors.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import importlib
+import inspect
 import os
 import shlex
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, ThroughputMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lit_kd.cli.callbacks import FitSummary, LastCheckpoint, ResumeHint
-from lit_kd.cli.checkpoint_io import AtomicCheckpointIO
+from lit_kd.cli.callbacks import FitSummary, HParamsSummary, LastCheckpoint, LineProgress, ResumeHint
+from lit_kd.cli.trainer import Trainer
 from lit_kd.data import DollyDataModule
+from lit_kd.data.collate import batch_rows, batch_tokens
 from lit_kd.errors import CheckpointError, LitKDError
+from lit_kd.models import StudentConfig
 from lit_kd.modules import DistillModule
-from lit_kd.modules.loading import read_checkpoint
+from lit_kd.modules.loading import checkpoint_hparams, read_checkpoint
 from lit_kd.teacher import TeacherCache, cache_key
 from lit_kd.utils.io import ensure_writable_dir, is_out_of_space, newest, out_of_space_error
+from lit_kd.utils.paths import BASE_CONFIG
 from lit_kd.utils.yaml_files import check_config_files
 
-TRAINER_DEFAULTS = {
-    "logger": {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": "logs", "name": "lit_kd"},
-    },
-}
+
+def with_base(args: list[str], run: bool) -> list[str]:
+    """The command line with ``configs/base.yaml`` read first: the shared base is the CLI's default, so no other
+    config restates it (later ``--config`` files and flags override it)."""
+    if not BASE_CONFIG.is_file():
+        return args
+    if run and args and args[0] in LightningCLI.subcommands():
+        return [args[0], "--config", str(BASE_CONFIG), *args[1:]]
+    return ["--config", str(BASE_CONFIG), *args] if not run else args
 
 
 def resume_command(args: Optional[list[str]]) -> str:
@@ -60,6 +70,20 @@ def resume_command(args: Optional[list[str]]) -> str:
     return shlex.join(["python", "-m", "lit_kd", *kept, "--ckpt_path", "last"])
 
 
+def default_callbacks(args: Optional[list[str]]) -> list:
+    """Progress (Rich in a terminal, plain lines otherwise), LR and throughput monitors, HParams, fit summary,
+    and the resume hint on Ctrl-C."""
+    progress = RichProgressBar() if sys.stdout.isatty() else LineProgress()
+    return [
+        progress,
+        LearningRateMonitor(logging_interval="step"),
+        ThroughputMonitor(batch_size_fn=batch_rows, length_fn=batch_tokens, window_size=10),
+        HParamsSummary(),
+        FitSummary(),
+        ResumeHint(resume_command(args)),
+    ]
+
+
 class LitKDCLI(LightningCLI):
     """LightningCLI bound to ``DistillModule`` and ``DollyDataModule``; hands the tokenizer to the data."""
 
@@ -67,14 +91,15 @@ class LitKDCLI(LightningCLI):
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")  # Lightning-internal deprecation
         warnings.filterwarnings("ignore", ".*'set_vital' is deprecated.*")  # torchdata-internal deprecation
+        warnings.filterwarnings("ignore", ".*LightningCLI's args parameter is intended.*")  # main() passes argv on
         super().__init__(
             DistillModule,
             DollyDataModule,
-            args=args,
+            args=with_base(list(sys.argv[1:] if args is None else args), run),
             run=run,
             seed_everything_default=1234,
-            trainer_defaults=TRAINER_DEFAULTS
-            | {"callbacks": [RichProgressBar(), FitSummary(), ResumeHint(resume_command(args))]},
+            trainer_class=Trainer,
+            trainer_defaults={"callbacks": default_callbacks(args)},
             auto_configure_optimizers=False,
             parser_kwargs={"exit_on_error": False},  # parse errors reach main() and become one line
             **kwargs,
@@ -102,24 +127,6 @@ class LitKDCLI(LightningCLI):
             }
         )
 
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """The always-on callbacks step aside when the config switches their feature off
-        (``trainer.enable_checkpointing: false``, ``trainer.enable_progress_bar: false``), instead of
-        Lightning refusing the combination."""
-        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        callbacks = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
-        if trainer_config.get("enable_checkpointing") is False:
-            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
-        # last.ckpt is written after validation by LastCheckpoint: the best checkpoint must have recorded the
-        # epoch first (a stable sort: the other callbacks keep their order)
-        callbacks.sort(key=lambda c: isinstance(c, LastCheckpoint))
-        if trainer_config.get("enable_progress_bar") is False:
-            kept = [c for c in self.trainer_defaults["callbacks"] if not isinstance(c, RichProgressBar)]
-            self.trainer_defaults = {**self.trainer_defaults, "callbacks": kept}
-        if trainer_config.get("plugins") is None:
-            trainer_config["plugins"] = [AtomicCheckpointIO()]  # checkpoints written to a temp file, then renamed
-        return self._instantiate_trainer(trainer_config, callbacks)
-
     def before_instantiate_classes(self) -> None:
         """Checks that need no model, before any is loaded: the log directory must be writable, and
         ``--ckpt_path last`` resumes the newest ``last.ckpt`` among this config's runs, in that run's own
@@ -140,20 +147,14 @@ class LitKDCLI(LightningCLI):
             stamp = time.strftime("%Y%m%d-%H%M%S")
             self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config-resumed-{stamp}.yaml"}
 
-    def _parse_ckpt_path(self) -> None:
-        """Keep the configuration as given. (LightningCLI >= 2.6 replaces the ``model`` section with the
-        hyperparameters stored in ``--ckpt_path``, silently overriding explicit flags such as
-        ``--model.loss.tau``.) The checkpoint supplies weights; a checkpoint whose student does not match
-        the configured one is refused by ``DistillModule.on_load_checkpoint`` with a clear error."""
-
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
         self.datamodule.connect(self.model.tokenizer)
         self.datamodule.load_split_records()  # bad data files fail here, before any trainer or model work
-        self._check_checkpoint_student()
-        self._check_teacher_cache()
+        self.check_checkpoint_student()
+        self.check_teacher_cache()
 
-    def _check_teacher_cache(self) -> None:
+    def check_teacher_cache(self) -> None:
         """A ``model.teacher_cache`` that is missing, damaged or built for another teacher, tokenizer or data is
         refused now, before any run directory is written (``DistillModule`` checks it again when it opens it)."""
         if self.subcommand not in ("fit", "validate", "test") or self.model.teacher_cache_path is None:
@@ -165,21 +166,21 @@ class LitKDCLI(LightningCLI):
             command_hint=" --config <this config> --out " + str(self.model.teacher_cache_path),
         )
 
-    def _check_checkpoint_student(self) -> None:
+    def check_checkpoint_student(self) -> None:
         """A ``--ckpt_path`` saved for another student is refused now, from its stored hyperparameters,
         before any weights load (``DistillModule.on_load_checkpoint`` checks the tensors themselves)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         path = config.get("ckpt_path")
         if not path or not os.path.isfile(path):
             return
-        stored = read_checkpoint(path, mmap=True).get("hyper_parameters", {}).get("student")
+        stored = checkpoint_hparams(read_checkpoint(path, mmap=True)).get("student")
         if stored is None:
             return
-        stored = stored if isinstance(stored, dict) else dataclasses.asdict(stored)
-        configured = dataclasses.asdict(self.model.student_config)
-        differing = [k for k in ("path", "gguf_file", "config", "layers") if stored.get(k) != configured.get(k)]
+        stored = StudentConfig.architecture_of(stored)
+        configured = self.model.student_config.architecture()
+        differing = [k for k in configured if stored.get(k) != configured[k]]
         if differing:
-            differences = ", ".join(f"{k}: {stored.get(k)!r} vs {configured.get(k)!r}" for k in differing)
+            differences = ", ".join(f"{k}: {stored.get(k)!r} vs {configured[k]!r}" for k in differing)
             raise CheckpointError(
                 f"{path} was saved from another student architecture than model.student ({differences})"
             )
@@ -190,29 +191,91 @@ def cli_main(args: Optional[list[str]] = None, run: bool = True) -> LitKDCLI:
     return LitKDCLI(args=args, run=run)
 
 
-# lit_kd's own commands: `python -m lit_kd <name> ...` calls `<module>.main(args)` (imported on demand)
-COMMANDS: dict[str, str] = {
-    "demo": "lit_kd.cli.demo",
-    "cache-teacher": "lit_kd.cli.cache_teacher",
-    "objectives": "lit_kd.cli.objectives",
-    "evaluate": "lit_kd.cli.evaluate",
-    "export": "lit_kd.cli.export",
-    "sweep": "lit_kd.cli.sweep",
-    "report": "lit_kd.cli.report",
+def lightning_command(name: str) -> Callable[[list[str]], Any]:
+    """fit / validate / test / predict: LightningCLI itself, with the whole command line."""
+    return lambda argv: cli_main([name, *argv])
+
+
+def run_demo(argv: list[str]) -> Any:
+    from lit_kd.cli.demo import main as demo
+
+    return demo(argv)
+
+
+def run_cache_teacher(argv: list[str]) -> Any:
+    from lit_kd.cli.cache_teacher import main as cache_teacher
+
+    return cache_teacher(argv)
+
+
+# commands on a fit configuration: their options are LightningCLI's (`python -m lit_kd fit --help`)
+CONFIG_COMMANDS: dict[str, tuple[Callable[[list[str]], Any], str]] = {
+    "fit": (lightning_command("fit"), "Distill (or fine-tune) a student; LightningCLI's fit."),
+    "validate": (lightning_command("validate"), "Validation losses and ROUGE-L of a checkpoint or config."),
+    "test": (lightning_command("test"), "Test losses and ROUGE-L of a checkpoint or config."),
+    "predict": (lightning_command("predict"), "LightningCLI's predict."),
+    "demo": (run_demo, "The main job: distill SmolLM2-135M-Instruct on CPU, with a ROUGE-L table (configs/demo.yaml)."),
+    "cache-teacher": (run_cache_teacher, "Run the teacher once over a fit config's data and store its hidden states."),
 }
 
 
+def function_commands() -> dict[str, Callable[..., Any]]:
+    """Commands of their own: typed functions whose options come from their signatures and docstrings."""
+    from lit_kd.cli.evaluate import evaluate
+    from lit_kd.cli.export import export
+    from lit_kd.cli.objectives import objectives
+    from lit_kd.cli.report import report
+    from lit_kd.cli.sweep import sweep
+
+    return {"evaluate": evaluate, "export": export, "sweep": sweep, "report": report, "objectives": objectives}
+
+
+POSITIONAL = {"report"}  # `python -m lit_kd report <sweep dir>`
+
+
+def first_line(text: Optional[str]) -> str:
+    return (text or "").strip().split("\n")[0]
+
+
+def root_parser() -> ArgumentParser:
+    """The one parser: every command a subcommand, with its one-line help."""
+    parser = ArgumentParser(
+        prog="python -m lit_kd",
+        description="Knowledge distillation of causal LMs with τ as a searchable knob.",
+        exit_on_error=False,
+    )
+    commands = parser.add_subcommands(required=True, dest="command")
+    for name, (_, help_text) in CONFIG_COMMANDS.items():
+        placeholder = ArgumentParser(description=f"{help_text} Options: python -m lit_kd {name} --help")
+        commands.add_subcommand(name, placeholder, help=help_text)
+    for name, function in function_commands().items():
+        summary = (inspect.getdoc(function) or "").split("\n\nArgs:")[0]  # the options document themselves
+        command = ArgumentParser(description=summary, exit_on_error=False)
+        command.add_argument("--config", action=ActionConfigFile, help="A YAML file with this command's options.")
+        command.add_function_arguments(function, as_positional=name in POSITIONAL)
+        commands.add_subcommand(name, command, help=first_line(function.__doc__))
+    return parser
+
+
+def run_function_command(argv: list[str]) -> Any:
+    parser = root_parser()
+    config = parser.parse_args(argv)
+    name = config.command
+    options = parser.instantiate_classes(config)[name]
+    options = {k: v for k, v in dict(options).items() if k != "config"}
+    return function_commands()[name](**options)
+
+
 def main(args: Optional[list[str]] = None) -> None:
-    """Dispatch to lit_kd's own commands or to LightningCLI. Bad input (a ``LitKDError`` or a config that
-    does not parse) ends in one line, ``lit_kd: error: ...``, and exit status 2; ``LIT_KD_DEBUG=1`` shows
-    the traceback instead."""
+    """Dispatch to the command. Bad input (a ``LitKDError`` or a config that does not parse) ends in one line,
+    ``lit_kd: error: ...``, and exit status 2; ``LIT_KD_DEBUG=1`` shows the traceback instead."""
     argv = sys.argv[1:] if args is None else list(args)
     try:
         check_config_files(argv)
-        if argv and argv[0] in COMMANDS:
-            importlib.import_module(COMMANDS[argv[0]]).main(argv[1:])
+        if argv and argv[0] in CONFIG_COMMANDS:
+            CONFIG_COMMANDS[argv[0]][0](argv[1:])
         else:
-            cli_main(args)  # None: LightningCLI reads sys.argv itself
+            run_function_command(argv)
     except (LitKDError, argparse.ArgumentError, OSError, RuntimeError) as err:
         if os.environ.get("LIT_KD_DEBUG"):
             raise

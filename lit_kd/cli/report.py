@@ -3,8 +3,6 @@ KD diagnostics against τ, plus figure1_fkl_rkl.png, heatmap_gain.png and diagno
 
 from __future__ import annotations
 
-from typing import Optional
-
 from lit_kd.experiments.report import write_report
 
 
@@ -16,9 +14,3 @@ def report(sweep_dir: str) -> None:
     """
     path, figures = write_report(sweep_dir)
     print(f"wrote {path} (+ {', '.join(p.name for p in figures.values())})")
-
-
-def main(args: Optional[list[str]] = None) -> None:
-    from jsonargparse import CLI
-
-    CLI(report, args=args, exit_on_error=False)

@@ -1,6 +1,6 @@
 """``python -m lit_kd sweep``: run an objective × τ × seed grid, each run its own fit + evaluate process.
 
-    python -m lit_kd sweep --base '[configs/cpu/base.yaml]' --objectives '[fkl,rkl]' --taus '[1,2,3]' \\
+    python -m lit_kd sweep --base '[configs/pairs/smollm2-cpu.yaml]' --objectives '[fkl,rkl]' --taus '[1,2,3]' \\
         --seeds '[10,20]' --out logs/sweeps/cpu --evaluation.benchmarks '[dolly]' --evaluation.max_examples 50
     python -m lit_kd sweep --resume logs/sweeps/cpu                # continue: done runs are skipped
     python -m lit_kd sweep ... --launcher slurm                    # write configs + launch_slurm.sh, run nothing
@@ -29,12 +29,12 @@ def sweep(
     resume: Optional[str] = None,
     index: Optional[int] = None,
     teacher_cache: Optional[str] = None,
+    objective_configs: Optional[str] = None,
 ) -> None:
     """Run (or prepare) a sweep of distillation runs.
 
     Args:
-        base: Fit configs every run starts from (later ones override earlier ones). A file
-            ``<objective>.yaml`` beside the first one is added for that objective's runs.
+        base: Fit configs every run starts from (later ones override earlier ones), e.g. a model pair.
         objectives: Registry names to sweep.
         taus: Distillation temperatures to sweep.
         seeds: Training seeds (``seed_everything``); each run is also evaluated with its own seed
@@ -48,6 +48,8 @@ def sweep(
         index: With ``resume``: run only this run index (what each array task does).
         teacher_cache: Build the teacher cache once and let every run read it instead of running the teacher:
             ``auto`` (``<out>/teacher_cache``) or a directory (reused when it matches). ``null``: a live teacher.
+        objective_configs: The folder of objective files: ``<objective>.yaml`` there is layered on that objective's
+            runs (default: ``configs/objectives``, shared by every model pair).
     """
     if resume is not None:
         plan = Sweep.load(resume)
@@ -67,7 +69,7 @@ def sweep(
         raise ConfigError("a new sweep needs --base (one or more fit configs) and --out (its directory)")
     if launcher not in ("local", "slurm"):
         raise ConfigError(f"--launcher must be local or slurm, got {launcher!r}")
-    plan = Sweep.create(out, base, objectives, taus, seeds, evaluation, fit_args, teacher_cache)
+    plan = Sweep.create(out, base, objectives, taus, seeds, evaluation, fit_args, teacher_cache, objective_configs)
     if launcher == "slurm":
         script = plan.write_slurm_launcher()
         print(f"wrote {len(plan.runs)} run configs under {plan.out / 'runs'} and {script}")
@@ -81,9 +83,3 @@ def sweep(
         + (f", {len(busy)} running in another process" if busy else "")
     )
     print(f"report: python -m lit_kd report {plan.out}")
-
-
-def main(args: Optional[list[str]] = None) -> None:
-    from jsonargparse import CLI
-
-    CLI(sweep, args=args, as_positional=False, exit_on_error=False)

@@ -47,3 +47,13 @@ class PadCollator:
         if "index" in examples[0]:  # the examples' positions in their split (the teacher cache's keys)
             batch["index"] = torch.tensor([example["index"] for example in examples], dtype=torch.long)
         return batch
+
+
+def batch_rows(batch: dict[str, Any]) -> int:
+    """Sequences in a batch (``ThroughputMonitor``'s samples)."""
+    return int(batch["input_ids"].shape[0])
+
+
+def batch_tokens(batch: dict[str, Any]) -> int:
+    """Non-padding tokens in a batch (``ThroughputMonitor``'s items: tokens per second)."""
+    return int(batch["attention_mask"].sum())

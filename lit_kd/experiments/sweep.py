@@ -44,6 +44,7 @@ from lit_kd.errors import CacheError, ConfigError, LockedError
 from lit_kd.losses import check_tau, get_objective
 from lit_kd.utils.io import atomic_write_text, numbered_paths
 from lit_kd.utils.lock import DirectoryLock
+from lit_kd.utils.paths import OBJECTIVE_CONFIGS
 from lit_kd.utils.yaml_files import load_yaml_file
 
 LOCK_FILE = ".lock"
@@ -120,7 +121,8 @@ class Sweep:
     evaluation: SweepEval
     fit_args: list[str] = field(default_factory=list)
     objective_configs: dict[str, dict[str, str]] = field(default_factory=dict)
-    """``<objective>.yaml`` files beside the first base config, layered on that objective's runs (path, sha256)"""
+    """``<objective>.yaml`` files of the objective folder (``configs/objectives``), layered on that objective's runs
+    (path, sha256)"""
     teacher_cache: Optional[str] = None
     """A teacher cache directory built once (``cache-teacher``) before the first run and read by every run"""
     lock: Optional[DirectoryLock] = field(default=None, repr=False, compare=False)
@@ -154,15 +156,17 @@ class Sweep:
         evaluation: SweepEval,
         fit_args: Optional[list[str]] = None,
         teacher_cache: Optional[str] = None,
+        objective_configs: Optional[str] = None,
     ) -> "Sweep":
         for path in base:
             load_yaml_file(path, "base config")  # missing or not YAML: an error naming the file, before any write
         runs = plan_runs(objectives, taus, seeds)
         base = [os.path.abspath(p) for p in base]
+        folder = Path(objective_configs) if objective_configs is not None else OBJECTIVE_CONFIGS
         layers = {
-            name: {"path": str(path), "sha256": _sha256(path)}
+            name: {"path": str(path.resolve()), "sha256": _sha256(path)}
             for name in dict.fromkeys(r.objective for r in runs)
-            if (path := Path(base[0]).parent / f"{name}.yaml").is_file()
+            if (path := folder / f"{name}.yaml").is_file()
         }
         if teacher_cache == "auto":
             teacher_cache = str(Path(out) / "teacher_cache")
@@ -240,7 +244,7 @@ class Sweep:
         command = [sys.executable, "-m", "lit_kd", "fit"]
         for path in self.base:
             command += ["--config", path]
-        if spec.objective in self.objective_configs:  # e.g. configs/paper/gpt2/js.yaml: the objective's settings
+        if spec.objective in self.objective_configs:  # e.g. configs/objectives/js.yaml: the objective's settings
             command += ["--config", self.objective_configs[spec.objective]["path"]]
         command += ["--config", str(self.out / "runs" / f"{spec.index}.yaml"), *self.fit_args]
         if self.teacher_cache is not None:

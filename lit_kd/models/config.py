@@ -15,8 +15,8 @@ Exactly one source per model::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Optional
 
 import torch
 
@@ -81,6 +81,18 @@ class StudentConfig(ModelConfig):
     layers: Optional[list[int]] = None
     """Keep these decoder layers (0-based, increasing) of the source model, or of the teacher when
     the student has no source of its own; weights are copied (DistilBERT-style init)."""
+
+    ARCHITECTURE: ClassVar[tuple[str, ...]] = ("path", "gguf_file", "config", "layers")
+    """The fields that decide the student's tensors (a checkpoint fits only a student with the same ones)."""
+
+    def architecture(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.ARCHITECTURE}
+
+    @classmethod
+    def architecture_of(cls, stored: Any) -> dict[str, Any]:
+        """``architecture()`` of a student stored in a checkpoint (a dict, or an older pickled config)."""
+        values = stored if isinstance(stored, dict) else {f.name: getattr(stored, f.name) for f in fields(stored)}
+        return {name: values.get(name) for name in cls.ARCHITECTURE}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,22 @@ import torch
 
 from lit_kd.errors import CheckpointError, ConfigError, LitKDError
 from lit_kd.models import ModelConfig, load_model, load_tokenizer
-from lit_kd.modules.distill import DistillModule, check_student_state
+from lit_kd.modules.distill import HPARAMS_KEY, DistillModule, check_student_state
 from lit_kd.utils.yaml_files import load_yaml_file
 
-MODULE_ARGS = ("student", "teacher", "loss", "kd_ratio", "diagnostics", "val_rouge")
+# what rebuilds a module: its own arguments, but not the optimizer and schedule (training only) nor the teacher
+# cache (evaluation and export never compute a KD loss)
+MODULE_ARGS = tuple(
+    name
+    for name in inspect.signature(DistillModule.__init__).parameters
+    if name not in ("self", "optimizer", "lr_scheduler", "teacher_cache")
+)
+
+
+def checkpoint_hparams(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The module arguments a lit_kd checkpoint carries (``lit_kd_hyper_parameters``; older checkpoints kept
+    them in Lightning's ``hyper_parameters``)."""
+    return checkpoint.get(HPARAMS_KEY) or checkpoint.get("hyper_parameters") or {}
 
 
 def build_module(section: dict[str, Any], source: str, need_teacher: bool = True) -> DistillModule:
@@ -69,7 +82,7 @@ def read_checkpoint(path: str, mmap: bool = False) -> dict[str, Any]:
 def module_from_checkpoint(path: str, need_teacher: bool = True) -> DistillModule:
     """A ``DistillModule`` rebuilt from the hyperparameters a checkpoint carries, with its student weights."""
     checkpoint = read_checkpoint(path)
-    hparams = checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {}
+    hparams = checkpoint_hparams(checkpoint)
     if "student" not in hparams or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not a lit_kd DistillModule checkpoint (no student hyperparameters)")
     module = build_module(hparams, path, need_teacher)

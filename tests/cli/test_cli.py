@@ -12,31 +12,139 @@ from lit_kd.cli import LitKDCLI, cli_main, main
 from lit_kd.losses import OBJECTIVES
 from tests.conftest import DEMO_DATA, ROOT
 
-CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.name != "base.yaml")
 
 
 def config_stack(config):
-    """A shipped config with what it is layered on: an objective file on its folder's base.yaml, a
-    strategy switch on the tiny config; full configs alone."""
-    base = config.parent / "base.yaml"
-    if config.parent.name == "strategies":
+    """A shipped config with what it is layered on: an objective file or a strategy switch on the tiny
+    config; a model pair, the demo, tiny and the SFT configs alone (the base is the CLI's own default)."""
+    if config.parent.name in ("objectives", "strategies"):
         return [ROOT / "configs" / "tiny.yaml", config]
-    return [base, config] if base.is_file() and config != base else [config]
+    return [config]
+
+
+def resolved(capsys, *configs, extra=()) -> dict:
+    args = [item for path in configs for item in ("--config", str(path))]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *args, *extra, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_every_shipped_config_parses(config, capsys):
-    args = [item for path in config_stack(config) for item in ("--config", str(path))]
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", *args, "--print_config"])
-    assert exit_info.value.code in (0, None)
-    resolved = yaml.safe_load(capsys.readouterr().out)
-    assert resolved["model"]["loss"]["name"] and resolved["model"]["loss"]["tau"] > 0
-    assert resolved["data"]["max_length"] > 0
+    config_dict = resolved(capsys, *config_stack(config))
+    assert config_dict["model"]["loss"]["name"] and config_dict["model"]["loss"]["tau"] > 0
+    assert config_dict["data"]["max_length"] > 0
     if config.stem in OBJECTIVES:  # an objective file selects its objective and writes out its settings
-        assert resolved["model"]["loss"]["name"] == config.stem
+        assert config_dict["model"]["loss"]["name"] == config.stem
         written = yaml.safe_load(config.read_text())["model"]["loss"]
-        assert {k: resolved["model"]["loss"][k] for k in written} == written
+        assert {k: config_dict["model"]["loss"][k] for k in written} == written
+
+
+def test_the_shared_base_is_the_cli_default_and_no_config_restates_it(capsys):
+    base = yaml.safe_load((ROOT / "configs" / "base.yaml").read_text())
+    tiny = resolved(capsys, ROOT / "configs" / "tiny.yaml")
+    assert tiny["trainer"]["logger"]["class_path"] == base["trainer"]["logger"]["class_path"]
+    assert tiny["trainer"]["logger"]["init_args"]["name"] == "tiny"  # the pair's own value over the base's
+    assert tiny["checkpoint"]["monitor"] == "val/rougeL" and tiny["checkpoint"]["mode"] == "max"
+    assert tiny["model"]["optimizer"]["class_path"] == "torch.optim.AdamW"
+
+    def leaves(tree, prefix=""):
+        if isinstance(tree, dict) and "class_path" not in tree:
+            for key, value in tree.items():
+                yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield prefix.rstrip("."), tree
+
+    base_leaves = dict(leaves(base))
+    for config in CONFIGS:
+        for key, value in leaves(yaml.safe_load(config.read_text()) or {}):
+            assert base_leaves.get(key, object()) != value, f"{config.name} restates the base's {key}: {value}"
+
+
+# what the layered configs are meant to change in a paper run's resolved settings (nothing else may differ):
+# ModelCheckpoint's every_n_epochs null is its own default, which saves every epoch like the former explicit 1
+MEANT_TO_DIFFER = {("checkpoint", "every_n_epochs"): (1, None)}
+
+
+@pytest.mark.parametrize("pair", ["gpt2", "opt"])
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_paper_runs_resolve_as_before_the_layered_configs(capsys, pair, objective):
+    before = yaml.safe_load((ROOT / "tests" / "cli" / "resolved_before" / f"{pair}-{objective}.yaml").read_text())
+    now = resolved(
+        capsys, ROOT / "configs" / "pairs" / f"{pair}.yaml", ROOT / "configs" / "objectives" / f"{objective}.yaml"
+    )
+
+    def differences(a, b, path=()):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                yield from differences(a.get(key), b.get(key), (*path, key))
+        elif a != b:
+            yield path, (a, b)
+
+    found = dict(differences(before, now))
+    assert found == MEANT_TO_DIFFER, found
+
+
+def test_every_command_is_a_subcommand_of_one_parser(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listing = capsys.readouterr().out
+    commands = ["fit", "validate", "test", "predict", "demo", "cache-teacher", "evaluate", "export", "sweep", "report",
+                "objectives"]  # fmt: skip
+    for command in commands:
+        assert f"    {command} " in listing, command
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    sweep_help = capsys.readouterr().out
+    for option, documented in (
+        ("--teacher_cache", "Build the teacher cache once"),
+        ("--taus", "Distillation temperatures"),
+    ):
+        assert option in sweep_help and documented in sweep_help
+    with pytest.raises(SystemExit):
+        main(["cache-teacher", "--help"])
+    cache_help = capsys.readouterr().out
+    assert "--splits" in cache_help and "--model.teacher_cache" in cache_help  # its own options and the fit config's
+    main(["objectives"])
+    assert "fkl" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["objectives", "--extra", "1"])
+    assert exit_info.value.code == 2 and "lit_kd: error:" in capsys.readouterr().err
+
+
+def test_no_private_lightning_api_is_used_or_overridden():
+    import ast
+    import inspect
+
+    import lightning.pytorch as pl
+
+    sources = sorted((ROOT / "lit_kd").rglob("*.py"))
+    for path in sources:
+        text = path.read_text()
+        for pattern in (
+            "trainer._",
+            "._logger_connector",
+            "self._trainer",
+            "._get(",
+            "._parser(",
+            "_instantiate_trainer",
+        ):
+            assert pattern not in text, f"{path}: {pattern}"
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            module = __import__(path.relative_to(ROOT).with_suffix("").as_posix().replace("/", "."), fromlist=["x"])
+            cls = getattr(module, node.name, None)
+            lightning_bases = [b for b in inspect.getmro(cls)[1:] if b.__module__.startswith(("lightning", "torch"))]
+            if not lightning_bases:
+                continue
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name.startswith("_") and not item.name.startswith("__"):
+                    inherited = any(item.name in vars(base) for base in lightning_bases)
+                    assert not inherited, f"{path}: {node.name}.{item.name} overrides a private method of {pl.__name__}"
 
 
 def test_print_config_reflects_overrides(capsys):
@@ -69,7 +177,8 @@ def test_fit_then_validate_and_test_from_the_checkpoint(tmp_path, tiny_args):
     events = EventAccumulator(str(log_dir))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    for tag in ("train/loss", "train/kd_loss", "train/lm_loss", "train/lr", "train/tokens_per_sec", "val/loss"):
+    # the step's token means; Lightning's LearningRateMonitor and ThroughputMonitor (tokens/s = device/items_per_sec)
+    for tag in ("train/loss", "train/kd_loss", "train/lm_loss", "lr-AdamW", "train/device/items_per_sec", "val/loss"):
         assert tag in tags, tag
     diagnostics = [tag for tag in tags if tag.startswith("diag/")]
     assert len(diagnostics) == 5
@@ -152,7 +261,8 @@ def test_switching_off_checkpointing_and_the_progress_bar(tiny_args):
         ("ModelCheckpoint", "val/rougeL"),
         ("LastCheckpoint", None),
     ]
-    assert type(default.trainer.progress_bar_callback).__name__ == "RichProgressBar"
+    # Rich in a terminal; under pytest the output is not a terminal: plain lines
+    assert type(default.trainer.progress_bar_callback).__name__ == "LineProgress"
 
 
 def test_a_value_of_the_wrong_type_is_one_clear_line(tiny_args, capsys):
@@ -162,3 +272,25 @@ def test_a_value_of_the_wrong_type_is_one_clear_line(tiny_args, capsys):
     err = capsys.readouterr().err.strip()
     assert err.splitlines()[-1].startswith('lit_kd: error: Parser key "model.kd_ratio": Expected a')
     assert len(err.splitlines()) == 1
+
+
+def test_progress_is_plain_lines_when_the_output_is_not_a_terminal(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import TINY_TOKENIZER
+
+    command = [
+        sys.executable, "-m", "lit_kd", "fit", "--config", str(ROOT / "configs" / "tiny.yaml"),
+        "--model.teacher.tokenizer", str(TINY_TOKENIZER), "--data.raw", str(DEMO_DATA),
+        "--data.cache_dir", str(tmp_path / "cache"), "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.log_every_n_steps", "2",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)  # stdout: a pipe
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    steps = [line for line in lines if line.startswith("epoch 0  step ")]
+    assert [line.split()[3] for line in steps] == ["2/4", "4/4"], result.stdout[-2000:]
+    assert all("s/step" in line and "train/loss" in line for line in steps)
+    assert any(line.startswith("epoch 0  validation  val/loss") for line in lines)
+    assert any(line.startswith("training done: 4 steps in ") for line in lines)

@@ -132,19 +132,19 @@ def test_shared_benchmarks_load():
 
 
 def test_evaluating_a_student_with_its_own_weights_does_not_load_the_teacher(tmp_path, tiny_hf_dir, monkeypatch):
-    import lit_kd.modules.distill as distill
+    import lit_kd.models.pair as pair
     from lit_kd.modules.loading import model_from_source
 
     checkpoint = {
-        "hyper_parameters": {
+        "lit_kd_hyper_parameters": {
             "student": {"path": str(tiny_hf_dir)},
             "teacher": {"config": tiny_llama_config(4), "tokenizer": str(tiny_hf_dir)},
             "kd_ratio": 1.0,
         },
     }
     loaded = []
-    real = distill.load_model
-    monkeypatch.setattr(distill, "load_model", lambda config, role="model": loaded.append(role) or real(config, role))
+    real = pair.load_model
+    monkeypatch.setattr(pair, "load_model", lambda config, role="model": loaded.append(role) or real(config, role))
     import torch
 
     from lit_kd.models import ModelConfig

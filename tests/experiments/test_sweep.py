@@ -45,9 +45,13 @@ def evaluation(tmp_path: Path) -> SweepEval:
 def test_sweep_records_failures_skips_finished_runs_and_reports(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(ROOT)
     base = tiny_base(tmp_path)
-    # an objective file beside the base config is layered on its runs: this one is broken on purpose
-    (base.parent / "rkl.yaml").write_text(yaml.safe_dump({"model": {"loss": {"skew_alpha": 5.0}}}))
-    sweep = Sweep.create(str(tmp_path / "sweep"), [str(base)], ["fkl", "rkl"], [1.0, 2.0], [10], evaluation(tmp_path))
+    # an objective file of the objective folder is layered on its runs: this one is broken on purpose
+    (tmp_path / "objectives").mkdir()
+    (tmp_path / "objectives" / "rkl.yaml").write_text(yaml.safe_dump({"model": {"loss": {"skew_alpha": 5.0}}}))
+    sweep = Sweep.create(
+        str(tmp_path / "sweep"), [str(base)], ["fkl", "rkl"], [1.0, 2.0], [10], evaluation(tmp_path),
+        objective_configs=str(tmp_path / "objectives"),
+    )  # fmt: skip
     results = sweep.run()
     states = {(r["spec"]["objective"], r["spec"]["tau"]): r["state"] for r in results}
     assert states == {("fkl", 1.0): "done", ("fkl", 2.0): "done", ("rkl", 1.0): "failed", ("rkl", 2.0): "failed"}
@@ -166,8 +170,9 @@ def test_sweep_plan_errors(tmp_path, capsys):
     base = tiny_base(tmp_path)
     (base.parent / "fkl.yaml").write_text(yaml.safe_dump({"model": {"loss": {"tau_squared_scaling": True}}}))
     sweep = Sweep.create(
-        str(tmp_path / "s"), [str(base)], ["fkl", "fkl"], [1.0, 1.0, 2.0], [10, 10], evaluation(tmp_path)
-    )
+        str(tmp_path / "s"), [str(base)], ["fkl", "fkl"], [1.0, 1.0, 2.0], [10, 10], evaluation(tmp_path),
+        objective_configs=str(base.parent),
+    )  # fmt: skip
     assert [r.run_id for r in sweep.runs] == ["fkl/tau_1/seed_10", "fkl/tau_2/seed_10"]  # duplicates dropped
     assert "--config" in sweep.fit_command(sweep.runs[0], resume=False)
     (base.parent / "fkl.yaml").write_text(yaml.safe_dump({"model": {"loss": {"tau_squared_scaling": False}}}))
@@ -247,7 +252,10 @@ def test_array_tasks_lock_their_own_run_not_the_sweep(tmp_path, monkeypatch, cap
     monkeypatch.chdir(ROOT)
     base = tiny_base(tmp_path)
     (base.parent / "rkl.yaml").write_text(yaml.safe_dump({"model": {"loss": {"skew_alpha": 5.0}}}))  # fails fast
-    sweep = Sweep.create(str(tmp_path / "s"), [str(base)], ["fkl", "rkl"], [1.0], [10], evaluation(tmp_path))
+    sweep = Sweep.create(
+        str(tmp_path / "s"), [str(base)], ["fkl", "rkl"], [1.0], [10], evaluation(tmp_path),
+        objective_configs=str(base.parent),
+    )  # fmt: skip
     with sweep.owned():  # a local sweep owns the directory ...
         # ... an array task running another run is not held up by it
         assert Sweep.load(str(tmp_path / "s")).run_one(sweep.runs[1])["state"] == "failed"
@@ -258,6 +266,24 @@ def test_array_tasks_lock_their_own_run_not_the_sweep(tmp_path, monkeypatch, cap
         run_dir = tmp_path / "s" / "fkl" / "tau_1" / "seed_10"
         assert f"sweep run directory {run_dir} is in use by pid {os.getpid()}" in capsys.readouterr().err
     assert not (tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "status.json").exists()  # untouched
+
+
+def hparams_of(run_dir: Path) -> tuple[dict, dict]:
+    """What TensorBoard's HParams tab shows for one run: its hyperparameters and the metric tags' last values."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    (version,) = (run_dir / "fit").glob("version_*")
+    events = EventAccumulator(str(version))
+    events.Reload()
+    params = {}
+    for tag, content in events.PluginTagToContent("hparams").items():
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        if data.HasField("session_start_info"):
+            for name, value in data.session_start_info.hparams.items():
+                params[name] = value.string_value or value.number_value or value.bool_value
+    metrics = {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("hp/")}
+    return params, metrics
 
 
 def test_a_sweep_builds_the_teacher_cache_once_and_every_run_reads_it(tmp_path, monkeypatch):
@@ -278,3 +304,13 @@ def test_a_sweep_builds_the_teacher_cache_once_and_every_run_reads_it(tmp_path, 
     again = Sweep.load(str(tmp_path / "s"))
     again.ensure_teacher_cache()  # already there: nothing rebuilt
     assert (tmp_path / "s" / "teacher_cache.log").read_text().count("$ ") == 1
+
+    # TensorBoard's HParams tab: each run's objective, τ, seed and student, with its best validation ROUGE-L
+    for spec in sweep.runs:
+        params, metrics = hparams_of(sweep.run_dir(spec))
+        assert params["objective"] == spec.objective and params["tau"] == spec.tau and params["seed"] == spec.seed
+        assert params["kd_ratio"] == 1.0 and params["student"] == "cut from the teacher" and params["teacher_cache"]
+        assert params["student.layers"] == "[0, 3]" and "loss.skew_alpha" not in params
+        assert metrics["hp/best_val_rougeL"] >= 0 and metrics["hp/best_val_loss"] > 0
+        status = json.loads((sweep.run_dir(spec) / "status.json").read_text())
+        assert metrics["hp/best_val_rougeL"] == pytest.approx(status["fit_summary"]["best_model_score"], abs=1e-4)

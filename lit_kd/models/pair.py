@@ -1,0 +1,73 @@
+"""A teacher–student pair: the shared tokenizer, checks that need no weights, and building the two models."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_kd.models.config import ModelConfig, StudentConfig
+from lit_kd.models.loading import load_hf_config, load_model, load_tokenizer
+from lit_kd.models.student import check_layers, derive_student
+from lit_kd.models.vocab import check_same_tokenizer, shared_vocab_size
+
+
+def pair_tokenizer(student: StudentConfig, teacher: Optional[ModelConfig]) -> PreTrainedTokenizerBase:
+    """The teacher's tokenizer (the student's when there is no teacher); a student with a tokenizer of its own
+    must match it exactly."""
+    if teacher is None:
+        return load_tokenizer(student, "student")
+    tokenizer = load_tokenizer(teacher, "teacher")
+    if student.tokenizer is not None or (student.has_source and student.config is None):
+        check_same_tokenizer(tokenizer, load_tokenizer(student, "student"), teacher.describe(), student.describe())
+    return tokenizer
+
+
+def check_student_layers(student: StudentConfig, teacher: Optional[ModelConfig]) -> None:
+    """``student.layers`` against the parent's config (no weights loaded), before any data is tokenized."""
+    if student.layers is None:
+        return
+    parent, role = (student, "student") if student.has_source else (teacher, "teacher")
+    available = load_hf_config(parent, role).num_hidden_layers
+    check_layers(student.layers, available, f"the {role} ({parent.describe()})")
+
+
+@dataclass
+class Pair:
+    student: PreTrainedModel
+    teacher: Optional[PreTrainedModel]
+    """None without a teacher, or when ``keep_teacher`` was false (its body only served to cut the student)"""
+
+
+def build_pair(student: StudentConfig, teacher: Optional[ModelConfig], keep_teacher: bool = True) -> Pair:
+    """Load the teacher (frozen, eval mode) and load or cut the student. With ``keep_teacher=False`` the
+    teacher's body is loaded only when the student is cut from it, and released at once."""
+    needs_teacher = teacher is not None and (keep_teacher or not student.has_source)
+    teacher_model = load_model(teacher, "teacher").requires_grad_(False).eval() if needs_teacher else None
+    if student.has_source:
+        student_model = load_model(student, "student")
+        if student.layers is not None:
+            student_model = derive_student(student_model, student.layers)
+    else:
+        student_model = derive_student(teacher_model, student.layers)
+    return Pair(student_model.to(student.torch_dtype), teacher_model if keep_teacher else None)
+
+
+def pair_vocab_size(
+    tokenizer: PreTrainedTokenizerBase,
+    student_model: PreTrainedModel,
+    teacher_width: Optional[int],
+    student: StudentConfig,
+    teacher: Optional[ModelConfig],
+) -> int:
+    """The vocabulary both heads are compared over (``shared_vocab_size``), ``teacher_width`` rows in the
+    teacher's head (None: no teacher)."""
+    student_width = student_model.get_output_embeddings().weight.shape[0]
+    return shared_vocab_size(
+        tokenizer,
+        teacher_width if teacher_width is not None else student_width,
+        student_width,
+        teacher.describe() if teacher else "<none>",
+        student.describe() if student.has_source else "derived from the teacher",
+    )
