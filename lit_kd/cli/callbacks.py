@@ -183,6 +183,9 @@ def run_hparams(pl_module: L.LightningModule) -> dict[str, Any]:
         params["student.layers"] = str(student.layers) if student.layers is not None else "all"
     teacher = getattr(pl_module, "teacher_config", None)
     params["teacher"] = teacher.describe() if teacher is not None else "none"
+    policy = getattr(pl_module, "policy", None)  # λ: the share of each batch the student samples itself
+    params["student_fraction"] = policy.student_fraction if policy is not None else 0.0
+    params["adaptive_policy"] = policy is not None and policy.adaptive is not None
     params["teacher_cache"] = getattr(pl_module, "teacher_cache_path", None) is not None
     return params
 

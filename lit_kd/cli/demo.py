@@ -1,5 +1,8 @@
 """``python -m lit_kd demo``: the embedded default job, end to end on CPU.
 
+0. builds the teacher cache of the demo's data once (``logs/teacher_cache/demo``; reused by later runs, a new
+   folder when the teacher or the data changed) and trains from it: the teacher's body never runs in training
+   (``--model.teacher_cache DIR`` picks another cache);
 1. loads the teacher and cuts the student from it (``configs/demo.yaml``);
 2. scores ROUGE-L of the teacher and of the untrained student on the held-out test prompts;
 3. validates, distills, and validates the best checkpoint (kept by validation ROUGE-L);
@@ -28,12 +31,29 @@ DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 TABLE_SEEDS = (10, 20, 30)
 
 
+def demo_cache(model, data, save_dir: Path) -> Path:
+    """The first of ``<save_dir>/teacher_cache/demo``, ``demo-2``, ... that holds this teacher's cache for this data,
+    built if none does."""
+    from lit_kd.cli.cache_teacher import write_teacher_cache
+    from lit_kd.errors import CacheError
+    from lit_kd.utils.io import numbered_paths
+
+    for target in numbered_paths(save_dir / "teacher_cache" / "demo"):
+        try:
+            return write_teacher_cache(model.teacher_config, model.tokenizer, data, target)
+        except CacheError:
+            continue  # built for another teacher or data: try the next name
+    raise AssertionError("unreachable: numbered_paths is endless")
+
+
 def main(args: Optional[list[str]] = None) -> dict[str, float]:
     started = time.perf_counter()
     if not DEMO_CONFIG.is_file():
         raise SystemExit(f"demo config not found: {DEMO_CONFIG} (run from a checkout of lit_kd)")
     cli = LitKDCLI(args=["--config", str(DEMO_CONFIG), *(args or [])], run=False)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    if model.teacher_cache_path is None and model.kd_ratio > 0:
+        model.teacher_cache_path = str(demo_cache(model, data, Path(cli.config.trainer.logger.init_args.save_dir)))
 
     model.configure_model()
     held_out = Benchmark("demo test", "data/demo/instructions.jsonl (test split)", data.load_split_records()["test"])

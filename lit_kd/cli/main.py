@@ -5,8 +5,8 @@
     python -m lit_kd demo            # the embedded default: distill SmolLM2-135M-Instruct on CPU
     python -m lit_kd sweep --help    # every option, from the function's type hints and docstring
 
-Commands on a fit configuration (LightningCLI: ``--config``, ``--model.*``, ``--data.*``, ``--trainer.*``):
-fit, validate, test, predict, demo, cache-teacher. Commands of their own (typed functions, one jsonargparse
+Commands on a fit configuration (LightningCLI: ``--config``, ``--model.*``, ``--data.*``, ``--trainer.*``): fit,
+validate, test, predict, demo, cache-teacher, generate-data. Commands of their own (typed functions, one jsonargparse
 parser): evaluate, export, sweep, report, objectives.
 
 Defaults every run gets: ``seed_everything``, a TensorBoardLogger under ``logs/`` (a new ``version_N`` per run,
@@ -202,6 +202,12 @@ def run_demo(argv: list[str]) -> Any:
     return demo(argv)
 
 
+def run_generate_data(argv: list[str]) -> Any:
+    from lit_kd.cli.generate_data import main as generate_data
+
+    return generate_data(argv)
+
+
 def run_cache_teacher(argv: list[str]) -> Any:
     from lit_kd.cli.cache_teacher import main as cache_teacher
 
@@ -216,6 +222,10 @@ CONFIG_COMMANDS: dict[str, tuple[Callable[[list[str]], Any], str]] = {
     "predict": (lightning_command("predict"), "LightningCLI's predict."),
     "demo": (run_demo, "The main job: distill SmolLM2-135M-Instruct on CPU, with a ROUGE-L table (configs/demo.yaml)."),
     "cache-teacher": (run_cache_teacher, "Run the teacher once over a fit config's data and store its hidden states."),
+    "generate-data": (
+        run_generate_data,
+        "The teacher's sampled responses to a fit config's prompts (sequence-level KD).",
+    ),
 }
 
 

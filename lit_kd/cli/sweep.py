@@ -30,6 +30,7 @@ def sweep(
     index: Optional[int] = None,
     teacher_cache: Optional[str] = None,
     objective_configs: Optional[str] = None,
+    regimes: Optional[list[str]] = None,
 ) -> None:
     """Run (or prepare) a sweep of distillation runs.
 
@@ -50,6 +51,9 @@ def sweep(
             ``auto`` (``<out>/teacher_cache``) or a directory (reused when it matches). ``null``: a live teacher.
         objective_configs: The folder of objective files: ``<objective>.yaml`` there is layered on that objective's
             runs (default: ``configs/objectives``, shared by every model pair).
+        regimes: Training regimes as a grid axis, from ``configs/regimes`` (off_policy, seqkd, mixed, on_policy);
+            runs go to ``<out>/<regime>/<objective>/...``; ``seqkd`` generates the teacher's responses once.
+            ``null``: the base configs' own regime.
     """
     if resume is not None:
         plan = Sweep.load(resume)
@@ -69,7 +73,9 @@ def sweep(
         raise ConfigError("a new sweep needs --base (one or more fit configs) and --out (its directory)")
     if launcher not in ("local", "slurm"):
         raise ConfigError(f"--launcher must be local or slurm, got {launcher!r}")
-    plan = Sweep.create(out, base, objectives, taus, seeds, evaluation, fit_args, teacher_cache, objective_configs)
+    plan = Sweep.create(
+        out, base, objectives, taus, seeds, evaluation, fit_args, teacher_cache, objective_configs, regimes
+    )
     if launcher == "slurm":
         script = plan.write_slurm_launcher()
         print(f"wrote {len(plan.runs)} run configs under {plan.out / 'runs'} and {script}")

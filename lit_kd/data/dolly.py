@@ -176,10 +176,16 @@ class DollyDataModule(L.LightningDataModule):
         if name not in self.splits:
             raise ConfigError(f"data: no {name!r} split is configured (set `data.{name}` or `data.raw`)")
         dataset, collate = IndexedExamples(self.splits[name].dataset), PadCollator(self.tokenizer.pad_token_id)
+        seed = self.shuffle_seed if self.shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        # a loader's own generator: each new iterator draws its workers' base seed from it, not from the global
+        # RNG, so building loaders (a resumed run builds them at another moment) never shifts the RNG stream that
+        # dropout and student sampling draw from
+        generator = torch.Generator().manual_seed(seed)
         if not shuffle:
             return DataLoader(
-                dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers, collate_fn=collate
-            )
+                dataset, batch_size=self.eval_batch_size, num_workers=self.num_workers, collate_fn=collate,
+                generator=generator,
+            )  # fmt: skip
         # the order of epoch e is a function of (seed, e), sharded over the processes; StatefulDataLoader saves
         # the position within the epoch in Lightning checkpoints, so a killed run resumes on the next batch
         trainer = self.trainer
@@ -188,11 +194,12 @@ class DollyDataModule(L.LightningDataModule):
             num_replicas=trainer.world_size if trainer is not None else 1,
             rank=trainer.global_rank if trainer is not None else 0,
             shuffle=True,
-            seed=self.shuffle_seed if self.shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0)),
+            seed=seed,
         )
         return StatefulDataLoader(
-            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers, collate_fn=collate
-        )
+            dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers, collate_fn=collate,
+            generator=generator,
+        )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -170,7 +170,10 @@ def normalize_row(row: Any, layout: Layout, where: str, multi_reference: bool = 
     if multi_reference:
         record["output"] = _references(row, layout.output, where)
     else:
-        record["output"] = _string_field(row, layout.output, where, required=True, allow_empty=False)
+        # a teacher-generated row (generate-data) may hold an empty response: the teacher stopped at once, and
+        # its training target is the EOS alone
+        generated = isinstance(row.get("generated_by"), dict)
+        record["output"] = _string_field(row, layout.output, where, required=True, allow_empty=generated)
     category = row.get("category", row.get("topic"))
     if isinstance(category, str):
         record["category"] = category

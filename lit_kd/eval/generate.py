@@ -97,8 +97,10 @@ def generate_ids(
     seed: int,
     on_batch: Optional[Callable[[int], None]] = None,
     min_new_tokens: int = 0,
+    keep_eos: bool = False,
 ) -> list[list[int]]:
-    """Generated token ids per prompt (EOS and anything after it removed). ``on_batch(n)`` reports progress."""
+    """Generated token ids per prompt, cut at the first EOS (kept with ``keep_eos``: the training target of a
+    sampled response ends with it). ``on_batch(n)`` reports progress."""
     device = next(model.parameters()).device
     was_training, model_defaults = model.training, model.generation_config
     config = settings.hf_config(tokenizer)
@@ -110,7 +112,7 @@ def generate_ids(
         model.generation_config = GenerationConfig()  # the model's own sampling defaults must not leak in
         with torch.random.fork_rng(devices=devices):  # manual_seed reseeds every device: restore them all
             torch.manual_seed(seed)
-            outputs = _generate_batches(model, prompts, settings, config, pad, eos, device, on_batch)
+            outputs = _generate_batches(model, prompts, settings, config, pad, eos, device, on_batch, keep_eos)
     finally:
         model.generation_config = model_defaults
         model.train(was_training)
@@ -126,6 +128,7 @@ def _generate_batches(
     eos: int,
     device: torch.device,
     on_batch: Optional[Callable[[int], None]],
+    keep_eos: bool = False,
 ) -> list[list[int]]:
     """Left-pad each batch so every prompt ends where generation starts; cut each row at its first EOS."""
     outputs: list[list[int]] = []
@@ -141,7 +144,7 @@ def _generate_batches(
             input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
         )
         for row in generated[:, width:].tolist():
-            outputs.append(row[: row.index(eos)] if eos in row else row)
+            outputs.append(row[: row.index(eos) + keep_eos] if eos in row else row)
         if on_batch is not None:
             on_batch(len(chunk))
     return outputs

@@ -81,7 +81,7 @@ def collect(sweep: Sweep) -> tuple[list[RunRecord], list[str]]:
         summary = status.get("fit_summary", {})
         val = summary.get("best_model_score") if summary.get("monitor") == "val/rougeL" else None
         records.append(
-            RunRecord(spec.objective, spec.tau, spec.seed, scores, val, read_diagnostics(Path(status["fit_dir"])))
+            RunRecord(spec.label, spec.tau, spec.seed, scores, val, read_diagnostics(Path(status["fit_dir"])))
         )
     return records, problems
 
@@ -89,7 +89,7 @@ def collect(sweep: Sweep) -> tuple[list[RunRecord], list[str]]:
 class Report:
     def __init__(self, sweep: Sweep, records: list[RunRecord], problems: list[str]) -> None:
         self.sweep, self.records, self.problems = sweep, records, problems
-        self.objectives = list(dict.fromkeys(r.objective for r in sweep.runs))
+        self.objectives = list(dict.fromkeys(r.label for r in sweep.runs))  # "<objective> [<regime>]" with regimes
         self.taus = sorted({r.tau for r in sweep.runs})
         self.benchmarks = list(records[0].scores) if records else []
         self.by_val = bool(records) and all(r.val_score is not None for r in records)

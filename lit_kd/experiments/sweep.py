@@ -44,7 +44,7 @@ from lit_kd.errors import CacheError, ConfigError, LockedError
 from lit_kd.losses import check_tau, get_objective
 from lit_kd.utils.io import atomic_write_text, numbered_paths
 from lit_kd.utils.lock import DirectoryLock
-from lit_kd.utils.paths import OBJECTIVE_CONFIGS
+from lit_kd.utils.paths import OBJECTIVE_CONFIGS, REGIME_CONFIGS
 from lit_kd.utils.yaml_files import load_yaml_file
 
 LOCK_FILE = ".lock"
@@ -74,13 +74,23 @@ class RunSpec:
     objective: str
     tau: float
     seed: int
+    regime: Optional[str] = None
+    """A training regime of ``configs/regimes`` (off_policy, seqkd, mixed, on_policy); None: the base's own."""
 
     @property
     def run_id(self) -> str:
-        return f"{self.objective}/tau_{self.tau:g}/seed_{self.seed}"
+        run = f"{self.objective}/tau_{self.tau:g}/seed_{self.seed}"
+        return run if self.regime is None else f"{self.regime}/{run}"
+
+    @property
+    def label(self) -> str:
+        """How the report names the run's objective (with its regime when the sweep has several)."""
+        return self.objective if self.regime is None else f"{self.objective} [{self.regime}]"
 
 
-def plan_runs(objectives: list[str], taus: list[float], seeds: list[int]) -> list[RunSpec]:
+def plan_runs(
+    objectives: list[str], taus: list[float], seeds: list[int], regimes: Optional[list[str]] = None
+) -> list[RunSpec]:
     try:
         for name in objectives:
             get_objective(name)
@@ -94,8 +104,9 @@ def plan_runs(objectives: list[str], taus: list[float], seeds: list[int]) -> lis
     if not (objectives and taus and seeds):
         raise ConfigError("a sweep needs at least one objective, one tau and one seed")
     objectives, taus, seeds = (list(dict.fromkeys(v)) for v in (objectives, [float(t) for t in taus], seeds))
-    grid = [(o, t, int(s)) for o in objectives for t in taus for s in seeds]
-    runs = [RunSpec(i, o, t, s) for i, (o, t, s) in enumerate(grid)]
+    axis = list(dict.fromkeys(regimes)) if regimes else [None]
+    grid = [(r, o, t, int(s)) for r in axis for o in objectives for t in taus for s in seeds]
+    runs = [RunSpec(i, o, t, s, r) for i, (r, o, t, s) in enumerate(grid)]
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"--taus {taus}: two values share a run directory name (tau_{{τ:g}}); use distinct values")
@@ -125,6 +136,8 @@ class Sweep:
     (path, sha256)"""
     teacher_cache: Optional[str] = None
     """A teacher cache directory built once (``cache-teacher``) before the first run and read by every run"""
+    regime_configs: dict[str, dict[str, str]] = field(default_factory=dict)
+    """``<regime>.yaml`` of ``configs/regimes`` for each regime of the grid (path, sha256)"""
     lock: Optional[DirectoryLock] = field(default=None, repr=False, compare=False)
     """The sweep directory's lock while this process owns it"""
 
@@ -157,10 +170,18 @@ class Sweep:
         fit_args: Optional[list[str]] = None,
         teacher_cache: Optional[str] = None,
         objective_configs: Optional[str] = None,
+        regimes: Optional[list[str]] = None,
     ) -> "Sweep":
         for path in base:
             load_yaml_file(path, "base config")  # missing or not YAML: an error naming the file, before any write
-        runs = plan_runs(objectives, taus, seeds)
+        runs = plan_runs(objectives, taus, seeds, regimes)
+        regime_layers = {}
+        for name in dict.fromkeys(regimes or []):
+            path = REGIME_CONFIGS / f"{name}.yaml"
+            if not path.is_file():
+                known = ", ".join(sorted(p.stem for p in REGIME_CONFIGS.glob("*.yaml")))
+                raise ConfigError(f"--regimes: unknown regime {name!r}; the regimes are {known}")
+            regime_layers[name] = {"path": str(path.resolve()), "sha256": _sha256(path)}
         base = [os.path.abspath(p) for p in base]
         folder = Path(objective_configs) if objective_configs is not None else OBJECTIVE_CONFIGS
         layers = {
@@ -171,12 +192,18 @@ class Sweep:
         if teacher_cache == "auto":
             teacher_cache = str(Path(out) / "teacher_cache")
         cache = os.path.abspath(teacher_cache) if teacher_cache is not None else None
-        sweep = cls(Path(out), base, runs, evaluation, list(fit_args or []), layers, cache)
+        sweep = cls(Path(out), base, runs, evaluation, list(fit_args or []), layers, cache, regime_layers)
         plan = sweep.plan()
         existing = sweep.out / "sweep.json"
         with sweep.owned():
             if existing.is_file():
-                if {"teacher_cache": None, **json.loads(existing.read_text())} != plan:  # (older plans lack it)
+                older = {
+                    "teacher_cache": None,
+                    "regime_configs": {},
+                    **json.loads(existing.read_text()),
+                }  # (older plans)
+                older["runs"] = [{"regime": None, **run} for run in older["runs"]]
+                if older != plan:
                     raise ConfigError(
                         f"{sweep.out} holds a different sweep (its sweep.json differs); choose another --out. "
                         "Nothing was changed."
@@ -205,10 +232,11 @@ class Sweep:
                 plan["fit_args"],
                 plan["objective_configs"],
                 plan.get("teacher_cache"),
+                plan.get("regime_configs", {}),
             )
         except (ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"{path} is not a valid sweep plan ({err})") from None
-        for name, layer in sweep.objective_configs.items():
+        for name, layer in {**sweep.objective_configs, **sweep.regime_configs}.items():
             if not Path(layer["path"]).is_file() or _sha256(Path(layer["path"])) != layer["sha256"]:
                 raise ConfigError(
                     f"{layer['path']} (the {name} runs' config) changed or vanished since the sweep was planned; "
@@ -224,6 +252,7 @@ class Sweep:
             "fit_args": self.fit_args,
             "objective_configs": self.objective_configs,
             "teacher_cache": self.teacher_cache,
+            "regime_configs": self.regime_configs,
         }
 
     def run_dir(self, spec: RunSpec) -> Path:
@@ -246,9 +275,17 @@ class Sweep:
             command += ["--config", path]
         if spec.objective in self.objective_configs:  # e.g. configs/objectives/js.yaml: the objective's settings
             command += ["--config", self.objective_configs[spec.objective]["path"]]
-        command += ["--config", str(self.out / "runs" / f"{spec.index}.yaml"), *self.fit_args]
+        command += ["--config", str(self.out / "runs" / f"{spec.index}.yaml")]
         if self.teacher_cache is not None:
             command += ["--model.teacher_cache", self.teacher_cache]
+        if spec.regime is not None:  # after the cache: on-policy and seq-KD regimes need the live teacher
+            command += ["--config", self.regime_configs[spec.regime]["path"]]
+            if spec.regime == "seqkd":
+                data = self.out / "seqkd_data"
+                command += ["--data.raw", "null"] + [
+                    f"--data.{n}={data / f'{n}.jsonl'}" for n in ("train", "val", "test")
+                ]
+        command += self.fit_args
         if resume:  # into the interrupted attempt's own version directory (see LitKDCLI)
             command += ["--ckpt_path", "last"]
         return command
@@ -316,10 +353,31 @@ class Sweep:
                 tail = " | ".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-3:])
                 raise CacheError(f"building the sweep's teacher cache failed (exit {code}; {log}): {tail}")
 
+    def ensure_seqkd_data(self) -> None:
+        """For a ``seqkd`` regime: the teacher's responses to the training prompts, generated once
+        (``generate-data`` on the base configs, into ``<out>/seqkd_data``), before any run needs them."""
+        if "seqkd" not in self.regime_configs or (self.out / "seqkd_data" / "train.jsonl").is_file():
+            return
+        with DirectoryLock(self.out / ".seqkd_data.lock", "teacher-generated data of").acquire(wait=24 * 3600):
+            if (self.out / "seqkd_data" / "train.jsonl").is_file():
+                return
+            command = [sys.executable, "-m", "lit_kd", "generate-data"]
+            for path in self.base:
+                command += ["--config", path]
+            command += [*self.fit_args, "--out", str(self.out / "seqkd_data")]
+            log = self.out / "seqkd_data.log"
+            print(f"generating the teacher's responses into {self.out / 'seqkd_data'} (log: {log})", flush=True)
+            code = self._call(command, log)
+            if code != 0:
+                tail = " | ".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-3:])
+                raise ConfigError(f"generating the seq-KD data failed (exit {code}; {log}): {tail}")
+
     def run_one(self, spec: RunSpec) -> dict[str, Any]:
         """Fit then evaluate one run, picking up where an earlier attempt stopped; returns its status. The run's
         own lock is held meanwhile (``LockedError`` if another process is running it)."""
         self.ensure_teacher_cache()
+        if spec.regime == "seqkd":
+            self.ensure_seqkd_data()
         with DirectoryLock(self.run_dir(spec) / LOCK_FILE, "sweep run directory"):
             return self._run_one(spec)
 

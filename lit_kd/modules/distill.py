@@ -20,6 +20,7 @@ every device); it follows the module to its device when a stage starts. With ``t
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, Optional
 
 import lightning as L
@@ -39,6 +40,7 @@ from lit_kd.models.head import final_hidden_states, output_head, verify_head
 from lit_kd.models.pair import build_pair, check_student_layers, pair_tokenizer, pair_vocab_size
 from lit_kd.modules.callbacks import RNGStates, ScheduleHorizon
 from lit_kd.modules.normalization import StepNormalizer
+from lit_kd.modules.policy import PolicyConfig, StudentPolicy
 from lit_kd.modules.schedule import WarmupCosineLR
 from lit_kd.teacher import CachedTeacher, LiveTeacher, TeacherCache, cache_key
 
@@ -87,6 +89,7 @@ class DistillModule(L.LightningModule):
         nonfinite: str = "raise",
         teacher_cache: Optional[str] = None,
         chunk_size: Optional[int] = 512,
+        policy: Optional[PolicyConfig] = None,
     ) -> None:
         """
         Args:
@@ -111,6 +114,9 @@ class DistillModule(L.LightningModule):
                 teacher: the cache must have been built for it, the tokenizer and the data.
             chunk_size: Response rows per chunk of the fused-head loss: at most one ``[chunk_size, V]`` block
                 of each model's logits exists at a time. ``null`` computes the full logits (the former path).
+            policy: Student-generated outputs (``lit_kd.modules.policy``): ``student_fraction`` λ of each batch
+                gets responses sampled by the current student, scored by the live teacher; ``null`` (or λ = 0):
+                off-policy, the data's responses.
         """
         super().__init__()
         if not 0.0 <= kd_ratio <= 1.0:
@@ -125,6 +131,14 @@ class DistillModule(L.LightningModule):
             raise ConfigError("model.teacher_cache needs model.teacher: it names the teacher the cache was built from")
         if nonfinite not in ("raise", "skip"):
             raise ConfigError(f"model.nonfinite must be 'raise' or 'skip', got {nonfinite!r}")
+        on_policy = policy is not None and (policy.student_fraction > 0 or policy.adaptive is not None)
+        if on_policy and teacher_cache is not None:
+            raise ConfigError(
+                "model.policy samples new responses, which only a live teacher can score; a teacher cache holds the "
+                "data's responses only: drop model.teacher_cache or set model.policy.student_fraction: 0"
+            )
+        if on_policy and (teacher is None or kd_ratio == 0):
+            raise ConfigError("model.policy needs a teacher to score the student's samples (and kd_ratio > 0)")
         # the hyperparameters go to TensorBoard's HParams tab through lit_kd's HParamsSummary callback
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], logger=False)
         self.teacher_config, self.student_config, self.loss_config = teacher, student, loss
@@ -139,10 +153,14 @@ class DistillModule(L.LightningModule):
         self.teacher_cache_path = teacher_cache
         self.chunk_size = chunk_size
         self.normalizer = StepNormalizer()
+        self.policy = policy
+        self.student_policy: Optional[StudentPolicy] = None  # built with the tokenizer below
         self.flops_per_batch = 0.0  # read by Lightning's ThroughputMonitor (MFU on a GPU)
 
         self.tokenizer: PreTrainedTokenizerBase = pair_tokenizer(student, teacher)
         check_student_layers(student, teacher)  # before any data is tokenized
+        if on_policy:
+            self.student_policy = StudentPolicy(policy, self.tokenizer.pad_token_id)
         self.student: Optional[PreTrainedModel] = None  # built in configure_model
         self.teacher_source: Optional[LiveTeacher | CachedTeacher] = None
         self.vocab_size: Optional[int] = None
@@ -213,6 +231,9 @@ class DistillModule(L.LightningModule):
             self.teacher_source.to(self.device)
 
     def setup(self, stage: str) -> None:
+        if self.student_policy is not None:  # sampled sequences are cut like the data's: to data.max_length
+            self.student_policy.max_length = getattr(self.trainer.datamodule, "max_length", None)
+            self.student_policy.reseed(int(os.environ.get("PL_GLOBAL_SEED", 0)))  # a checkpoint may restore it later
         strategy = self.trainer.strategy
         if self.chunk_size is not None and type(strategy).__name__ in ("FSDPStrategy", "ModelParallelStrategy"):
             raise ConfigError(
@@ -267,6 +288,10 @@ class DistillModule(L.LightningModule):
         )
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Optional[Tensor]:
+        if self.student_policy is not None:  # on-/mixed-policy: a share of the responses sampled by the student
+            batch, sampled = self.student_policy.mix(batch, self.student, self.tokenizer)
+            self.log("train/student_fraction", self.student_policy.fraction, batch_size=batch["input_ids"].shape[0])
+            self.log("train/sampled_rows", float(sampled), batch_size=batch["input_ids"].shape[0])
         logging = (self.trainer.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0
         diagnostics = self.diagnostics and self.kd_ratio > 0 and self.teacher_source is not None and logging
         sums = self.compute_losses(batch, "train", diagnostics=diagnostics)
@@ -323,6 +348,14 @@ class DistillModule(L.LightningModule):
                 metric = self.generation_rouge.metrics[stage]
                 self.log(f"{stage}/rougeL", metric, prog_bar=True, batch_size=scored)
 
+    def on_validation_end(self) -> None:
+        if (
+            self.student_policy is not None
+            and not self.trainer.sanity_checking
+            and "val/loss" in self.trainer.callback_metrics
+        ):
+            self.student_policy.after_validation(float(self.trainer.callback_metrics["val/loss"]))
+
     def on_validation_epoch_start(self) -> None:
         if self.generation_rouge is not None:
             self.generation_rouge.start("val")
@@ -366,6 +399,8 @@ class DistillModule(L.LightningModule):
         checkpoint.pop("hparams_name", None)
         checkpoint[HPARAMS_KEY] = plain(dict(self.hparams))
         checkpoint["lit_kd_skipped_batches"] = self.skipped_batches
+        if self.student_policy is not None:
+            checkpoint["lit_kd_policy"] = self.student_policy.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another student architecture with a clear error."""
@@ -373,6 +408,8 @@ class DistillModule(L.LightningModule):
             raise CheckpointError("the checkpoint has no state_dict: not a lit_kd training checkpoint")
         check_student_state(self.state_dict(), checkpoint["state_dict"], "the checkpoint")
         self.skipped_batches = checkpoint.get("lit_kd_skipped_batches", 0)
+        if self.student_policy is not None and "lit_kd_policy" in checkpoint:
+            self.student_policy.load_state_dict(checkpoint["lit_kd_policy"])
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.student.parameters())

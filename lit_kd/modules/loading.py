@@ -15,12 +15,12 @@ from lit_kd.models import ModelConfig, load_model, load_tokenizer
 from lit_kd.modules.distill import HPARAMS_KEY, DistillModule, check_student_state
 from lit_kd.utils.yaml_files import load_yaml_file
 
-# what rebuilds a module: its own arguments, but not the optimizer and schedule (training only) nor the teacher
-# cache (evaluation and export never compute a KD loss)
+# what rebuilds a module: its own arguments, but not those of training only (optimizer, schedule, student-sampled
+# outputs) nor the teacher cache (evaluation and export never compute a KD loss)
 MODULE_ARGS = tuple(
     name
     for name in inspect.signature(DistillModule.__init__).parameters
-    if name not in ("self", "optimizer", "lr_scheduler", "teacher_cache")
+    if name not in ("self", "optimizer", "lr_scheduler", "teacher_cache", "policy")
 )
 
 

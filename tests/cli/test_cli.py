@@ -18,7 +18,7 @@ CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.name != "bas
 def config_stack(config):
     """A shipped config with what it is layered on: an objective file or a strategy switch on the tiny
     config; a model pair, the demo, tiny and the SFT configs alone (the base is the CLI's own default)."""
-    if config.parent.name in ("objectives", "strategies"):
+    if config.parent.name in ("objectives", "strategies", "regimes"):
         return [ROOT / "configs" / "tiny.yaml", config]
     return [config]
 
@@ -91,8 +91,8 @@ def test_every_command_is_a_subcommand_of_one_parser(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     listing = capsys.readouterr().out
-    commands = ["fit", "validate", "test", "predict", "demo", "cache-teacher", "evaluate", "export", "sweep", "report",
-                "objectives"]  # fmt: skip
+    commands = ["fit", "validate", "test", "predict", "demo", "cache-teacher", "generate-data", "evaluate", "export",
+                "sweep", "report", "objectives"]  # fmt: skip
     for command in commands:
         assert f"    {command} " in listing, command
     with pytest.raises(SystemExit):

@@ -314,3 +314,26 @@ def test_a_sweep_builds_the_teacher_cache_once_and_every_run_reads_it(tmp_path, 
         assert metrics["hp/best_val_rougeL"] >= 0 and metrics["hp/best_val_loss"] > 0
         status = json.loads((sweep.run_dir(spec) / "status.json").read_text())
         assert metrics["hp/best_val_rougeL"] == pytest.approx(status["fit_summary"]["best_model_score"], abs=1e-4)
+
+
+def test_the_regime_is_a_grid_axis(tmp_path):
+    base = tiny_base(tmp_path)
+    sweep = Sweep.create(
+        str(tmp_path / "s"), [str(base)], ["fkl"], [2.0], [10], evaluation(tmp_path), teacher_cache="auto",
+        regimes=["off_policy", "seqkd", "mixed", "on_policy"],
+    )  # fmt: skip
+    regimes = ["off_policy", "seqkd", "mixed", "on_policy"]
+    assert [r.run_id for r in sweep.runs] == [f"{regime}/fkl/tau_2/seed_10" for regime in regimes]
+    assert [r.label for r in sweep.runs][2] == "fkl [mixed]"
+    for spec in sweep.runs:
+        command = sweep.fit_command(spec, resume=False)
+        regime = str(ROOT / "configs" / "regimes" / f"{spec.regime}.yaml")
+        # the regime comes after the cache flag: on-policy and seq-KD runs switch the cache off again
+        assert command.index(regime) > command.index("--model.teacher_cache")
+        if spec.regime == "seqkd":
+            assert f"--data.train={tmp_path / 's' / 'seqkd_data' / 'train.jsonl'}" in command
+    assert Sweep.load(str(tmp_path / "s")).runs == sweep.runs
+    with pytest.raises(ConfigError, match="--regimes: unknown regime 'offline'; the regimes are mixed, off_policy"):
+        Sweep.create(
+            str(tmp_path / "t"), [str(base)], ["fkl"], [2.0], [10], evaluation(tmp_path), regimes=["offline"]
+        )

@@ -88,6 +88,26 @@ KILL_POINTS = {
 EPOCH_END_ONLY = {"mid-epoch, last.ckpt once per epoch": {"hook": "train_batch", "epoch": 2, "batch": 2}}
 
 
+POLICY = ["--model.policy.student_fraction", "0.5", "--model.policy.sampling.max_new_tokens", "6"]
+
+
+def test_sigkill_mid_epoch_then_resume_with_student_sampled_outputs(tmp_path):
+    """Mixed-policy (λ = 0.5): the student samples inside the step, seeded by the run's RNG; killed mid-epoch and
+    resumed, it samples (and trains on) exactly what an uninterrupted run does."""
+    extra = ["--last_checkpoint.every_n_train_steps", "1", *POLICY]
+    reference = run(fit_command(tmp_path, "reference", *extra))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    killed = run(fit_command(tmp_path, "run", *extra, kill={"hook": "train_batch", "epoch": 1, "batch": 1}))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = run(fit_command(tmp_path, "run", *extra, "--ckpt_path", "last"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = (outcome(tmp_path / n, tmp_path / f"logs-{n}") for n in ("reference", "run"))
+    assert got["losses"] == pytest.approx(expected["losses"], abs=1e-6, rel=0)
+    assert got["best"] == expected["best"]
+    for key, value in expected["weights"].items():
+        torch.testing.assert_close(got["weights"][key], value, atol=1e-6, rtol=0)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted_from_cache(tmp_path_factory):
     """The same reference run, with the teacher read from a teacher cache (built here, once)."""

@@ -1,0 +1,172 @@
+"""Student-generated outputs during training: on-policy and mixed-policy distillation.
+
+With ``student_fraction`` λ, a share λ of each training batch has its responses replaced by responses the
+current student samples for the same prompts (GKD's λ, Agarwal et al. 2024, "On-Policy Distillation of
+Language Models"; TRL's GKDTrainer ``lmbda``). The teacher — live: a cache cannot score new sequences — then
+scores the student's sampled sequence, and the loss covers the generated positions up to and including EOS;
+the KD τ still applies to the loss, the sampling has its own temperature and top-p.
+
+Rows: k = ⌊λB⌋ + Bernoulli(λB − ⌊λB⌋) of the B rows (exactly λ in expectation), chosen with ``randperm``;
+the sampling seed of each step is drawn too. Both come from the policy's own generator, seeded with the run's
+seed and kept in checkpoints, so a resumed run samples what the original would have whatever else draws from
+the global RNG. λ = 0 leaves the batch untouched and draws nothing: exactly the off-policy step.
+
+**Adaptive schedule**, in the spirit of DistiLLM's adaptive off-policy approach (Ko et al. 2024, "DistiLLM:
+Towards Streamlined Distillation for Large Language Models", §3.2: the probability of using student-generated
+outputs grows when the validation loss rises). The rule implemented: λ starts at ``student_fraction``; after
+each validation, if ``val/loss`` is higher than at the previous validation, λ ← min(λ + ``adaptive.step``,
+``adaptive.max_fraction``); otherwise λ is kept. λ and the previous loss travel in checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from lit_kd.data.collate import PadCollator
+from lit_kd.data.tokenize import IGNORE_INDEX
+from lit_kd.errors import ConfigError
+from lit_kd.eval.generate import SamplingConfig, generate_ids
+
+
+@dataclass
+class PolicySampling:
+    """How the student samples its responses during training (not the KD τ, which applies to the loss)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError(f"model.policy.sampling.temperature must be finite and > 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"model.policy.sampling.top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"model.policy.sampling.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class AdaptiveSchedule:
+    """Raise λ by ``step`` (up to ``max_fraction``) after a validation whose loss rose (see the module)."""
+
+    step: float = 0.1
+    max_fraction: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.step <= 1 or not 0 <= self.max_fraction <= 1:
+            raise ConfigError("model.policy.adaptive: step must be in (0, 1] and max_fraction in [0, 1]")
+
+
+@dataclass
+class PolicyConfig:
+    """Which responses the student learns on: the data's (λ = 0), its own samples (λ = 1), or a mix."""
+
+    student_fraction: float = 0.0
+    """λ ∈ [0, 1]: the share of each batch whose responses the current student samples."""
+    sampling: PolicySampling = field(default_factory=PolicySampling)
+    adaptive: Optional[AdaptiveSchedule] = None
+    """Grow λ when the validation loss rises (DistiLLM-style); ``null``: λ stays fixed."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.student_fraction, bool) or not 0.0 <= self.student_fraction <= 1.0:
+            raise ConfigError(f"model.policy.student_fraction must be in [0, 1], got {self.student_fraction}")
+
+
+class StudentPolicy:
+    """Replaces a share λ of a batch's responses with the student's own samples (``mix``)."""
+
+    def __init__(self, config: PolicyConfig, pad_id: int, max_length: Optional[int] = None, seed: int = 0) -> None:
+        self.config = config
+        self.fraction = config.student_fraction
+        self.generator = torch.Generator().manual_seed(seed)
+        self.previous_val_loss: Optional[float] = None
+        self.collate = PadCollator(pad_id)
+        self.max_length = max_length
+
+    @property
+    def active(self) -> bool:
+        return self.fraction > 0 or self.config.adaptive is not None
+
+    def rows_to_sample(self, batch_size: int) -> list[int]:
+        """k = ⌊λB⌋ + Bernoulli(frac) rows, drawn with the run's RNG."""
+        exact = self.fraction * batch_size
+        k = int(math.floor(exact))
+        if exact > k and torch.rand((), generator=self.generator) < exact - k:
+            k += 1
+        return sorted(torch.randperm(batch_size, generator=self.generator)[:k].tolist()) if k else []
+
+    def mix(
+        self, batch: dict[str, Any], student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+    ) -> tuple[dict[str, Any], int]:
+        """The batch with the chosen rows' responses sampled by ``student``; returns it and the rows resampled.
+        Off-policy rows are kept token for token; every row is re-padded (right padding, labels −100)."""
+        if self.fraction <= 0:
+            return batch, 0
+        rows = self.rows_to_sample(batch["input_ids"].shape[0])
+        if not rows:
+            return batch, 0
+        seed = int(torch.randint(0, 2**31 - 1, (), generator=self.generator))
+        labels, lengths = batch["labels"], batch["attention_mask"].sum(dim=1).tolist()
+        prompts = [batch["input_ids"][r, : first_supervised(labels[r])].tolist() for r in rows]
+        limit = self.max_length or max(lengths)
+        sampling = self.config.sampling
+        settings = SamplingConfig(
+            max_new_tokens=sampling.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            batch_size=len(rows),
+            max_length=max(len(p) for p in prompts) + sampling.max_new_tokens,
+        )
+        generated = generate_ids(student, tokenizer, prompts, settings, seed, keep_eos=True)
+        sampled = dict(zip(rows, zip(prompts, generated)))
+        examples = []
+        for r in range(batch["input_ids"].shape[0]):
+            if r in sampled:
+                prompt, response = sampled[r]
+                response = response[: max(limit - len(prompt), 1)] or [tokenizer.eos_token_id]
+                ids, row_labels = prompt + response, [IGNORE_INDEX] * len(prompt) + response
+            else:
+                ids = batch["input_ids"][r, : lengths[r]].tolist()
+                row_labels = labels[r, : lengths[r]].tolist()
+            example = {"input_ids": ids, "labels": row_labels}
+            if "index" in batch:
+                example["index"] = int(batch["index"][r])
+            if "references" in batch:
+                example["reference"] = batch["references"][r]
+            examples.append(example)
+        mixed = self.collate(examples)
+        return {k: v.to(batch["input_ids"].device) if torch.is_tensor(v) else v for k, v in mixed.items()}, len(rows)
+
+    def after_validation(self, val_loss: float) -> None:
+        """The adaptive rule (see the module docstring)."""
+        adaptive = self.config.adaptive
+        if adaptive is not None and self.previous_val_loss is not None and val_loss > self.previous_val_loss:
+            self.fraction = min(self.fraction + adaptive.step, adaptive.max_fraction)
+        self.previous_val_loss = val_loss
+
+    def reseed(self, seed: int) -> None:
+        """Seed the policy's generator with the run's seed (at the start of a run, before any checkpoint loads)."""
+        self.generator.manual_seed(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "fraction": self.fraction,
+            "previous_val_loss": self.previous_val_loss,
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fraction = float(state.get("fraction", self.fraction))
+        self.previous_val_loss = state.get("previous_val_loss")
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
+
+
+def first_supervised(labels: torch.Tensor) -> int:
+    """Index of a row's first supervised label: where its prompt ends."""
+    return int((labels != IGNORE_INDEX).nonzero()[0])

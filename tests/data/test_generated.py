@@ -1,0 +1,52 @@
+"""generate-data: the teacher's responses as a Dolly-format file fit reads; killed mid-way and re-run, the same
+file as an uninterrupted run; the other splits copied with their references."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from lit_kd.data import load_records
+from tests.conftest import DEMO_DATA, ROOT, TINY_TOKENIZER
+
+
+def command(out) -> list[str]:
+    return [
+        sys.executable, "-m", "lit_kd", "generate-data", "--config", str(ROOT / "configs" / "tiny.yaml"),
+        "--model.teacher.tokenizer", str(TINY_TOKENIZER), "--data.raw", str(DEMO_DATA),
+        "--data.split_sizes", "[60, 8, 8]", "--data.cache_dir", str(out.parent / "cache"),
+        "--out", str(out), "--sampling.max_new_tokens", "12", "--sampling.batch_size", "2", "--seed", "5",
+    ]  # fmt: skip
+
+
+def test_generate_data_resumes_after_a_kill_into_the_same_file(tmp_path):
+    whole = subprocess.run(command(tmp_path / "whole"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    assert "--data.train" in whole.stdout
+
+    process = subprocess.Popen(command(tmp_path / "cut"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    partial = tmp_path / "cut" / ".train.jsonl.partial"
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        if partial.is_file() and len(partial.read_text().splitlines()) >= 10:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "generate-data ended before it could be killed"
+    assert not (tmp_path / "cut" / "train.jsonl").exists()  # complete or absent
+    again = subprocess.run(command(tmp_path / "cut"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "cut" / "train.jsonl").read_bytes() == (tmp_path / "whole" / "train.jsonl").read_bytes()
+    assert not partial.exists()
+
+    rows = [json.loads(line) for line in (tmp_path / "whole" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 60 and all(set(r) >= {"instruction", "context", "response", "generated_by"} for r in rows)
+    assert rows[0]["generated_by"]["seed"] == 5 and rows[0]["generated_by"]["sampling"]["max_new_tokens"] == 12
+    records = load_records(str(tmp_path / "whole" / "train.jsonl"))  # fit reads it like any other Dolly file
+    assert len(records) == 60
+    originals = load_records(str(tmp_path / "whole" / "val.jsonl"))
+    assert len(originals) == 8 and "generated_by" not in (tmp_path / "whole" / "val.jsonl").read_text()

@@ -1,0 +1,128 @@
+"""On- and mixed-policy distillation: λ = 0 is the off-policy step bitwise, λ = 1 trains on the student's own
+samples scored by the teacher on the sampled sequence, sampling is seeded by the run's RNG."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lit_kd.errors import ConfigError
+from lit_kd.losses import LossConfig, fkl
+from lit_kd.modules import DistillModule
+from lit_kd.modules.policy import AdaptiveSchedule, PolicyConfig, PolicySampling, StudentPolicy
+from tests.modules.test_distill import make_data
+
+
+def make_module(tiny_model_configs, policy=None, **kwargs) -> DistillModule:
+    teacher, student = tiny_model_configs
+    module = DistillModule(student=student, teacher=teacher, loss=LossConfig("fkl", tau=2.0), policy=policy, **kwargs)
+    module.configure_model()
+    return module
+
+
+def fit_three_steps(tmp_path, module) -> list[float]:
+    losses = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    L.seed_everything(3)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=3, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()], default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=make_data(tmp_path, module.tokenizer))
+    return losses
+
+
+def test_lambda_zero_is_the_off_policy_step_bitwise(tmp_path, tiny_model_configs):
+    off = make_module(tiny_model_configs)
+    zero = make_module(tiny_model_configs, PolicyConfig(student_fraction=0.0))
+    assert fit_three_steps(tmp_path / "a", off) == fit_three_steps(tmp_path / "b", zero)
+    for (name, a), b in zip(off.student.state_dict().items(), zero.student.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def first_batch(tmp_path, module):
+    data = make_data(tmp_path, module.tokenizer)
+    data.setup("fit")
+    return next(iter(data.train_dataloader()))
+
+
+def test_lambda_one_trains_on_the_students_samples_scored_on_the_sampled_sequence(tmp_path, tiny_model_configs):
+    policy = PolicyConfig(student_fraction=1.0, sampling=PolicySampling(max_new_tokens=12))
+    module = make_module(tiny_model_configs, policy)
+    batch = first_batch(tmp_path, module)
+    torch.manual_seed(1)
+    mixed, sampled = module.student_policy.mix(batch, module.student, module.tokenizer)
+    assert sampled == batch["input_ids"].shape[0]  # every row resampled
+    eos = module.tokenizer.eos_token_id
+    for row in range(sampled):
+        labels, ids, mask = mixed["labels"][row], mixed["input_ids"][row], mixed["attention_mask"][row]
+        start = int((batch["labels"][row] != -100).nonzero()[0])
+        assert torch.equal(ids[:start], batch["input_ids"][row, :start])  # the same prompt
+        assert (labels[:start] == -100).all() and (labels[mask == 0] == -100).all()  # no prompt or pad token
+        response = labels[start : int(mask.sum())]
+        assert torch.equal(response, ids[start : int(mask.sum())])  # exactly the sampled tokens are supervised
+        assert 1 <= len(response) <= 12 and (eos not in response[:-1].tolist())  # up to and including EOS
+    # the loss: FKL against the teacher's logits on the sampled sequence, at the generated positions only
+    with torch.no_grad():
+        sums = module.compute_losses(mixed, "train")
+        student = module.student(input_ids=mixed["input_ids"], attention_mask=mixed["attention_mask"]).logits
+        teacher = module.teacher(input_ids=mixed["input_ids"], attention_mask=mixed["attention_mask"]).logits
+    keep = mixed["labels"][:, 1:] != -100
+    expected = fkl(student[:, :-1][keep], teacher[:, :-1][keep], 2.0).sum()
+    assert sums.tokens == int(keep.sum())
+    torch.testing.assert_close(sums.kd_loss, expected, rtol=1e-5, atol=1e-5)
+    ce = F.cross_entropy(student[:, :-1][keep], mixed["labels"][:, 1:][keep], reduction="sum")
+    torch.testing.assert_close(sums.lm_loss, ce, rtol=1e-5, atol=1e-5)
+
+
+def test_sampling_is_seeded_and_mixed_batches_keep_the_other_rows(tmp_path, tiny_model_configs):
+    module = make_module(tiny_model_configs, PolicyConfig(0.5, PolicySampling(max_new_tokens=8)))
+    batch = first_batch(tmp_path, module)
+    runs = []
+    for _ in range(2):
+        module.student_policy.reseed(7)  # the policy draws rows and seeds from its own generator
+        runs.append(module.student_policy.mix(batch, module.student, module.tokenizer))
+    (first, k), (second, _) = runs
+    assert torch.equal(first["input_ids"], second["input_ids"]) and torch.equal(first["labels"], second["labels"])
+    kept = [r for r in range(batch["input_ids"].shape[0]) if torch.equal(first["index"][r], batch["index"][r])
+            and torch.equal(first["labels"][r, : int(batch["attention_mask"][r].sum())],
+                            batch["labels"][r, : int(batch["attention_mask"][r].sum())])]  # fmt: skip
+    assert len(kept) >= batch["input_ids"].shape[0] - k  # off-policy rows are untouched, token for token
+
+
+def test_the_adaptive_schedule_raises_lambda_when_the_validation_loss_rises(tiny_model_configs):
+    policy = StudentPolicy(PolicyConfig(0.0, adaptive=AdaptiveSchedule(step=0.25, max_fraction=0.5)), pad_id=0)
+    for loss in (3.0, 2.5, 2.7, 2.9, 2.8, 3.5):
+        policy.after_validation(loss)
+    assert policy.fraction == 0.5  # rose after 2.7 and 2.9 (+0.25 each), capped at 0.5 after 3.5
+    restored = StudentPolicy(PolicyConfig(0.0, adaptive=AdaptiveSchedule()), pad_id=0)
+    restored.load_state_dict(policy.state_dict())
+    assert restored.fraction == 0.5 and restored.previous_val_loss == 3.5
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: PolicyConfig(student_fraction=1.5), r"model.policy.student_fraction must be in \[0, 1\], got 1.5"),
+        (lambda: PolicyConfig(student_fraction=-0.1), r"must be in \[0, 1\], got -0.1"),
+        (lambda: PolicySampling(max_new_tokens=-3), "model.policy.sampling.max_new_tokens must be >= 1, got -3"),
+    ],
+)
+def test_bad_policy_settings(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+def test_a_policy_with_a_teacher_cache_is_refused_before_any_model_loads(tiny_model_configs, monkeypatch):
+    import lit_kd.models.pair as pair
+
+    monkeypatch.setattr(pair, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a model loaded")))
+    teacher, student = tiny_model_configs
+    with pytest.raises(ConfigError, match="only a live teacher can score"):
+        DistillModule(student=student, teacher=teacher, teacher_cache="somewhere", policy=PolicyConfig(0.5))
