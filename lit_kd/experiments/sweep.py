@@ -337,40 +337,33 @@ class Sweep:
     def ensure_teacher_cache(self) -> None:
         """Build the sweep's teacher cache once (``cache-teacher`` on the base configs and fit arguments), before
         any run needs it; array tasks that start together wait for the one that builds it."""
-        if self.teacher_cache is None or (Path(self.teacher_cache) / "manifest.json").is_file():
-            return
-        with DirectoryLock(self.out / ".teacher_cache.lock", "teacher cache of").acquire(wait=24 * 3600):
-            if (Path(self.teacher_cache) / "manifest.json").is_file():
-                return  # built by another process while this one waited
-            command = [sys.executable, "-m", "lit_kd", "cache-teacher"]
-            for path in self.base:
-                command += ["--config", path]
-            command += [*self.fit_args, "--out", self.teacher_cache]
-            log = self.out / "teacher_cache.log"
-            print(f"building the teacher cache {self.teacher_cache} (log: {log})", flush=True)
-            code = self._call(command, log)
-            if code != 0:
-                tail = " | ".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-3:])
-                raise CacheError(f"building the sweep's teacher cache failed (exit {code}; {log}): {tail}")
+        if self.teacher_cache is not None:
+            self.build_once("cache-teacher", Path(self.teacher_cache), Path(self.teacher_cache) / "manifest.json")
 
     def ensure_seqkd_data(self) -> None:
         """For a ``seqkd`` regime: the teacher's responses to the training prompts, generated once
         (``generate-data`` on the base configs, into ``<out>/seqkd_data``), before any run needs them."""
-        if "seqkd" not in self.regime_configs or (self.out / "seqkd_data" / "train.jsonl").is_file():
+        if "seqkd" in self.regime_configs:
+            self.build_once("generate-data", self.out / "seqkd_data", self.out / "seqkd_data" / "train.jsonl")
+
+    def build_once(self, command_name: str, out: Path, done: Path) -> None:
+        """Run ``python -m lit_kd <command_name>`` on the base configs and fit arguments into ``out`` unless
+        ``done`` exists; processes that start together wait for the one that holds the lock."""
+        if done.is_file():
             return
-        with DirectoryLock(self.out / ".seqkd_data.lock", "teacher-generated data of").acquire(wait=24 * 3600):
-            if (self.out / "seqkd_data" / "train.jsonl").is_file():
-                return
-            command = [sys.executable, "-m", "lit_kd", "generate-data"]
+        with DirectoryLock(self.out / f".{out.name}.lock", f"{command_name} of").acquire(wait=24 * 3600):
+            if done.is_file():
+                return  # built by another process while this one waited
+            command = [sys.executable, "-m", "lit_kd", command_name]
             for path in self.base:
                 command += ["--config", path]
-            command += [*self.fit_args, "--out", str(self.out / "seqkd_data")]
-            log = self.out / "seqkd_data.log"
-            print(f"generating the teacher's responses into {self.out / 'seqkd_data'} (log: {log})", flush=True)
+            command += [*self.fit_args, "--out", str(out)]
+            log = self.out / f"{out.name}.log"
+            print(f"{command_name}: writing {out} (log: {log})", flush=True)
             code = self._call(command, log)
             if code != 0:
                 tail = " | ".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-3:])
-                raise ConfigError(f"generating the seq-KD data failed (exit {code}; {log}): {tail}")
+                raise CacheError(f"the sweep's {command_name} failed (exit {code}; {log}): {tail}")
 
     def run_one(self, spec: RunSpec) -> dict[str, Any]:
         """Fit then evaluate one run, picking up where an earlier attempt stopped; returns its status. The run's
