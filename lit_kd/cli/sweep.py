@@ -31,6 +31,7 @@ def sweep(
     teacher_cache: Optional[str] = None,
     objective_configs: Optional[str] = None,
     regimes: Optional[list[str]] = None,
+    seqkd_args: list[str] = [],
 ) -> None:
     """Run (or prepare) a sweep of distillation runs.
 
@@ -54,6 +55,8 @@ def sweep(
         regimes: Training regimes as a grid axis, from ``configs/regimes`` (off_policy, seqkd, mixed, on_policy);
             runs go to ``<out>/<regime>/<objective>/...``; ``seqkd`` generates the teacher's responses once.
             ``null``: the base configs' own regime.
+        seqkd_args: Extra arguments of ``generate-data`` for the seqkd regime (e.g.
+            ``["--sampling.max_new_tokens", "64"]``).
     """
     if resume is not None:
         plan = Sweep.load(resume)
@@ -74,7 +77,7 @@ def sweep(
     if launcher not in ("local", "slurm"):
         raise ConfigError(f"--launcher must be local or slurm, got {launcher!r}")
     plan = Sweep.create(
-        out, base, objectives, taus, seeds, evaluation, fit_args, teacher_cache, objective_configs, regimes
+        out, base, objectives, taus, seeds, evaluation, fit_args, teacher_cache, objective_configs, regimes, seqkd_args
     )
     if launcher == "slurm":
         script = plan.write_slurm_launcher()

@@ -138,6 +138,8 @@ class Sweep:
     """A teacher cache directory built once (``cache-teacher``) before the first run and read by every run"""
     regime_configs: dict[str, dict[str, str]] = field(default_factory=dict)
     """``<regime>.yaml`` of ``configs/regimes`` for each regime of the grid (path, sha256)"""
+    seqkd_args: list[str] = field(default_factory=list)
+    """Extra arguments of ``generate-data`` for the seqkd regime (e.g. ``--sampling.max_new_tokens 64``)"""
     lock: Optional[DirectoryLock] = field(default=None, repr=False, compare=False)
     """The sweep directory's lock while this process owns it"""
 
@@ -171,6 +173,7 @@ class Sweep:
         teacher_cache: Optional[str] = None,
         objective_configs: Optional[str] = None,
         regimes: Optional[list[str]] = None,
+        seqkd_args: Optional[list[str]] = None,
     ) -> "Sweep":
         for path in base:
             load_yaml_file(path, "base config")  # missing or not YAML: an error naming the file, before any write
@@ -192,7 +195,17 @@ class Sweep:
         if teacher_cache == "auto":
             teacher_cache = str(Path(out) / "teacher_cache")
         cache = os.path.abspath(teacher_cache) if teacher_cache is not None else None
-        sweep = cls(Path(out), base, runs, evaluation, list(fit_args or []), layers, cache, regime_layers)
+        sweep = cls(
+            Path(out),
+            base,
+            runs,
+            evaluation,
+            list(fit_args or []),
+            layers,
+            cache,
+            regime_layers,
+            list(seqkd_args or []),
+        )
         plan = sweep.plan()
         existing = sweep.out / "sweep.json"
         with sweep.owned():
@@ -233,6 +246,7 @@ class Sweep:
                 plan["objective_configs"],
                 plan.get("teacher_cache"),
                 plan.get("regime_configs", {}),
+                plan.get("seqkd_args", []),
             )
         except (ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"{path} is not a valid sweep plan ({err})") from None
@@ -253,6 +267,7 @@ class Sweep:
             "objective_configs": self.objective_configs,
             "teacher_cache": self.teacher_cache,
             "regime_configs": self.regime_configs,
+            "seqkd_args": self.seqkd_args,
         }
 
     def run_dir(self, spec: RunSpec) -> Path:
@@ -344,9 +359,10 @@ class Sweep:
         """For a ``seqkd`` regime: the teacher's responses to the training prompts, generated once
         (``generate-data`` on the base configs, into ``<out>/seqkd_data``), before any run needs them."""
         if "seqkd" in self.regime_configs:
-            self.build_once("generate-data", self.out / "seqkd_data", self.out / "seqkd_data" / "train.jsonl")
+            done = self.out / "seqkd_data" / "train.jsonl"
+            self.build_once("generate-data", self.out / "seqkd_data", done, self.seqkd_args)
 
-    def build_once(self, command_name: str, out: Path, done: Path) -> None:
+    def build_once(self, command_name: str, out: Path, done: Path, extra: Optional[list[str]] = None) -> None:
         """Run ``python -m lit_kd <command_name>`` on the base configs and fit arguments into ``out`` unless
         ``done`` exists; processes that start together wait for the one that holds the lock."""
         if done.is_file():
@@ -357,7 +373,7 @@ class Sweep:
             command = [sys.executable, "-m", "lit_kd", command_name]
             for path in self.base:
                 command += ["--config", path]
-            command += [*self.fit_args, "--out", str(out)]
+            command += [*self.fit_args, "--out", str(out), *(extra or [])]
             log = self.out / f"{out.name}.log"
             print(f"{command_name}: writing {out} (log: {log})", flush=True)
             code = self._call(command, log)

@@ -168,3 +168,13 @@ def test_max_examples_keeps_the_first_examples_of_a_split(tmp_path, tiny_tokeniz
     assert records["val"] == full["val"]
     with pytest.raises(Exception, match=r"data.max_examples: expected \{train\|val\|test: a positive count\}"):
         _module(tmp_path, tiny_tokenizer, max_examples={"dev": 3})
+
+
+def test_the_demo_heldout_file_is_the_demos_test_split():
+    """data/demo/heldout.jsonl (a benchmark file: `--benchmarks '[demo=data/demo/heldout.jsonl]'`) holds exactly
+    the 20 prompts the demo holds out (configs/demo.yaml: split_sizes [200, 20, 20], split_seed 1234)."""
+    held_out = DollyDataModule(raw=str(DEMO_DATA), split_sizes=(200, 20, 20)).load_split_records()["test"]
+    shipped = load_records(str(DEMO_DATA.parent / "heldout.jsonl"))
+    assert [(r["instruction"], r["input"], r["output"]) for r in shipped] == [
+        (r["instruction"], r["input"], r["output"]) for r in held_out
+    ]
