@@ -154,7 +154,9 @@ class LineProgress(ProgressBar):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.enabled and not trainer.sanity_checking:
-            self.print(f"epoch {trainer.current_epoch}  validation  {self.metrics_text(trainer, pl_module, 'val/')}")
+            # a validation outside fit (e.g. of the best checkpoint afterwards) belongs to no training epoch
+            where = f"epoch {trainer.current_epoch}  " if trainer.state.fn == "fit" else ""
+            self.print(f"{where}validation  {self.metrics_text(trainer, pl_module, 'val/')}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.enabled:

@@ -9,12 +9,20 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 from lit_kd.errors import ConfigError
 from lit_kd.experiments.sweep import Sweep, SweepEval
 
 PAPER_TAUS = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
+
+# ``'[--trainer.max_epochs,2]'`` parses to ["--trainer.max_epochs", 2]: numbers and booleans are taken as written
+CommandLineArgs = list[Union[str, bool, int, float]]
+
+
+def as_command_line(values: CommandLineArgs) -> list[str]:
+    """Command-line words from a parsed list: booleans as ``true``/``false``, numbers as written."""
+    return [("true" if value else "false") if isinstance(value, bool) else str(value) for value in values]
 
 
 def sweep(
@@ -24,14 +32,14 @@ def sweep(
     seeds: list[int] = [10, 20, 30, 40, 50],
     out: Optional[str] = None,
     evaluation: SweepEval = SweepEval(),
-    fit_args: list[str] = [],
+    fit_args: CommandLineArgs = [],
     launcher: str = "local",
     resume: Optional[str] = None,
     index: Optional[int] = None,
     teacher_cache: Optional[str] = None,
     objective_configs: Optional[str] = None,
     regimes: Optional[list[str]] = None,
-    seqkd_args: list[str] = [],
+    seqkd_args: CommandLineArgs = [],
 ) -> None:
     """Run (or prepare) a sweep of distillation runs.
 
@@ -43,7 +51,7 @@ def sweep(
             unless ``evaluation.seeds`` is set.
         out: The sweep directory (new, or one holding the same plan).
         evaluation: How each run's best checkpoint is evaluated.
-        fit_args: Extra command-line overrides for every fit (e.g. ``["--trainer.max_epochs", "2"]``).
+        fit_args: Extra command-line overrides for every fit (e.g. ``'[--trainer.max_epochs,2]'``).
         launcher: ``local`` runs the grid here, one process after another; ``slurm`` writes one config
             per run and ``launch_slurm.sh`` (a job array) and runs nothing.
         resume: An existing sweep directory to continue (its plan is reused; other arguments ignored).
@@ -56,7 +64,7 @@ def sweep(
             runs go to ``<out>/<regime>/<objective>/...``; ``seqkd`` generates the teacher's responses once.
             ``null``: the base configs' own regime.
         seqkd_args: Extra arguments of ``generate-data`` for the seqkd regime (e.g.
-            ``["--sampling.max_new_tokens", "64"]``).
+            ``'[--sampling.max_new_tokens,64]'``).
     """
     if resume is not None:
         plan = Sweep.load(resume)
@@ -77,7 +85,17 @@ def sweep(
     if launcher not in ("local", "slurm"):
         raise ConfigError(f"--launcher must be local or slurm, got {launcher!r}")
     plan = Sweep.create(
-        out, base, objectives, taus, seeds, evaluation, fit_args, teacher_cache, objective_configs, regimes, seqkd_args
+        out,
+        base,
+        objectives,
+        taus,
+        seeds,
+        evaluation,
+        as_command_line(fit_args),
+        teacher_cache,
+        objective_configs,
+        regimes,
+        as_command_line(seqkd_args),
     )
     if launcher == "slurm":
         script = plan.write_slurm_launcher()

@@ -294,3 +294,11 @@ def test_progress_is_plain_lines_when_the_output_is_not_a_terminal(tmp_path):
     assert all("s/step" in line and "train/loss" in line for line in steps)
     assert any(line.startswith("epoch 0  validation  val/loss") for line in lines)
     assert any(line.startswith("training done: 4 steps in ") for line in lines)
+    (checkpoint,) = tmp_path.glob("logs/*/version_0/checkpoints/last.ckpt")
+    shared = command[4 : command.index("--trainer.max_epochs")]  # the config and data arguments
+    validate = [*command[:3], "validate", *shared, "--ckpt_path", str(checkpoint)]
+    result = subprocess.run(validate, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()  # a validation outside fit names no training epoch
+    assert any(line.startswith("validation  val/loss") for line in lines), result.stdout[-2000:]
+    assert not any(line.startswith("epoch ") for line in lines)

@@ -90,7 +90,14 @@ def test_a_different_plan_in_the_same_directory_is_refused(tmp_path):
 def test_slurm_launcher_writes_one_config_per_run_and_runs_nothing(tmp_path, capsys):
     base = tiny_base(tmp_path)
     main(["sweep", "--base", f"[{base}]", "--objectives", "[fkl,rkl]", "--taus", "[1.0,2.5]", "--seeds", "[10,20]",
-          "--out", str(tmp_path / "s"), "--launcher", "slurm"])  # fmt: skip
+          "--out", str(tmp_path / "s"), "--launcher", "slurm",
+          "--fit_args", "[--trainer.max_epochs,2,--trainer.deterministic,true,--model.optimizer.init_args.lr,0.001]",
+          "--seqkd_args", "[--sampling.max_new_tokens,64]"])  # fmt: skip
+    plan = json.loads((tmp_path / "s" / "sweep.json").read_text())  # numbers and booleans kept as written
+    assert plan["fit_args"] == [
+        "--trainer.max_epochs", "2", "--trainer.deterministic", "true", "--model.optimizer.init_args.lr", "0.001"
+    ]  # fmt: skip
+    assert plan["seqkd_args"] == ["--sampling.max_new_tokens", "64"]
     runs = sorted((tmp_path / "s" / "runs").glob("*.yaml"))
     assert len(runs) == 8
     run = yaml.safe_load((tmp_path / "s" / "runs" / "5.yaml").read_text())
@@ -334,6 +341,4 @@ def test_the_regime_is_a_grid_axis(tmp_path):
             assert f"--data.train={tmp_path / 's' / 'seqkd_data' / 'train.jsonl'}" in command
     assert Sweep.load(str(tmp_path / "s")).runs == sweep.runs
     with pytest.raises(ConfigError, match="--regimes: unknown regime 'offline'; the regimes are mixed, off_policy"):
-        Sweep.create(
-            str(tmp_path / "t"), [str(base)], ["fkl"], [2.0], [10], evaluation(tmp_path), regimes=["offline"]
-        )
+        Sweep.create(str(tmp_path / "t"), [str(base)], ["fkl"], [2.0], [10], evaluation(tmp_path), regimes=["offline"])
