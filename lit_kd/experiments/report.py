@@ -13,7 +13,7 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from lit_kd.errors import ConfigError
 from lit_kd.eval.evaluate import mean_std
@@ -63,14 +63,25 @@ def read_diagnostics(fit_dir: Path) -> dict[str, float]:
     }
 
 
+def not_done(status: Optional[dict[str, Any]]) -> str:
+    """Why a run has no result yet, from its status record."""
+    if status is None:
+        return "not run"
+    if status.get("state") == "running":
+        return (
+            f"started {status.get('started')}, not finished (running now, or interrupted: "
+            "`python -m lit_kd sweep --resume <sweep dir>` continues it)"
+        )
+    return f"failed at {status.get('stage')} (see {status.get('log')})"
+
+
 def collect(sweep: Sweep) -> tuple[list[RunRecord], list[str]]:
     """Records of the finished runs, and a line for each run that is not done."""
     records, problems = [], []
     for spec in sweep.runs:
         status = sweep.status(spec)
         if status is None or status.get("state") != "done":
-            state = "not run" if status is None else f"failed at {status.get('stage')} (see {status.get('log')})"
-            problems.append(f"{spec.run_id}: {state}")
+            problems.append(f"{spec.run_id}: {not_done(status)}")
             continue
         results_path = Path(status["eval_dir"]) / "results.json"
         if not results_path.is_file():

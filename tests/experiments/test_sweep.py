@@ -12,7 +12,7 @@ import yaml
 
 from lit_kd.cli import main
 from lit_kd.errors import ConfigError
-from lit_kd.experiments.report import Report, RunRecord
+from lit_kd.experiments.report import Report, RunRecord, collect
 from lit_kd.experiments.sweep import RunSpec, Sweep, SweepEval
 from tests.conftest import DEMO_DATA, ROOT, TINY_TOKENIZER, write_jsonl
 
@@ -74,6 +74,12 @@ def test_sweep_records_failures_skips_finished_runs_and_reports(tmp_path, monkey
     assert "| fkl | 2 | " in report  # diagnostics row
     for png in ("figure1_fkl_rkl.png", "heatmap_gain.png", "diagnostics_vs_tau.png"):
         assert (tmp_path / "sweep" / png).stat().st_size > 1000
+
+    # a run that has started and not finished is reported as such, not as a failure
+    status = tmp_path / "sweep" / "rkl" / "tau_2" / "seed_10" / "status.json"
+    status.write_text(json.dumps({"state": "running", "started": "2026-11-29 21:58:20"}))
+    _, problems = collect(Sweep.load(str(tmp_path / "sweep")))
+    assert "rkl/tau_2/seed_10: started 2026-11-29 21:58:20, not finished (running now, or interrupted" in problems[-1]
 
 
 def test_a_different_plan_in_the_same_directory_is_refused(tmp_path):
