@@ -27,7 +27,8 @@ def test_generate_data_resumes_after_a_kill_into_the_same_file(tmp_path):
     assert whole.returncode == 0, whole.stderr[-3000:]
     assert "--data.train" in whole.stdout
 
-    process = subprocess.Popen(command(tmp_path / "cut"), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}  # an undrained pipe could stall it
+    process = subprocess.Popen(command(tmp_path / "cut"), cwd=ROOT, **quiet)
     partial = tmp_path / "cut" / ".train.jsonl.partial"
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:

@@ -187,17 +187,23 @@ def test_ctrl_c_prints_the_command_that_resumes_the_run(tmp_path):
     import time
 
     command = fit_command(tmp_path, "run", "--last_checkpoint.every_n_train_steps", "1")
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    record = tmp_path / "run" / "losses.jsonl"
-    deadline = time.time() + 240
-    while time.time() < deadline and process.poll() is None:
-        if record.is_file() and len(record.read_text().splitlines()) >= 3:
-            os.kill(process.pid, signal.SIGINT)
-            break
-        time.sleep(0.02)
-    err = process.communicate(timeout=120)[1]
-    lines = err.splitlines()
-    hint = next(i for i, line in enumerate(lines) if line.startswith("lit_kd: interrupted at epoch"))
+    # stderr goes to a file, not a pipe: a pipe nobody drains until the end can fill up and stall the run
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        record = tmp_path / "run" / "losses.jsonl"
+        deadline, interrupted = time.time() + 240, False
+        while time.time() < deadline and process.poll() is None:
+            if record.is_file() and len(record.read_text().splitlines()) >= 3:
+                os.kill(process.pid, signal.SIGINT)
+                interrupted = True
+                break
+            time.sleep(0.02)
+        process.wait(timeout=120)
+    lines = (tmp_path / "stderr.txt").read_text().splitlines()
+    assert interrupted, f"the run never reached step 3 (exit code {process.returncode}):\n" + "\n".join(lines[-40:])
+    hints = [i for i, line in enumerate(lines) if line.startswith("lit_kd: interrupted at epoch")]
+    assert hints, f"exit code {process.returncode}; stderr:\n" + "\n".join(lines[-40:])
+    hint = hints[0]
     assert "the latest state is " in lines[hint] and "last.ckpt" in lines[hint] and lines[hint].endswith("Resume with:")
     printed = shlex.split(lines[hint + 1])
     assert printed[:4] == ["python", "-m", "lit_kd", "fit"] and printed[-2:] == ["--ckpt_path", "last"]
