@@ -189,7 +189,10 @@ def test_ctrl_c_prints_the_command_that_resumes_the_run(tmp_path):
     command = fit_command(tmp_path, "run", "--last_checkpoint.every_n_train_steps", "1")
     # stderr goes to a file, not a pipe: a pipe nobody drains until the end can fill up and stall the run
     with open(tmp_path / "stderr.txt", "w") as stderr:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # Ctrl-C works whatever this process did
+        )  # fmt: skip
         record = tmp_path / "run" / "losses.jsonl"
         deadline, interrupted = time.time() + 240, False
         while time.time() < deadline and process.poll() is None:
