@@ -11,7 +11,6 @@ and settings is reused; one built for anything else is refused, never overwritte
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,6 +19,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from torch.utils.data import DataLoader
 
 from lit_kd.cli.main import LitKDCLI
+from lit_kd.cli.progress import split_progress
 from lit_kd.data.collate import IndexedExamples, PadCollator
 from lit_kd.errors import CacheError, ConfigError
 from lit_kd.models import ModelConfig, load_model
@@ -98,7 +98,6 @@ def write_teacher_cache(
 ) -> Path:
     """Run the teacher over the ``splits`` of ``data`` (a connected ``DollyDataModule``) and write the cache to
     ``target``; an existing cache for the same key is reused, any other content is refused."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     target = Path(target)
     records = data.load_split_records()
@@ -140,18 +139,7 @@ def write_teacher_cache(
     def hidden(batch: dict[str, Any]) -> torch.Tensor:
         return final_hidden_states(teacher, batch["input_ids"].to(device), batch["attention_mask"].to(device))
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    terminal = sys.stderr.isatty()
-    with Progress(*columns, disable=not terminal) as bar:
-        tasks = {name: bar.add_task(f"teacher cache: {name}", total=examples) for name, (examples, _) in sizes.items()}
-        last = {name: 0 for name in sizes}
-
-        def progress(split: str, done: int) -> None:
-            bar.update(tasks[split], completed=done)
-            if not terminal and (done - last[split] >= max(sizes[split][0] // 10, 1) or done == sizes[split][0]):
-                print(f"teacher cache: {split} {done}/{sizes[split][0]}", flush=True)  # logs without a terminal
-                last[split] = done
-
-        path = build_teacher_cache(target, key, head, loaders, sizes, hidden, dtype=dtype, progress=progress)
+    with split_progress("teacher cache", {name: examples for name, (examples, _) in sizes.items()}) as update:
+        path = build_teacher_cache(target, key, head, loaders, sizes, hidden, dtype=dtype, progress=update)
     print(f"wrote the teacher cache {path}; train with --model.teacher_cache {path}")
     return path

@@ -14,7 +14,7 @@ a kill (``lit_kd.data.generated``); a progress bar in a terminal, plain lines in
 
 from __future__ import annotations
 
-import sys
+import functools
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lit_kd.cli.main import LitKDCLI
+from lit_kd.cli.progress import split_progress
 from lit_kd.data.generated import write_generated_split, write_records
 from lit_kd.errors import ConfigError
 from lit_kd.eval.generate import SamplingConfig, generate_responses
@@ -48,8 +49,6 @@ class GenerateDataCLI(LitKDCLI):
 
 def main(args: Optional[list[str]] = None) -> Path:
     """Sample the teacher's response to every prompt of the chosen splits; write Dolly-format files."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     cli = GenerateDataCLI(args=args, run=False)
     module, data, options = cli.model, cli.datamodule, cli.config
     if module.teacher_config is None:
@@ -73,22 +72,14 @@ def main(args: Optional[list[str]] = None) -> Path:
     def generate(batch: list[dict[str, Any]], seed: int) -> list[str]:
         return generate_responses(teacher, module.tokenizer, batch, settings, seed)
 
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    terminal = sys.stderr.isatty()
-    with Progress(*columns, disable=not terminal) as bar:
+    generated = {name: len(rows) for name, rows in records.items() if name in options.splits}
+    with split_progress("generate-data", generated) as update:
         for name, rows in records.items():
             target = out / f"{name}.jsonl"
-            if name not in options.splits:
+            if name not in generated:
                 write_records(target, rows)
                 continue
-            task = bar.add_task(f"teacher responses: {name}", total=len(rows))
-            step = max(len(rows) // 10, 1)
-
-            def progress(done: int, task=task, name=name, total=len(rows)) -> None:
-                bar.update(task, completed=done)
-                if not terminal and (done % step < settings.batch_size or done == total):
-                    print(f"generate-data: {name} {done}/{total}", flush=True)
-
+            progress = functools.partial(update, name)
             write_generated_split(target, rows, generate, generated_by, settings.batch_size, options.seed, progress)
     splits = {name: str(out / f"{name}.jsonl") for name in records}
     overrides = " ".join(f"--data.{name} {path}" for name, path in splits.items())
