@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -75,15 +74,6 @@ def tiny_model_configs():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-@pytest.fixture(autouse=True)
-def _keep_ctrl_c():
-    """Give SIGINT back its handler after each test: Lightning ignores it after an in-process interrupt or a
-    process-group teardown, and a child started with SIGINT ignored cannot be interrupted."""
-    handler = signal.getsignal(signal.SIGINT)
-    yield
-    signal.signal(signal.SIGINT, handler)
 
 
 @pytest.fixture
