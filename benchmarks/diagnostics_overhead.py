@@ -17,7 +17,7 @@ from pathlib import Path
 
 import lightning as L
 
-from lit_kd.cli.main import LitKDCLI
+from lit_kd.training import build
 
 
 class LoopTimer(L.Callback):
@@ -29,7 +29,7 @@ class LoopTimer(L.Callback):
 
 
 def timed_fit(config: str, steps: int, log_every: int, diagnostics: bool, out: Path) -> float:
-    cli = LitKDCLI(
+    run = build(
         args=[
             "--config", config,
             "--model.diagnostics", str(diagnostics).lower(),
@@ -38,12 +38,11 @@ def timed_fit(config: str, steps: int, log_every: int, diagnostics: bool, out: P
             "--trainer.log_every_n_steps", str(log_every),
             "--trainer.enable_checkpointing", "false",
             "--trainer.logger.init_args.save_dir", str(out),
-        ],
-        run=False,
+        ]
     )  # fmt: skip
     timer = LoopTimer()
-    cli.trainer.callbacks.append(timer)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    run.trainer.callbacks.append(timer)
+    run.trainer.fit(run.module, datamodule=run.datamodule)
     return timer.seconds
 
 

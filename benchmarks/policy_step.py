@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lit_kd.cli.main import LitKDCLI
+from lit_kd.training import build
 
 
 class LoopTimer(L.Callback):
@@ -31,16 +31,15 @@ class LoopTimer(L.Callback):
 
 
 def timed_fit(config: str, steps: int, fraction: float, max_new_tokens: int, out: Path) -> tuple[float, float]:
-    cli = LitKDCLI(
+    run = build(
         args=["--config", config, "--trainer.max_steps", str(steps), "--trainer.limit_val_batches", "0",
               "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false",
               "--trainer.logger.init_args.save_dir", str(out), "--model.teacher_cache", "null",
               "--model.policy.student_fraction", str(fraction),
-              "--model.policy.sampling.max_new_tokens", str(max_new_tokens)],
-        run=False,
+              "--model.policy.sampling.max_new_tokens", str(max_new_tokens)]
     )  # fmt: skip
     generation = [0.0]
-    policy = cli.model.student_policy
+    policy = run.module.student_policy
     if policy is not None:
         mix = policy.mix
 
@@ -53,8 +52,8 @@ def timed_fit(config: str, steps: int, fraction: float, max_new_tokens: int, out
 
         policy.mix = timed_mix
     timer = LoopTimer()
-    cli.trainer.callbacks.append(timer)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    run.trainer.callbacks.append(timer)
+    run.trainer.fit(run.module, datamodule=run.datamodule)
     return timer.seconds, generation[0]
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lit_kd.cli.cache_teacher import write_teacher_cache
-from lit_kd.cli.main import LitKDCLI
+from lit_kd.teacher.build import write_teacher_cache
+from lit_kd.training import Run, build
 
 PAIRS = {  # (teacher parameters, teacher hidden, vocabulary, student parameters)
     "GPT-2 XL → GPT-2 Base": (1.558e9, 1600, 50257, 124e6),
@@ -41,30 +41,29 @@ class LoopTimer(L.Callback):
         self.steps = trainer.global_step
 
 
-def cli_for(config: str, out: Path, extra: list[str]) -> LitKDCLI:
-    return LitKDCLI(
+def run_for(config: str, out: Path, extra: list[str]) -> Run:
+    return build(
         args=["--config", config, "--trainer.limit_val_batches", "0", "--trainer.enable_checkpointing", "false",
-              "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(out), *extra],
-        run=False,
+              "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(out), *extra]
     )  # fmt: skip
 
 
 def timed_epoch(config: str, out: Path, extra: list[str]) -> tuple[float, int]:
-    cli = cli_for(config, out, extra)
+    run = run_for(config, out, extra)
     timer = LoopTimer()
-    cli.trainer.callbacks.append(timer)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    run.trainer.callbacks.append(timer)
+    run.trainer.fit(run.module, datamodule=run.datamodule)
     return timer.seconds, timer.steps
 
 
 def kd_losses(config: str, out: Path, extra: list[str], batches: int) -> list[float]:
-    cli = cli_for(config, out, extra)
-    cli.datamodule.setup("fit")
-    module = cli.model
+    run = run_for(config, out, extra)
+    run.datamodule.setup("fit")
+    module = run.module
     module.configure_model()
     module.eval()
     values = []
-    loader = cli.datamodule.train_dataloader()
+    loader = run.datamodule.train_dataloader()
     with torch.no_grad():
         for _, batch in zip(range(batches), loader):
             values.append(float(module.compute_losses(batch, "train").mean("kd_loss")))
@@ -86,10 +85,10 @@ def main() -> None:
 
     caches = {}
     for dtype in ("float32", "bfloat16"):
-        cli = cli_for(args.config, out / "logs", [])
+        run = run_for(args.config, out / "logs", [])
         started = time.perf_counter()
         caches[dtype] = write_teacher_cache(
-            cli.model.teacher_config, cli.model.tokenizer, cli.datamodule, out / f"cache-{dtype}", dtype=dtype
+            run.module.teacher_config, run.module.tokenizer, run.datamodule, out / f"cache-{dtype}", dtype=dtype
         )
         size = sum(p.stat().st_size for p in caches[dtype].iterdir())
         print(f"built the {dtype} cache in {time.perf_counter() - started:.1f} s: {size / 1e6:.1f} MB", flush=True)

@@ -83,6 +83,20 @@ class LossRecorder(L.Callback):
         (self.out_dir / "best.json").write_text(json.dumps(record))
 
 
+class SleepAt(L.Callback):
+    """Sleeps ``seconds`` after training batch ``batch`` of epoch ``epoch`` (a slow step, so that a time-triggered
+    checkpoint falls due at a chosen batch)."""
+
+    def __init__(self, epoch: int, batch: int, seconds: float) -> None:
+        self.epoch, self.batch, self.seconds = epoch, batch, seconds
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            import time
+
+            time.sleep(self.seconds)
+
+
 class KillAt(L.Callback):
     """SIGKILLs its own process at one chosen point of epoch ``epoch`` (a preemption at the worst moment):
 
@@ -118,7 +132,7 @@ class KillAt(L.Callback):
             return
         from contextlib import contextmanager
 
-        from lit_kd.cli import checkpoint_io
+        from lit_kd.training import checkpoint_io
 
         real_atomic_path, probe = checkpoint_io.atomic_path, self
 

@@ -1,5 +1,5 @@
-"""Command line: LightningCLI (fit/validate/test/predict) and lit_kd's own commands."""
+"""The command line: parses and dispatches (``python -m lit_kd --help``); nothing in lit_kd imports it."""
 
-from lit_kd.cli.main import LitKDCLI, cli_main, main
+from lit_kd.cli.main import COMMANDS, main
 
-__all__ = ["LitKDCLI", "cli_main", "main"]
+__all__ = ["COMMANDS", "main"]

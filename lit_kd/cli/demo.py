@@ -20,12 +20,15 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from lit_kd.cli.main import LitKDCLI
+from lit_kd.errors import CacheError
 from lit_kd.eval.benchmarks import Benchmark
 from lit_kd.eval.evaluate import EvalResult, evaluate_model, new_progress, results_markdown
 from lit_kd.eval.generate import SamplingConfig
 from lit_kd.models import load_model
-from lit_kd.utils.io import atomic_write_text
+from lit_kd.teacher import TeacherCache
+from lit_kd.teacher.build import write_teacher_cache
+from lit_kd.training import build
+from lit_kd.utils.io import atomic_write_text, numbered_paths
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 TABLE_SEEDS = (10, 20, 30)
@@ -34,10 +37,6 @@ TABLE_SEEDS = (10, 20, 30)
 def demo_cache(model, data, save_dir: Path) -> Path:
     """The first of ``<save_dir>/teacher_cache/demo``, ``demo-2``, ... that holds this teacher's cache for this data,
     built if none does."""
-    from lit_kd.cli.cache_teacher import write_teacher_cache
-    from lit_kd.errors import CacheError
-    from lit_kd.utils.io import numbered_paths
-
     for target in numbered_paths(save_dir / "teacher_cache" / "demo"):
         try:
             return write_teacher_cache(model.teacher_config, model.tokenizer, data, target)
@@ -50,10 +49,11 @@ def main(args: Optional[list[str]] = None) -> dict[str, float]:
     started = time.perf_counter()
     if not DEMO_CONFIG.is_file():
         raise SystemExit(f"demo config not found: {DEMO_CONFIG} (run from a checkout of lit_kd)")
-    cli = LitKDCLI(args=["--config", str(DEMO_CONFIG), *(args or [])], run=False)
-    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    run = build(["--config", str(DEMO_CONFIG), *(args or [])])
+    trainer, model, data = run.trainer, run.module, run.datamodule
     if model.teacher_cache_path is None and model.kd_ratio > 0:
-        model.teacher_cache_path = str(demo_cache(model, data, Path(cli.config.trainer.logger.init_args.save_dir)))
+        model.teacher_cache_path = str(demo_cache(model, data, Path(run.config.trainer.logger.init_args.save_dir)))
+        model.use_teacher_cache(TeacherCache.open(model.teacher_cache_path))  # checked as it was written
 
     model.configure_model()
     held_out = Benchmark("demo test", "data/demo/instructions.jsonl (test split)", data.load_split_records()["test"])

@@ -18,6 +18,7 @@ from lit_kd.eval.benchmarks import PAPER_BENCHMARKS, load_benchmarks
 from lit_kd.eval.evaluate import evaluate_model, new_progress, results_markdown, write_results
 from lit_kd.eval.generate import SamplingConfig
 from lit_kd.modules.loading import model_from_source, source_label
+from lit_kd.utils.devices import resolve_device
 from lit_kd.utils.io import ensure_writable_dir, fresh_directory
 
 PAPER_SEEDS = (10, 20, 30, 40, 50)
@@ -69,7 +70,7 @@ def evaluate(
     target_dir = Path(out_dir) if out_dir else default_out_dir(ckpt, source_label(ckpt, model))
     ensure_writable_dir(target_dir.parent, "output folder")
     lm, tokenizer, label = model_from_source(ckpt, model)
-    lm.to(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    lm.to(resolve_device(device))
     directory = fresh_directory(target_dir)
     generations: list[dict] = []
     with new_progress() as progress:

@@ -16,41 +16,38 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import torch
 from lightning.pytorch.cli import LightningArgumentParser
 
-from lit_kd.cli.main import LitKDCLI
-from lit_kd.cli.progress import split_progress
-from lit_kd.data.generated import write_generated_split, write_records
+from lit_kd.data.generated import generated_split_paths, write_generated_split, write_records
 from lit_kd.errors import ConfigError
 from lit_kd.eval.generate import SamplingConfig, generate_responses
 from lit_kd.models import load_model
 from lit_kd.teacher.cache import teacher_identity
+from lit_kd.training import build
+from lit_kd.utils.devices import resolve_device
+from lit_kd.utils.progress import split_progress
 
 
-class GenerateDataCLI(LitKDCLI):
-    """The fit configuration's parser, plus the generation's own options (``generate-data --help``)."""
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        super().add_arguments_to_parser(parser)
-        parser.add_argument("--out", type=str, required=True, help="The folder of the generated splits.")
-        parser.add_argument(
-            "--splits",
-            type=list[str],
-            default=["train"],
-            help="The splits whose responses the teacher writes (the others are copied as they are).",
-        )
-        parser.add_argument("--seed", type=int, default=10, help="Sampling seed (batch b is sampled with seed + b).")
-        parser.add_argument("--device", type=str, default="auto", help="auto (CUDA when available), cpu, cuda, ...")
-        parser.add_class_arguments(SamplingConfig, "sampling")  # fmt: skip
+def generation_options(parser: LightningArgumentParser) -> None:
+    """The generation's own options (``python -m lit_kd generate-data --help``)."""
+    parser.add_argument("--out", type=str, required=True, help="The folder of the generated splits.")
+    parser.add_argument(
+        "--splits",
+        type=list[str],
+        default=["train"],
+        help="The splits whose responses the teacher writes (the others are copied as they are).",
+    )
+    parser.add_argument("--seed", type=int, default=10, help="Sampling seed (batch b is sampled with seed + b).")
+    parser.add_argument("--device", type=str, default="auto", help="auto (CUDA when available), cpu, cuda, ...")
+    parser.add_class_arguments(SamplingConfig, "sampling")
 
 
-def main(args: Optional[list[str]] = None) -> Path:
+def main(args: list[str]) -> Path:
     """Sample the teacher's response to every prompt of the chosen splits; write Dolly-format files."""
-    cli = GenerateDataCLI(args=args, run=False)
-    module, data, options = cli.model, cli.datamodule, cli.config
+    run = build(args, options=generation_options, open_teacher_cache=False)
+    module, data, options = run.module, run.datamodule, run.config
     if module.teacher_config is None:
         raise ConfigError("generate-data: the config has no model.teacher")
     records = data.load_split_records()
@@ -59,10 +56,9 @@ def main(args: Optional[list[str]] = None) -> Path:
         raise ConfigError(
             f"--splits: the config's data has no {', '.join(unknown)} split (it has {', '.join(records)})"
         )
-    settings: SamplingConfig = cli.config_init.sampling
+    settings = SamplingConfig(**vars(options.sampling))
     out = Path(options.out)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if options.device == "auto" else options.device
-    teacher = load_model(module.teacher_config, "teacher").to(device).eval()
+    teacher = load_model(module.teacher_config, "teacher").to(resolve_device(options.device)).eval()
     generated_by = {
         "teacher": teacher_identity(module.teacher_config),
         "sampling": vars(settings),
@@ -73,15 +69,16 @@ def main(args: Optional[list[str]] = None) -> Path:
         return generate_responses(teacher, module.tokenizer, batch, settings, seed)
 
     generated = {name: len(rows) for name, rows in records.items() if name in options.splits}
+    targets = generated_split_paths(out, records)
     with split_progress("generate-data", generated) as update:
         for name, rows in records.items():
-            target = out / f"{name}.jsonl"
+            target = targets[name]
             if name not in generated:
                 write_records(target, rows)
                 continue
             progress = functools.partial(update, name)
             write_generated_split(target, rows, generate, generated_by, settings.batch_size, options.seed, progress)
-    splits = {name: str(out / f"{name}.jsonl") for name in records}
+    splits = {name: str(path) for name, path in targets.items()}
     overrides = " ".join(f"--data.{name} {path}" for name, path in splits.items())
     print(f"wrote {', '.join(splits.values())}; train on them with --data.raw null {overrides}")
     return out

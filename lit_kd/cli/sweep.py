@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Optional, Union
 
 from lit_kd.errors import ConfigError
-from lit_kd.experiments.sweep import Sweep, SweepEval
+from lit_kd.experiments.plan import write_slurm_launcher
+from lit_kd.experiments.records import SweepEval
+from lit_kd.experiments.sweep import Sweep
 
 PAPER_TAUS = [1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0]
 
@@ -61,22 +63,23 @@ def sweep(
         objective_configs: The folder of objective files: ``<objective>.yaml`` there is layered on that objective's
             runs (default: ``configs/objectives``, shared by every model pair).
         regimes: Training regimes as a grid axis, from ``configs/regimes`` (off_policy, seqkd, mixed, on_policy);
-            runs go to ``<out>/<regime>/<objective>/...``; ``seqkd`` generates the teacher's responses once.
+            runs go to ``<out>/<regime>/<objective>/...``; what a regime requires (``<regime>.sweep.json``, e.g.
+            seqkd's teacher-generated data) is built once, before its first run.
             ``null``: the base configs' own regime.
-        seqkd_args: Extra arguments of ``generate-data`` for the seqkd regime (e.g.
+        seqkd_args: Extra arguments of ``generate-data`` for regimes that require the teacher's data (seqkd; e.g.
             ``'[--sampling.max_new_tokens,64]'``).
     """
     if resume is not None:
-        plan = Sweep.load(resume)
+        runner = Sweep.load(resume)
         if index is not None:
-            if not 0 <= index < len(plan.runs):
-                raise ConfigError(f"--index {index} is outside the sweep's {len(plan.runs)} runs")
-            status = plan.run_one(plan.runs[index])
-            print(f"{plan.runs[index].run_id}: {status['state']}")
-            if status["state"] != "done":
+            if not 0 <= index < len(runner.runs):
+                raise ConfigError(f"--index {index} is outside the sweep's {len(runner.runs)} runs")
+            status = runner.run_one(runner.runs[index])
+            print(f"{runner.runs[index].run_id}: {status.state}")
+            if status.state != "done":
                 raise SystemExit(1)
             return
-        plan.run()
+        runner.run()
         return
     if index is not None:
         raise ConfigError("--index runs one run of an existing sweep: give it with --resume <sweep dir>")
@@ -84,29 +87,29 @@ def sweep(
         raise ConfigError("a new sweep needs --base (one or more fit configs) and --out (its directory)")
     if launcher not in ("local", "slurm"):
         raise ConfigError(f"--launcher must be local or slurm, got {launcher!r}")
-    plan = Sweep.create(
+    runner = Sweep.create(
         out,
         base,
         objectives,
         taus,
         seeds,
         evaluation,
-        as_command_line(fit_args),
-        teacher_cache,
-        objective_configs,
-        regimes,
-        as_command_line(seqkd_args),
+        fit_args=as_command_line(fit_args),
+        teacher_cache=teacher_cache,
+        objective_configs=objective_configs,
+        regimes=regimes,
+        seqkd_args=as_command_line(seqkd_args),
     )
     if launcher == "slurm":
-        script = plan.write_slurm_launcher()
-        print(f"wrote {len(plan.runs)} run configs under {plan.out / 'runs'} and {script}")
+        script = write_slurm_launcher(runner.out, runner.plan)
+        print(f"wrote {len(runner.runs)} run configs under {runner.out / 'runs'} and {script}")
         print(f"submit with: sbatch {script}")
         return
-    results = plan.run()
-    failed = [r for r in results if r["state"] == "failed"]
-    busy = [r for r in results if r["state"] == "busy"]
+    results = runner.run()
+    failed = [r for r in results if r.state == "failed"]
+    busy = [r for r in results if r.state == "busy"]
     print(
-        f"sweep {plan.out}: {len(results) - len(failed) - len(busy)} done, {len(failed)} failed"
+        f"sweep {runner.out}: {len(results) - len(failed) - len(busy)} done, {len(failed)} failed"
         + (f", {len(busy)} running in another process" if busy else "")
     )
-    print(f"report: python -m lit_kd report {plan.out}")
+    print(f"report: python -m lit_kd report {runner.out}")

@@ -29,7 +29,13 @@ from transformers import PreTrainedTokenizerBase
 from lit_kd.data.collate import IndexedExamples, PadCollator
 from lit_kd.data.records import DataFormatError, load_records
 from lit_kd.data.sampler import EpochShuffleSampler
-from lit_kd.data.tokenize import TokenizedSplit, tokenize_records
+from lit_kd.data.tokenize import (
+    DataFingerprints,
+    TokenizedSplit,
+    records_fingerprint,
+    tokenize_records,
+    tokenizer_fingerprint,
+)
 from lit_kd.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
@@ -123,12 +129,24 @@ class DollyDataModule(L.LightningDataModule):
                     f"data.max_examples: expected {{train|val|test: a positive count}}, got {name}: {count}"
                 )
         self.tokenizer: Optional[PreTrainedTokenizerBase] = None
+        self.data_fingerprints: Optional[DataFingerprints] = None
         self.records: dict[str, list[dict[str, Any]]] = {}
         self.splits: dict[str, TokenizedSplit] = {}
 
     def connect(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """Give the data module the model's tokenizer (LightningCLI does this after instantiation)."""
         self.tokenizer = tokenizer
+        self.data_fingerprints = None
+
+    def fingerprints(self) -> DataFingerprints:
+        """The tokenizer's and each split's content hashes, computed once (after ``connect``)."""
+        if self.tokenizer is None:
+            raise RuntimeError("DollyDataModule has no tokenizer: call connect(tokenizer) first")
+        if self.data_fingerprints is None:
+            records = self.load_split_records()
+            splits = {name: records_fingerprint(rows) for name, rows in records.items()}
+            self.data_fingerprints = DataFingerprints(tokenizer_fingerprint(self.tokenizer), splits)
+        return self.data_fingerprints
 
     def load_split_records(self) -> dict[str, list[dict[str, Any]]]:
         """Validated records of every available split (no tokenizer needed)."""
@@ -158,12 +176,14 @@ class DollyDataModule(L.LightningDataModule):
         for name in needed:
             if name not in records:
                 raise ConfigError(f"data: stage {stage!r} needs a {name!r} split; set `data.{name}`")
+        hashes = self.fingerprints()
         for name in records:
             if name in self.splits:
                 continue
             split = tokenize_records(
-                records[name], self.tokenizer, self.max_length, self.cache_dir, desc=f"Tokenizing {name}"
-            )
+                records[name], self.tokenizer, self.max_length, self.cache_dir, desc=f"Tokenizing {name}",
+                fingerprints=(hashes.splits[name], hashes.tokenizer),
+            )  # fmt: skip
             if len(split.dataset) == 0:
                 raise DataFormatError(f"{name} split: every example was dropped (prompts longer than max_length)")
             if split.dropped or split.truncated:

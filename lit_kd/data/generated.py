@@ -14,10 +14,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from lit_kd.errors import DataFormatError
 from lit_kd.utils.io import atomic_write_text, is_out_of_space, out_of_space_error
+
+
+def generated_split_paths(out_dir: str | os.PathLike, split_names: Iterable[str]) -> dict[str, Path]:
+    """The layout of teacher-generated data: each split's file, ``<out_dir>/<split>.jsonl`` (what ``generate-data``
+    writes and what ``sweep`` trains on)."""
+    return {name: Path(out_dir) / f"{name}.jsonl" for name in split_names}
 
 
 def dolly_line(record: dict[str, Any], response: str, generated_by: Optional[dict[str, Any]] = None) -> str:

@@ -16,11 +16,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from lit_kd.data.prompt import PROMPT_NO_INPUT, PROMPT_WITH_INPUT, format_prompt
 
 IGNORE_INDEX = -100
+"""The label of a position that is not supervised (prompt and padding)."""
+
+
+def response_mask(labels: Tensor) -> Tensor:
+    """``[B, T-1]``: the positions whose next token is a response token (position t predicts token t + 1)."""
+    return labels[:, 1:] != IGNORE_INDEX
+
+
+def prompt_end(labels: Tensor) -> int:
+    """Where a row's prompt ends: the index of its first supervised label."""
+    return int((labels != IGNORE_INDEX).nonzero()[0])
+
 CACHE_FORMAT = "3"  # bump whenever encode_example or the cached columns change: old cache entries are then unused
 
 
@@ -97,6 +110,15 @@ def records_fingerprint(records: list[dict[str, Any]]) -> str:
     return hashlib.sha256(content.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class DataFingerprints:
+    """Content hashes of a run's tokenizer and of each split's records, computed once per run
+    (``DollyDataModule.fingerprints``) for the tokenization cache and the teacher cache's key."""
+
+    tokenizer: str
+    splits: dict[str, str]
+
+
 def default_cache_dir() -> Path:
     import datasets
 
@@ -109,16 +131,19 @@ def tokenize_records(
     max_length: int,
     cache_dir: Optional[str] = None,
     desc: str = "Tokenizing",
+    fingerprints: Optional[tuple[str, str]] = None,
 ) -> TokenizedSplit:
     """Tokenize records with ``Dataset.map``; the result is cached in an Arrow file keyed by the
-    records' content, the tokenizer, the template and ``max_length``, and reused on the next run."""
+    records' content, the tokenizer, the template and ``max_length``, and reused on the next run.
+    ``fingerprints``: the records' and the tokenizer's hashes when already computed."""
     import datasets
 
+    records_hash, tokenizer_hash = fingerprints or (records_fingerprint(records), tokenizer_fingerprint(tokenizer))
     key = hashlib.sha256()
     for part in (
         CACHE_FORMAT,
-        records_fingerprint(records),
-        tokenizer_fingerprint(tokenizer),
+        records_hash,
+        tokenizer_hash,
         PROMPT_NO_INPUT,
         PROMPT_WITH_INPUT,
         str(max_length),

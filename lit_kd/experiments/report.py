@@ -13,11 +13,12 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from lit_kd.errors import ConfigError
 from lit_kd.eval.evaluate import mean_std
-from lit_kd.experiments.sweep import Sweep
+from lit_kd.experiments.plan import load_plan, read_status
+from lit_kd.experiments.records import RunStatus, SweepPlan
 from lit_kd.utils.io import atomic_path, atomic_write_text
 
 DIAGNOSTICS = ("teacher_entropy", "teacher_nontarget_mass", "top1_agreement")
@@ -63,45 +64,43 @@ def read_diagnostics(fit_dir: Path) -> dict[str, float]:
     }
 
 
-def not_done(status: Optional[dict[str, Any]]) -> str:
+def not_done(status: Optional[RunStatus]) -> str:
     """Why a run has no result yet, from its status record."""
     if status is None:
         return "not run"
-    if status.get("state") == "running":
+    if status.state == "running":
         return (
-            f"started {status.get('started')}, not finished (running now, or interrupted: "
+            f"started {status.started}, not finished (running now, or interrupted: "
             "`python -m lit_kd sweep --resume <sweep dir>` continues it)"
         )
-    return f"failed at {status.get('stage')} (see {status.get('log')})"
+    return f"failed at {status.stage} (see {status.log})"
 
 
-def collect(sweep: Sweep) -> tuple[list[RunRecord], list[str]]:
-    """Records of the finished runs, and a line for each run that is not done."""
+def collect(out: Path, plan: SweepPlan) -> tuple[list[RunRecord], list[str]]:
+    """Records of the finished runs of the sweep in ``out``, and a line for each run that is not done."""
     records, problems = [], []
-    for spec in sweep.runs:
-        status = sweep.status(spec)
-        if status is None or status.get("state") != "done":
+    for spec in plan.runs:
+        status = read_status(out, spec)
+        if status is None or status.state != "done":
             problems.append(f"{spec.run_id}: {not_done(status)}")
             continue
-        results_path = Path(status["eval_dir"]) / "results.json"
+        results_path = Path(status.eval_dir) / "results.json"
         if not results_path.is_file():
             problems.append(f"{spec.run_id}: marked done, but {results_path} is missing")
             continue
         result = json.loads(results_path.read_text())["results"][0]
         scores = {b: statistics.fmean(per_seed.values()) for b, per_seed in result["per_seed"].items()}
-        summary = status.get("fit_summary", {})
-        val = summary.get("best_model_score") if summary.get("monitor") == "val/rougeL" else None
-        records.append(
-            RunRecord(spec.label, spec.tau, spec.seed, scores, val, read_diagnostics(Path(status["fit_dir"])))
-        )
+        summary = status.fit_summary
+        val = summary.best_model_score if summary.monitor == "val/rougeL" else None
+        records.append(RunRecord(spec.label, spec.tau, spec.seed, scores, val, read_diagnostics(Path(status.fit_dir))))
     return records, problems
 
 
 class Report:
-    def __init__(self, sweep: Sweep, records: list[RunRecord], problems: list[str]) -> None:
-        self.sweep, self.records, self.problems = sweep, records, problems
-        self.objectives = list(dict.fromkeys(r.label for r in sweep.runs))  # "<objective> [<regime>]" with regimes
-        self.taus = sorted({r.tau for r in sweep.runs})
+    def __init__(self, out: Path, plan: SweepPlan, records: list[RunRecord], problems: list[str]) -> None:
+        self.out, self.plan, self.records, self.problems = Path(out), plan, records, problems
+        self.objectives = list(dict.fromkeys(r.label for r in plan.runs))  # "<objective> [<regime>]" with regimes
+        self.taus = sorted({r.tau for r in plan.runs})
         self.benchmarks = list(records[0].scores) if records else []
         self.by_val = bool(records) and all(r.val_score is not None for r in records)
 
@@ -277,17 +276,17 @@ class Report:
         return paths
 
     def markdown(self, figures: dict[str, Path]) -> str:
-        done, evaluation = len(self.records), self.sweep.evaluation
+        done, evaluation = len(self.records), self.plan.evaluation
         lines = [
-            f"# lit_kd sweep report: {self.sweep.out}",
+            f"# lit_kd sweep report: {self.out}",
             "",
-            f"- base configs: {', '.join(self.sweep.base)}",
+            f"- base configs: {', '.join(self.plan.base)}",
             f"- objectives: {', '.join(self.objectives)}; τ: {', '.join(f'{t:g}' for t in self.taus)}; "
-            f"training seeds: {', '.join(str(s) for s in sorted({r.seed for r in self.sweep.runs}))}",
+            f"training seeds: {', '.join(str(s) for s in sorted({r.seed for r in self.plan.runs}))}",
             f"- evaluation: {', '.join(evaluation.benchmarks)}"
             + (f", first {evaluation.max_examples} examples each" if evaluation.max_examples else "")
             + f", {evaluation.max_new_tokens} new tokens, sampling at temperature 1",
-            f"- runs: {done} of {len(self.sweep.runs)} done",
+            f"- runs: {done} of {len(self.plan.runs)} done",
         ]
         lines += [f"  - {p}" for p in self.problems]
         lines += ["", *self.table1(), "", *self.grid_table(), "", *self.gain_table(), ""]
@@ -304,11 +303,11 @@ class Report:
 def write_report(sweep_dir: str) -> tuple[Path, dict[str, Path]]:
     """Write ``report.md`` and its figures into the sweep directory; returns the report's path and the
     figures written (the heatmap only when the sweep has τ = 1 runs)."""
-    sweep = Sweep.load(sweep_dir)
-    records, problems = collect(sweep)
+    out = Path(sweep_dir)
+    plan = load_plan(out)
+    records, problems = collect(out, plan)
     if not records:
         raise ConfigError(f"{sweep_dir}: no finished run to report on ({len(problems)} not done)")
-    report = Report(sweep, records, problems)
-    out = Path(sweep_dir)
+    report = Report(out, plan, records, problems)
     figures = report.figures(out)
     return atomic_write_text(out / "report.md", report.markdown(figures)), figures

@@ -9,6 +9,7 @@ from lit_kd.losses.kl import fkl, rkl, sym_kl
 from lit_kd.losses.mixtures import js, sfkl, srkl
 from lit_kd.losses.registry import (
     OBJECTIVES,
+    HParam,
     LossConfig,
     Objective,
     distillation_loss,
@@ -33,6 +34,7 @@ __all__ = [
     "sym_kl",
     "tvd",
     "OBJECTIVES",
+    "HParam",
     "LossConfig",
     "Objective",
     "check_tau",

@@ -33,6 +33,8 @@ from lit_kd.losses.registry import LossConfig, per_token_divergence
 from lit_kd.models.head import OutputHead
 
 SUM_NAMES = ("loss", "kd_loss", "lm_loss")
+NONFINITE_KINDS = ("NaN in student logits", "+inf in student logits", "NaN in teacher logits", "+inf in teacher logits")
+"""What ``TokenSums.nonfinite`` flags, in order (−inf is a legitimate mask)."""
 
 
 @dataclass
@@ -43,10 +45,15 @@ class TokenSums:
     lm_loss: Tensor
     kd_loss: Optional[Tensor]
     tokens: int
-    problems: list[str] = field(default_factory=list)
-    """non-finite values met: "NaN in student logits", "+inf in teacher logits", ..."""
+    nonfinite: Tensor = field(default_factory=lambda: torch.zeros(len(NONFINITE_KINDS), dtype=torch.bool))
+    """flags of the non-finite values met (``NONFINITE_KINDS``), kept on the device: reading them is a host sync"""
     diagnostics: Optional[dict[str, Tensor]] = None
     """KD diagnostics as means over this micro-batch's tokens (when asked for)"""
+
+    @property
+    def problems(self) -> list[str]:
+        """The non-finite values met: "NaN in student logits", "+inf in teacher logits", ... (a host sync)."""
+        return [kind for kind, found in zip(NONFINITE_KINDS, self.nonfinite.tolist()) if found]
 
     def mean(self, name: str) -> Optional[Tensor]:
         """``Σ / tokens`` of ``loss``, ``kd_loss`` or ``lm_loss`` (None where that term is absent)."""
@@ -72,15 +79,14 @@ def token_terms(
     return combined, ce, kd
 
 
-def nonfinite_problems(student_logits: Tensor, teacher_logits: Optional[Tensor]) -> list[str]:
-    """What is wrong in these logits: NaN or +inf (−inf is a legitimate mask)."""
-    return [
-        f"{what} in {name} logits"
-        for name, tensor in (("student", student_logits), ("teacher", teacher_logits))
-        if tensor is not None
-        for what, found in (("NaN", torch.isnan(tensor)), ("+inf", torch.isposinf(tensor)))
-        if found.any()
-    ]
+def nonfinite_flags(student_logits: Tensor, teacher_logits: Optional[Tensor]) -> Tensor:
+    """``[4]`` bool on the logits' device: NaN / +inf in the student's, then in the teacher's logits (no host sync)."""
+    flags = [torch.isnan(student_logits).any(), torch.isposinf(student_logits).any()]
+    if teacher_logits is not None:
+        flags += [torch.isnan(teacher_logits).any(), torch.isposinf(teacher_logits).any()]
+    else:
+        flags += [torch.zeros((), dtype=torch.bool, device=student_logits.device)] * 2
+    return torch.stack(flags)
 
 
 def token_sums_from_logits(
@@ -101,7 +107,7 @@ def token_sums_from_logits(
         lm_loss=ce.detach().sum(),
         kd_loss=None if kd is None else kd.detach().sum(),
         tokens=int(targets.numel()),
-        problems=nonfinite_problems(student_logits.detach(), teacher_logits),
+        nonfinite=nonfinite_flags(student_logits.detach(), teacher_logits),
         diagnostics=diag,
     )
 
@@ -156,7 +162,7 @@ def chunked_token_sums(
     grad_hidden = torch.zeros_like(student_hidden) if needs_grad else None
     grad_weight = torch.zeros_like(weight) if needs_grad else None
     grad_bias = torch.zeros_like(bias) if needs_grad and bias is not None else None
-    problems: set[str] = set()
+    nonfinite = torch.zeros(len(NONFINITE_KINDS), dtype=torch.bool, device=student_hidden.device)
     diag_sums: dict[str, Tensor] = {}
 
     for start in range(0, rows, chunk_size):
@@ -182,7 +188,7 @@ def chunked_token_sums(
         lm_sum += ce.detach().sum()
         if kd is not None:
             kd_sum += kd.detach().sum()
-        problems.update(nonfinite_problems(logits.detach(), teacher_logits))
+        nonfinite |= nonfinite_flags(logits.detach(), teacher_logits)
         if diagnostics and kd is not None:
             for name, value in kd_diagnostics(config, logits.detach(), teacher_logits, targets[start:end]).items():
                 diag_sums[name] = diag_sums.get(name, 0.0) + value * (end - start)
@@ -191,12 +197,11 @@ def chunked_token_sums(
     loss = total
     if needs_grad:
         loss = _PrecomputedGradient.apply(total, student_hidden, weight, bias, grad_hidden, grad_weight, grad_bias)
-    order = ["NaN in student logits", "+inf in student logits", "NaN in teacher logits", "+inf in teacher logits"]
     return TokenSums(
         loss=loss,
         lm_loss=lm_sum,
         kd_loss=kd_sum,
         tokens=rows,
-        problems=[p for p in order if p in problems],
+        nonfinite=nonfinite,
         diagnostics={k: v / rows for k, v in diag_sums.items()} if diag_sums else None,
     )

@@ -1,19 +1,26 @@
 """The registry of τ-scaled objectives and the config that selects one from YAML.
 
-Adding an objective = one pure function + one ``register(Objective(...))`` line + its tests;
-``DistillModule`` never changes. ``LossConfig`` is what LightningCLI builds from ``model.loss``::
+Adding an objective = one pure function + one ``register(Objective(...))`` call that declares its
+hyperparameters (``HParam``: field, keyword argument, default, range, doc) + its tests. Everything else
+follows from the registry: ``LossConfig``'s fields, their range checks and ``--help`` texts, the
+``python -m lit_kd objectives`` table; ``DistillModule`` never changes. An objective registered later (a
+plugin module imported before the CLI runs) is usable the same way. ``LossConfig`` is what LightningCLI
+builds from ``model.loss``::
 
     model:
       loss:
-        name: rkl
+        name: js
         tau: 2.0
+        js_beta: 0.5
 """
 
 from __future__ import annotations
 
+import inspect
+import keyword
 import math
-from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -29,26 +36,78 @@ from lit_kd.losses.tvd import tvd
 
 
 @dataclass(frozen=True)
+class HParam:
+    """One hyperparameter of an objective, declared once: the ``LossConfig`` field that holds it
+    (``model.loss.<field>``), the keyword argument of the objective's function it feeds, its default, a
+    one-line doc, and its valid range (``low``/``high``, each end closed unless ``open_*``; the default
+    range is any finite value)."""
+
+    field: str
+    kwarg: str
+    default: float
+    doc: str
+    low: float = -math.inf
+    high: float = math.inf
+    open_low: bool = False
+    open_high: bool = False
+
+    @property
+    def interval(self) -> str:
+        """The valid range as errors write it: ``[0.0, 1.0]``, ``(0.0, inf]``, ..."""
+        return f"{'(' if self.open_low else '['}{float(self.low)}, {float(self.high)}{')' if self.open_high else ']'}"
+
+    @property
+    def range_text(self) -> str:
+        """The valid range as help and tables write it: ``[0.0, 1.0]``, ..., ``(-inf, inf)`` for any finite value."""
+        return "(-inf, inf)" if self.low == -math.inf and self.high == math.inf else self.interval
+
+    def check(self, value: Any) -> None:
+        """Raise a ``ConfigError`` naming ``model.loss.<field>`` unless ``value`` is a finite number in range."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"model.loss.{self.field} must be a finite number, got {value!r}")
+        low, high = self.low, self.high
+        if value < low or value > high or (self.open_low and value == low) or (self.open_high and value == high):
+            raise ConfigError(f"model.loss.{self.field} must be in {self.interval}, got {value}")
+
+
+@dataclass(frozen=True)
 class Objective:
-    """A registry entry: the per-token function and how ``LossConfig`` feeds it."""
+    """A registry entry: the per-token function, its formula, and the hyperparameters ``LossConfig`` feeds it."""
 
     name: str
     fn: Callable[..., Tensor]
     formula: str
-    hparams: Mapping[str, str] = field(default_factory=dict)
-    """keyword argument of ``fn`` → the ``LossConfig`` field that supplies it"""
+    hparams: Sequence[HParam] = ()
+    """each hyperparameter of ``fn``, declared once (stored as a tuple)"""
     needs_targets: bool = False
     """whether ``fn`` takes the label token of each row as ``targets``"""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hparams", tuple(self.hparams))
 
 
 OBJECTIVES: dict[str, Objective] = {}
 
+# LossConfig's own fields, before the hyperparameters: (name, type, default, doc; {names} = the registered objectives)
+COMMON_FIELDS: tuple[tuple[str, type, Any, str], ...] = (
+    ("name", str, "fkl", "Objective name in the registry: {names} (listed by `python -m lit_kd objectives`)."),
+    ("tau", float, 1.0, "Distillation temperature τ > 0; teacher and student logits are both divided by it."),
+    (
+        "tau_squared_scaling",
+        bool,
+        False,
+        "Multiply the KD term by τ² (Hinton et al. 2015). Off by default, as in DistiLLM/MiniLLM.",
+    ),
+)
 
-def register(objective: Objective) -> Objective:
-    if objective.name in OBJECTIVES:
-        raise ValueError(f"objective {objective.name!r} is already registered")
-    OBJECTIVES[objective.name] = objective
-    return objective
+
+def registered_hparams() -> dict[str, HParam]:
+    """Every registered objective's hyperparameters by field, in registration order (a shared field once)."""
+    hparams: dict[str, HParam] = {}
+    for objective in OBJECTIVES.values():
+        for hparam in objective.hparams:
+            hparams.setdefault(hparam.field, hparam)
+    return hparams
 
 
 def get_objective(name: str) -> Objective:
@@ -60,56 +119,13 @@ def get_objective(name: str) -> Objective:
         raise ConfigError(f"unknown distillation loss {name!r}; valid names: {valid}") from None
 
 
-register(Objective("fkl", fkl, "KL(p‖q) = Σ p (log p − log q)"))
-register(Objective("rkl", rkl, "KL(q‖p) = Σ q (log q − log p)"))
-register(Objective("sym_kl", sym_kl, "w·FKL + (1 − w)·RKL", {"weight": "sym_kl_weight"}))
-register(Objective("js", js, "β·KL(p‖M) + (1 − β)·KL(q‖M), M = βp + (1 − β)q", {"beta": "js_beta"}))
-register(Objective("tvd", tvd, "½ Σ |p − q|"))
-register(Objective("sfkl", sfkl, "KL(p ‖ αp + (1 − α)q)", {"alpha": "skew_alpha"}))
-register(Objective("srkl", srkl, "KL(q ‖ (1 − α)p + αq)", {"alpha": "skew_alpha"}))
-register(Objective("akl", akl, "w_head·FKL + w_tail·RKL, weights from p's head/tail gaps at mass μ", {"mu": "akl_mu"}))
-register(
-    Objective(
-        "ab", ab, "−1/(αβ) Σ [p^α q^β − α/(α+β) p^(α+β) − β/(α+β) q^(α+β)]", {"alpha": "ab_alpha", "beta": "ab_beta"}
-    )
-)
-register(
-    Objective("drkl", drkl, "KL(b_q‖b_p) + γ·KL(q̂‖p̂), t = label token", {"gamma": "drkl_gamma"}, needs_targets=True)
-)
-
-
-def _check_range(name: str, value: float, low: float, high: float, open_low: bool = False, open_high: bool = False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"model.loss.{name} must be a finite number, got {value!r}")
-    if value < low or value > high or (open_low and value == low) or (open_high and value == high):
-        interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
-        raise ConfigError(f"model.loss.{name} must be in {interval}, got {value}")
-
-
-@dataclass
 class LossConfig:
-    """The distillation objective, its temperature τ and its hyperparameters (all checked on creation)."""
+    """The distillation objective, its temperature τ and its hyperparameters (all checked on creation).
 
-    name: str = "fkl"
-    """Objective name in the registry (see README): fkl, rkl, ..."""
-    tau: float = 1.0
-    """Distillation temperature τ > 0; teacher and student logits are both divided by it."""
-    tau_squared_scaling: bool = False
-    """Multiply the KD term by τ² (Hinton et al. 2015). Off by default, as in DistiLLM/MiniLLM."""
-    sym_kl_weight: float = 0.5
-    """sym_kl: weight w of FKL (1 − w on RKL), in [0, 1]; 0.5 as in [T] App. A."""
-    js_beta: float = 0.1
-    """js: mixture weight β of the teacher in M = βp + (1 − β)q, in (0, 1); 0.1 is DistiLLM's convention."""
-    skew_alpha: float = 0.1
-    """sfkl/srkl: skew α in [0, 1] (SFKL mixes α·p, SRKL mixes α·q); 0.1 as in DistiLLM."""
-    akl_mu: float = 0.5
-    """akl: cumulative teacher mass μ in [0, 1] that bounds the head."""
-    ab_alpha: float = 0.2
-    """ab: α of the AB-divergence (any finite value; limits handled)."""
-    ab_beta: float = 0.7
-    """ab: β of the AB-divergence (any finite value; limits handled)."""
-    drkl_gamma: float = 0.5
-    """drkl: weight γ > 0 of the non-target KL. PROVISIONAL default (see README)."""
+    A dataclass whose fields (and this docstring's ``Args:``, which ``--help`` shows) are made from the
+    registry by ``register``: ``name``, ``tau``, ``tau_squared_scaling``, then each registered
+    hyperparameter, e.g. ``js_beta``.
+    """
 
     def __post_init__(self) -> None:
         try:
@@ -122,21 +138,176 @@ class LossConfig:
             raise ConfigError(f"model.loss.tau: {err}") from None
         if not isinstance(self.tau_squared_scaling, bool):
             raise ConfigError(f"model.loss.tau_squared_scaling must be true or false, got {self.tau_squared_scaling!r}")
-        _check_range("sym_kl_weight", self.sym_kl_weight, 0.0, 1.0)
-        _check_range("js_beta", self.js_beta, 0.0, 1.0, open_low=True, open_high=True)
-        _check_range("skew_alpha", self.skew_alpha, 0.0, 1.0)
-        _check_range("akl_mu", self.akl_mu, 0.0, 1.0)
-        _check_range("ab_alpha", self.ab_alpha, -math.inf, math.inf)
-        _check_range("ab_beta", self.ab_beta, -math.inf, math.inf)
-        _check_range("drkl_gamma", self.drkl_gamma, 0.0, math.inf, open_low=True)
+        for hparam in registered_hparams().values():
+            hparam.check(getattr(self, hparam.field))
 
     @property
     def objective(self) -> Objective:
         return get_objective(self.name)
 
+    def objective_hparams(self) -> dict[str, Any]:
+        """The selected objective's hyperparameters as ``{field: value}``, e.g. ``{"js_beta": 0.1}``."""
+        return {hparam.field: getattr(self, hparam.field) for hparam in self.objective.hparams}
+
     def hparam_values(self) -> dict[str, float]:
-        """The keyword arguments this config passes to its objective's function."""
-        return {kw: getattr(self, attr) for kw, attr in self.objective.hparams.items()}
+        """The keyword arguments this config passes to its objective's function, e.g. ``{"beta": 0.1}``."""
+        return {hparam.kwarg: getattr(self, hparam.field) for hparam in self.objective.hparams}
+
+
+_LOSS_CONFIG_SUMMARY = inspect.cleandoc(LossConfig.__doc__ or "")
+
+
+def _loss_config_doc() -> str:
+    """``LossConfig``'s docstring with an ``Args:`` line per field: jsonargparse's help text for each option."""
+    names = ", ".join(OBJECTIVES)
+    lines = [_LOSS_CONFIG_SUMMARY, "", "Args:"]
+    lines += [f"    {name}: {doc.format(names=names)}" for name, _, _, doc in COMMON_FIELDS]
+    for field, hparam in registered_hparams().items():
+        users = "/".join(o.name for o in OBJECTIVES.values() if any(h.field == field for h in o.hparams))
+        lines.append(f"    {field}: {users}: {hparam.doc} Range: {hparam.range_text}.")
+    return "\n".join(lines) + "\n"
+
+
+def _build_loss_config() -> None:
+    """(Re)make ``LossConfig`` a dataclass of ``COMMON_FIELDS`` then every registered hyperparameter (a float
+    with its default), with the ``Args:`` docstring. In place, not a new class: ``DistillModule``'s annotation,
+    which LightningCLI reads, and every import of ``LossConfig`` keep pointing at the one class."""
+    made_by_dataclass = ("__init__", "__repr__", "__eq__", "__hash__", "__match_args__", "__dataclass_fields__")
+    for attr in (*made_by_dataclass, "__dataclass_params__"):
+        if attr in vars(LossConfig):
+            delattr(LossConfig, attr)
+    annotations: dict[str, type] = {}
+    for name, kind, default, _ in COMMON_FIELDS:
+        annotations[name] = kind
+        setattr(LossConfig, name, default)
+    for field, hparam in registered_hparams().items():
+        annotations[field] = float
+        setattr(LossConfig, field, hparam.default)
+    LossConfig.__annotations__ = annotations
+    LossConfig.__doc__ = _loss_config_doc()
+    dataclass(LossConfig)
+
+
+def _check_declaration(objective: Objective) -> None:
+    """Refuse an entry that ``LossConfig`` could not hold or that contradicts the registry (a ``ValueError``)."""
+    if objective.name in OBJECTIVES:
+        raise ValueError(f"objective {objective.name!r} is already registered")
+    parameters = inspect.signature(objective.fn).parameters
+    known = registered_hparams()
+    fields, kwargs = [h.field for h in objective.hparams], [h.kwarg for h in objective.hparams]
+    if len(set(fields)) < len(fields) or len(set(kwargs)) < len(kwargs):
+        raise ValueError(f"objective {objective.name!r} declares a hyperparameter field or keyword twice")
+    for hparam in objective.hparams:
+        where = f"objective {objective.name!r}, hyperparameter {hparam.field!r}"
+        identifier = hparam.field.isidentifier() and not keyword.iskeyword(hparam.field)
+        common = hparam.field in (name for name, _, _, _ in COMMON_FIELDS)
+        own_attribute = hparam.field not in known and hasattr(LossConfig, hparam.field)  # e.g. a method
+        if not identifier or common or own_attribute:
+            raise ValueError(f"{where}: not usable as a LossConfig field name")
+        if hparam.kwarg not in parameters:
+            raise ValueError(f"{where}: {objective.fn.__name__}() has no parameter {hparam.kwarg!r}")
+        fn_default = parameters[hparam.kwarg].default
+        if fn_default is not inspect.Parameter.empty and fn_default != hparam.default:
+            raise ValueError(f"{where}: default {hparam.default} differs from {objective.fn.__name__}()'s {fn_default}")
+        try:
+            hparam.check(hparam.default)
+        except ConfigError as err:
+            raise ValueError(f"{where}: the default is out of range ({err})") from None
+        if hparam.field in known and replace(known[hparam.field], kwarg=hparam.kwarg) != hparam:
+            raise ValueError(f"{where}: declared differently by another objective: {known[hparam.field]}")
+
+
+def register(objective: Objective) -> Objective:
+    """Add an objective to the registry; its hyperparameters become ``LossConfig`` fields (``model.loss.<field>``)."""
+    _check_declaration(objective)
+    OBJECTIVES[objective.name] = objective
+    _build_loss_config()
+    return objective
+
+
+SKEW_ALPHA = HParam(
+    "skew_alpha", "alpha", 0.1, "skew α (SFKL mixes α·p, SRKL mixes α·q); 0.1 as in DistiLLM.", low=0.0, high=1.0
+)
+"""sfkl and srkl share it (both read ``model.loss.skew_alpha``)."""
+
+register(Objective("fkl", fkl, "KL(p‖q) = Σ p (log p − log q)"))
+register(Objective("rkl", rkl, "KL(q‖p) = Σ q (log q − log p)"))
+register(
+    Objective(
+        "sym_kl",
+        sym_kl,
+        "w·FKL + (1 − w)·RKL",
+        [
+            HParam(
+                "sym_kl_weight",
+                "weight",
+                0.5,
+                "weight w of FKL (1 − w on RKL); 0.5 as in [T] App. A.",
+                low=0.0,
+                high=1.0,
+            )
+        ],
+    )
+)
+register(
+    Objective(
+        "js",
+        js,
+        "β·KL(p‖M) + (1 − β)·KL(q‖M), M = βp + (1 − β)q",
+        [
+            HParam(
+                "js_beta",
+                "beta",
+                0.1,
+                "mixture weight β of the teacher in M = βp + (1 − β)q; 0.1 is DistiLLM's convention.",
+                low=0.0,
+                high=1.0,
+                open_low=True,
+                open_high=True,
+            )
+        ],
+    )
+)
+register(Objective("tvd", tvd, "½ Σ |p − q|"))
+register(Objective("sfkl", sfkl, "KL(p ‖ αp + (1 − α)q)", [SKEW_ALPHA]))
+register(Objective("srkl", srkl, "KL(q ‖ (1 − α)p + αq)", [SKEW_ALPHA]))
+register(
+    Objective(
+        "akl",
+        akl,
+        "w_head·FKL + w_tail·RKL, weights from p's head/tail gaps at mass μ",
+        [HParam("akl_mu", "mu", 0.5, "cumulative teacher mass μ that bounds the head.", low=0.0, high=1.0)],
+    )
+)
+register(
+    Objective(
+        "ab",
+        ab,
+        "−1/(αβ) Σ [p^α q^β − α/(α+β) p^(α+β) − β/(α+β) q^(α+β)]",
+        [
+            HParam("ab_alpha", "alpha", 0.2, "α of the AB-divergence (limits handled)."),
+            HParam("ab_beta", "beta", 0.7, "β of the AB-divergence (limits handled)."),
+        ],
+    )
+)
+register(
+    Objective(
+        "drkl",
+        drkl,
+        "KL(b_q‖b_p) + γ·KL(q̂‖p̂), t = label token",
+        [
+            HParam(
+                "drkl_gamma",
+                "gamma",
+                0.5,
+                "weight γ of the non-target KL. PROVISIONAL default (see README).",
+                low=0.0,
+                open_low=True,
+            )
+        ],
+        needs_targets=True,
+    )
+)
 
 
 def per_token_divergence(

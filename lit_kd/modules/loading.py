@@ -12,7 +12,8 @@ import torch
 
 from lit_kd.errors import CheckpointError, ConfigError, LitKDError
 from lit_kd.models import ModelConfig, load_model, load_tokenizer
-from lit_kd.modules.distill import HPARAMS_KEY, DistillModule, check_student_state
+from lit_kd.modules.distill import DistillModule
+from lit_kd.modules.state import HPARAMS_KEY, check_student_state
 from lit_kd.utils.yaml_files import load_yaml_file
 
 # what rebuilds a module: its own arguments, but not those of training only (optimizer, schedule, student-sampled
@@ -20,7 +21,7 @@ from lit_kd.utils.yaml_files import load_yaml_file
 MODULE_ARGS = tuple(
     name
     for name in inspect.signature(DistillModule.__init__).parameters
-    if name not in ("self", "optimizer", "lr_scheduler", "teacher_cache", "policy")
+    if name not in ("self", "optimizer", "lr_scheduler", "teacher_cache", "policy", "max_length")
 )
 
 

@@ -28,14 +28,15 @@ class StepNormalizer:
 
     def reset(self) -> None:
         self.tokens = 0
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, Tensor] = {}  # kept on the device: no host sync per micro-batch
 
     def add(self, sums: TokenSums) -> None:
         self.tokens += sums.tokens
         for name in SUM_NAMES:
             value = getattr(sums, name)
             if value is not None:
-                self.sums[name] = self.sums.get(name, 0.0) + float(value.detach())
+                value = value.detach().to(torch.float64)
+                self.sums[name] = self.sums[name] + value if name in self.sums else value
 
     def finish(
         self,
@@ -47,8 +48,12 @@ class StepNormalizer:
         """Rescale the accumulated gradients by ``grad_scale / N_step`` (``grad_scale`` = A·W) and return the
         step's token means ``{loss, kd_loss, lm_loss}`` over all processes. ``reduce_sum`` all-reduces a tensor."""
         names = SUM_NAMES  # the same length on every process, whatever each one saw
-        local = [float(self.tokens)] + [self.sums.get(name, 0.0) for name in names]
-        total = reduce_sum(torch.tensor(local, dtype=torch.float64, device=device))
+        local = torch.zeros(len(names) + 1, dtype=torch.float64, device=device)
+        local[0] = self.tokens
+        for i, name in enumerate(names):
+            if name in self.sums:
+                local[i + 1] = self.sums[name]
+        total = reduce_sum(local)
         tokens = float(total[0])
         self.reset()
         if tokens == 0:

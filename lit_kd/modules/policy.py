@@ -24,11 +24,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import lightning as L
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_kd.data.collate import PadCollator
-from lit_kd.data.tokenize import IGNORE_INDEX
+from lit_kd.data.tokenize import IGNORE_INDEX, prompt_end
 from lit_kd.errors import ConfigError
 from lit_kd.eval.generate import SamplingConfig, generate_ids
 
@@ -112,7 +113,7 @@ class StudentPolicy:
             return batch, 0
         seed = int(torch.randint(0, 2**31 - 1, (), generator=self.generator))
         labels, lengths = batch["labels"], batch["attention_mask"].sum(dim=1).tolist()
-        prompts = [batch["input_ids"][r, : first_supervised(labels[r])].tolist() for r in rows]
+        prompts = [batch["input_ids"][r, : prompt_end(labels[r])].tolist() for r in rows]
         limit = self.max_length or max(lengths)
         sampling = self.config.sampling
         settings = SamplingConfig(
@@ -167,6 +168,15 @@ class StudentPolicy:
             self.generator.set_state(state["generator"])
 
 
-def first_supervised(labels: torch.Tensor) -> int:
-    """Index of a row's first supervised label: where its prompt ends."""
-    return int((labels != IGNORE_INDEX).nonzero()[0])
+
+class AdaptivePolicy(L.Callback):
+    """Applies the adaptive rule (``StudentPolicy.after_validation``) to the ``val/loss`` each validation of a fit
+    logs. ``DistillModule`` adds it when ``model.policy.adaptive`` is set."""
+
+    def __init__(self, policy: StudentPolicy) -> None:
+        self.policy = policy
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("val/loss")
+        if not trainer.sanity_checking and trainer.state.fn == "fit" and loss is not None:
+            self.policy.after_validation(float(loss))

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from lit_kd.data.prompt import PROMPT_NO_INPUT, PROMPT_WITH_INPUT
-from lit_kd.data.tokenize import IGNORE_INDEX, records_fingerprint, tokenizer_fingerprint
+from lit_kd.data.tokenize import DataFingerprints, records_fingerprint, response_mask, tokenizer_fingerprint
 from lit_kd.errors import CacheError
 from lit_kd.models.config import ModelConfig
 from lit_kd.models.head import OutputHead
@@ -112,20 +112,26 @@ def template_fingerprint() -> str:
     return hashlib.sha256((PROMPT_NO_INPUT + "\0" + PROMPT_WITH_INPUT).encode()).hexdigest()[:16]
 
 
-def cache_key(teacher: ModelConfig, tokenizer: Any, records: dict[str, list[dict]], max_length: int) -> CacheKey:
-    """The key of a cache for this teacher, tokenizer and data (the records of each split, ``max_length``)."""
+def cache_key(
+    teacher: ModelConfig,
+    tokenizer: Any,
+    records: dict[str, list[dict]],
+    max_length: int,
+    fingerprints: Optional[DataFingerprints] = None,
+) -> CacheKey:
+    """The key of a cache for this teacher, tokenizer and data (the records of each split, ``max_length``);
+    ``fingerprints``: the tokenizer's and the splits' hashes when already computed."""
+    if fingerprints is None:
+        fingerprints = DataFingerprints(
+            tokenizer_fingerprint(tokenizer), {name: records_fingerprint(rows) for name, rows in records.items()}
+        )
     return CacheKey(
         teacher=teacher_identity(teacher),
-        tokenizer=tokenizer_fingerprint(tokenizer)[:16],
+        tokenizer=fingerprints.tokenizer[:16],
         template=template_fingerprint(),
         max_length=int(max_length),
-        splits={name: records_fingerprint(rows)[:16] for name, rows in records.items()},
+        splits={name: fingerprints.splits[name][:16] for name in records},
     )
-
-
-def response_rows(labels: Tensor) -> Tensor:
-    """Mask ``[B, T-1]`` of the positions that predict a response token (label of the next position set)."""
-    return labels[:, 1:] != IGNORE_INDEX
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -302,7 +308,7 @@ def build_teacher_cache(
             for batch in make_batches():
                 with torch.no_grad():
                     hidden = hidden_fn(batch)[:, :-1]
-                mask = response_rows(batch["labels"]).to(hidden.device)
+                mask = response_mask(batch["labels"]).to(hidden.device)
                 for row in range(hidden.shape[0]):
                     rows = hidden[row][mask[row]].to("cpu", CACHE_DTYPES[dtype])
                     buffer.append(rows)

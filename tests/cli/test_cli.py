@@ -8,7 +8,8 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lit_kd.cli import LitKDCLI, cli_main, main
+from lit_kd.cli import COMMANDS, main
+from lit_kd.training import build
 from lit_kd.losses import OBJECTIVES
 from tests.conftest import DEMO_DATA, ROOT
 
@@ -26,7 +27,7 @@ def config_stack(config):
 def resolved(capsys, *configs, extra=()) -> dict:
     args = [item for path in configs for item in ("--config", str(path))]
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", *args, *extra, "--print_config"])
+        build(subcommand="fit", args=[*args, *extra, "--print_config"])
     assert exit_info.value.code in (0, None)
     return yaml.safe_load(capsys.readouterr().out)
 
@@ -87,14 +88,27 @@ def test_paper_runs_resolve_as_before_the_layered_configs(capsys, pair, objectiv
     assert found == MEANT_TO_DIFFER, found
 
 
+def test_the_readme_lists_every_command_and_predict_is_not_one(capsys):
+    readme = (ROOT / "README.md").read_text()
+    one_cli = readme[readme.index("**One CLI.**") : readme.index("**Layered configs.**")]
+    for name in COMMANDS:
+        assert f"`{name}`" in one_cli, name
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--config", str(ROOT / "configs" / "tiny.yaml")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lit_kd: error:") and "predict" in err and "Traceback" not in err
+
+
 def test_every_command_is_a_subcommand_of_one_parser(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     listing = capsys.readouterr().out
-    commands = ["fit", "validate", "test", "predict", "demo", "cache-teacher", "generate-data", "evaluate", "export",
+    commands = ["fit", "validate", "test", "demo", "cache-teacher", "generate-data", "evaluate", "export",
                 "sweep", "report", "objectives"]  # fmt: skip
+    assert list(COMMANDS) == commands
     for command in commands:
-        assert f"    {command} " in listing, command
+        assert f"    {command} " in listing and COMMANDS[command].help in " ".join(listing.split()), command
     with pytest.raises(SystemExit):
         main(["sweep", "--help"])
     sweep_help = capsys.readouterr().out
@@ -150,20 +164,20 @@ def test_no_private_lightning_api_is_used_or_overridden():
 def test_print_config_reflects_overrides(capsys):
     args = ["fit", "--config", str(ROOT / "configs/tiny.yaml"), "--model.loss.name", "rkl", "--model.loss.tau", "2.5"]
     with pytest.raises(SystemExit):
-        cli_main([*args, "--print_config"])
+        build(args[1:] + ["--print_config"], subcommand=args[0])
     loss = yaml.safe_load(capsys.readouterr().out)["model"]["loss"]
     assert loss["name"] == "rkl" and loss["tau"] == 2.5 and loss["tau_squared_scaling"] is False
     assert loss["js_beta"] == 0.1  # every hyperparameter is written out in the resolved config
 
 
 def test_a_loss_swap_by_flag_reaches_the_module(tiny_args):
-    cli = LitKDCLI(args=[*tiny_args, "--model.loss.name", "rkl", "--model.loss.tau", "2.5"], run=False)
-    assert cli.model.loss_config.name == "rkl" and cli.model.loss_config.tau == 2.5
-    assert cli.datamodule.tokenizer is cli.model.tokenizer  # connected by the CLI
+    cli = build(args=[*tiny_args, "--model.loss.name", "rkl", "--model.loss.tau", "2.5"])
+    assert cli.module.loss_config.name == "rkl" and cli.module.loss_config.tau == 2.5
+    assert cli.datamodule.tokenizer is cli.module.tokenizer  # connected by the CLI
 
 
 def test_fit_then_validate_and_test_from_the_checkpoint(tmp_path, tiny_args):
-    fit = cli_main(["fit", *tiny_args, "--model.loss.name", "rkl", "--model.loss.tau", "2.5"])
+    fit = build(subcommand="fit", args=[*tiny_args, "--model.loss.name", "rkl", "--model.loss.tau", "2.5"])
     log_dir = tmp_path / "logs" / "tiny" / "version_0"
     assert fit.trainer.log_dir == str(log_dir)
     assert list(log_dir.glob("events.out.tfevents.*"))
@@ -187,12 +201,12 @@ def test_fit_then_validate_and_test_from_the_checkpoint(tmp_path, tiny_args):
 
     assert fit.trainer.checkpoint_callback.monitor == "val/rougeL" and "val/rougeL" in tags
     last = str(log_dir / "checkpoints" / "last.ckpt")
-    validated = cli_main(
-        ["validate", *tiny_args, "--model.loss.name", "rkl", "--model.loss.tau", "2.5", "--ckpt_path", last]
+    validated = build(
+        [*tiny_args, "--model.loss.name", "rkl", "--model.loss.tau", "2.5", "--ckpt_path", last], subcommand="validate"
     )
     val_loss = validated.trainer.callback_metrics["val/loss"].item()
     assert val_loss == pytest.approx(fit.trainer.callback_metrics["val/loss"].item(), rel=1e-5)  # the trained student
-    tested = cli_main(["test", *tiny_args, "--ckpt_path", best])
+    tested = build(subcommand="test", args=[*tiny_args, "--ckpt_path", best])
     assert tested.trainer.callback_metrics["test/loss"].item() > 0
 
     # evaluate and export the distilled student straight from its checkpoint
@@ -212,11 +226,11 @@ def test_fit_then_validate_and_test_from_the_checkpoint(tmp_path, tiny_args):
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_every_objective_trains_through_the_cli(tmp_path, tiny_args, name):
-    run = cli_main(
-        ["fit", *tiny_args, "--model.loss.name", name, "--model.loss.tau", "2.0"]
+    run = build(
+        subcommand="fit", args=[*tiny_args, "--model.loss.name", name, "--model.loss.tau", "2.0"]
         + ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.log_every_n_steps", "1"]
     )
-    assert run.model.loss_config.name == name
+    assert run.module.loss_config.name == name
     metrics = run.trainer.callback_metrics
     assert torch.isfinite(metrics["train/kd_loss"]) and metrics["train/kd_loss"] > 0
     assert torch.isfinite(metrics["val/loss"]) and torch.isfinite(metrics["diag/kd_grad_nontarget_norm"])
@@ -248,12 +262,9 @@ def test_bad_input_is_one_clear_line(tiny_args, capsys, override, message):
 
 
 def test_switching_off_checkpointing_and_the_progress_bar(tiny_args):
-    cli = LitKDCLI(
-        args=[*tiny_args, "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false"],
-        run=False,
-    )
+    cli = build(args=[*tiny_args, "--trainer.enable_checkpointing", "false", "--trainer.enable_progress_bar", "false"])
     assert cli.trainer.checkpoint_callback is None and cli.trainer.progress_bar_callback is None
-    default = LitKDCLI(args=tiny_args, run=False)
+    default = build(args=tiny_args)
     assert default.trainer.checkpoint_callback.monitor == "val/rougeL"  # tiny.yaml: best validation ROUGE-L
     checkpoints = [c for c in default.trainer.callbacks if isinstance(c, ModelCheckpoint)]
     # best, then the latest as last.ckpt (LastCheckpoint runs after the best one has recorded each epoch)

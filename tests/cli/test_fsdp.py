@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_kd.cli import cli_main
+from lit_kd.training import build
 from tests.conftest import ROOT
 
 
 @pytest.mark.gpu
 def test_fsdp_fits_a_few_steps_with_a_sharded_student_and_a_frozen_teacher(tiny_args, tmp_path):
-    run = cli_main(
-        [
-            "fit",
+    run = build(
+        subcommand="fit",
+        args=[
             *tiny_args,
             "--config",
             str(ROOT / "configs" / "strategies" / "fsdp.yaml"),
@@ -27,7 +27,7 @@ def test_fsdp_fits_a_few_steps_with_a_sharded_student_and_a_frozen_teacher(tiny_
             "4",
         ]  # fmt: skip
     )
-    trainer, module = run.trainer, run.model
+    trainer, module = run.trainer, run.module
     assert type(trainer.strategy).__name__ == "FSDPStrategy" and trainer.global_step == 4
     assert type(trainer.strategy.model).__name__ == "FullyShardedDataParallel"
     wrapped = {id(p) for p in trainer.strategy.model.parameters()}

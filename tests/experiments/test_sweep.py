@@ -3,7 +3,6 @@ runs are skipped on restart, the report has every cell and non-empty figures."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -12,8 +11,10 @@ import yaml
 
 from lit_kd.cli import main
 from lit_kd.errors import ConfigError
+from lit_kd.experiments.plan import load_plan
+from lit_kd.experiments.records import RunSpec, RunStatus, SweepEval, SweepPlan
 from lit_kd.experiments.report import Report, RunRecord, collect
-from lit_kd.experiments.sweep import RunSpec, Sweep, SweepEval
+from lit_kd.experiments.sweep import Sweep
 from tests.conftest import DEMO_DATA, ROOT, TINY_TOKENIZER, write_jsonl
 
 
@@ -53,18 +54,18 @@ def test_sweep_records_failures_skips_finished_runs_and_reports(tmp_path, monkey
         objective_configs=str(tmp_path / "objectives"),
     )  # fmt: skip
     results = sweep.run()
-    states = {(r["spec"]["objective"], r["spec"]["tau"]): r["state"] for r in results}
+    states = {(r.spec.objective, r.spec.tau): r.state for r in results}
     assert states == {("fkl", 1.0): "done", ("fkl", 2.0): "done", ("rkl", 1.0): "failed", ("rkl", 2.0): "failed"}
-    failed = json.loads((tmp_path / "sweep" / "rkl" / "tau_1" / "seed_10" / "status.json").read_text())
-    assert failed["stage"] == "fit" and any("skew_alpha must be in [0.0, 1.0]" in line for line in failed["log_tail"])
-    done = json.loads((tmp_path / "sweep" / "fkl" / "tau_2" / "seed_10" / "status.json").read_text())
-    assert Path(done["checkpoint"]).is_file() and (Path(done["eval_dir"]) / "results.json").is_file()
+    failed = RunStatus.read(tmp_path / "sweep" / "rkl" / "tau_1" / "seed_10" / "status.json")
+    assert failed.stage == "fit" and any("skew_alpha must be in [0.0, 1.0]" in line for line in failed.log_tail)
+    done = RunStatus.read(tmp_path / "sweep" / "fkl" / "tau_2" / "seed_10" / "status.json")
+    assert Path(done.checkpoint).is_file() and (Path(done.eval_dir) / "results.json").is_file()
 
     # a restart skips the finished runs: their logs are not touched again
     fit_log = tmp_path / "sweep" / "fkl" / "tau_1" / "seed_10" / "fit.log"
     size = fit_log.stat().st_size
     again = Sweep.load(str(tmp_path / "sweep"))
-    assert again.run_one(again.runs[0])["state"] == "done" and fit_log.stat().st_size == size
+    assert again.run_one(again.runs[0]).state == "done" and fit_log.stat().st_size == size
 
     capsys.readouterr()
     main(["report", str(tmp_path / "sweep")])
@@ -77,8 +78,8 @@ def test_sweep_records_failures_skips_finished_runs_and_reports(tmp_path, monkey
 
     # a run that has started and not finished is reported as such, not as a failure
     status = tmp_path / "sweep" / "rkl" / "tau_2" / "seed_10" / "status.json"
-    status.write_text(json.dumps({"state": "running", "started": "2026-11-29 21:58:20"}))
-    _, problems = collect(Sweep.load(str(tmp_path / "sweep")))
+    RunStatus("running", sweep.runs[3], started="2026-11-29 21:58:20").write(status)
+    _, problems = collect(tmp_path / "sweep", load_plan(tmp_path / "sweep"))
     assert "rkl/tau_2/seed_10: started 2026-11-29 21:58:20, not finished (running now, or interrupted" in problems[-1]
 
 
@@ -99,11 +100,11 @@ def test_slurm_launcher_writes_one_config_per_run_and_runs_nothing(tmp_path, cap
           "--out", str(tmp_path / "s"), "--launcher", "slurm",
           "--fit_args", "[--trainer.max_epochs,2,--trainer.deterministic,true,--model.optimizer.init_args.lr,0.001]",
           "--seqkd_args", "[--sampling.max_new_tokens,64]"])  # fmt: skip
-    plan = json.loads((tmp_path / "s" / "sweep.json").read_text())  # numbers and booleans kept as written
-    assert plan["fit_args"] == [
+    plan = SweepPlan.read(tmp_path / "s" / "sweep.json")  # numbers and booleans kept as written
+    assert plan.fit_args == [
         "--trainer.max_epochs", "2", "--trainer.deterministic", "true", "--model.optimizer.init_args.lr", "0.001"
     ]  # fmt: skip
-    assert plan["seqkd_args"] == ["--sampling.max_new_tokens", "64"]
+    assert plan.seqkd_args == ["--sampling.max_new_tokens", "64"]
     runs = sorted((tmp_path / "s" / "runs").glob("*.yaml"))
     assert len(runs) == 8
     run = yaml.safe_load((tmp_path / "s" / "runs" / "5.yaml").read_text())
@@ -123,7 +124,7 @@ def test_the_whole_chain_teacher_sft_export_sweep_report(tmp_path, monkeypatch):
     sft["model"]["student"] = {"config": teacher_source["config"], "tokenizer": teacher_source["tokenizer"]}
     sft["trainer"]["limit_train_batches"] = 6
     sft["trainer"]["callbacks"] = [
-        {"class_path": "lit_kd.cli.callbacks.ExportBest", "init_args": {"out_dir": str(tmp_path / "teacher-sft")}}
+        {"class_path": "lit_kd.training.ExportBest", "init_args": {"out_dir": str(tmp_path / "teacher-sft")}}
     ]
     sft["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "logs")
     (tmp_path / "sft.yaml").write_text(yaml.safe_dump(sft))
@@ -134,8 +135,8 @@ def test_the_whole_chain_teacher_sft_export_sweep_report(tmp_path, monkeypatch):
     main(["sweep", "--base", f"[{base}]", "--objectives", "[fkl,rkl]", "--taus", "[1.0,2.0]", "--seeds", "[10,20]",
           "--out", str(tmp_path / "sweep"), "--evaluation.benchmarks", "[dolly]",
           "--evaluation.data_dir", str(benchmark_dir(tmp_path)), "--evaluation.max_new_tokens", "4"])  # fmt: skip
-    statuses = [json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/tau_*/seed_*/status.json")]
-    assert len(statuses) == 8 and all(s["state"] == "done" for s in statuses)
+    statuses = [RunStatus.read(p) for p in (tmp_path / "sweep").glob("*/tau_*/seed_*/status.json")]
+    assert len(statuses) == 8 and all(s.state == "done" for s in statuses)
     main(["report", str(tmp_path / "sweep")])
     report = (tmp_path / "sweep" / "report.md").read_text()
     table = report.split("## Table 1")[1].split("##")[0]
@@ -153,14 +154,14 @@ def test_a_run_whose_evaluation_failed_is_not_fitted_again(tmp_path, monkeypatch
     missing = SweepEval(benchmarks=["dolly"], data_dir=str(tmp_path / "not-yet"), max_new_tokens=4)
     sweep = Sweep.create(str(tmp_path / "s"), [str(base)], ["fkl"], [1.0], [10], missing)
     first = sweep.run_one(sweep.runs[0])
-    assert first["state"] == "failed" and first["stage"] == "evaluate"
+    assert first.state == "failed" and first.stage == "evaluate"
     write_jsonl(tmp_path / "not-yet" / "dolly" / "valid.jsonl", [{"instruction": "q?", "output": "a."}])
     leftover = tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "eval" / "partial.txt"  # an earlier attempt's output
     leftover.parent.mkdir()
     leftover.write_text("kept")
     second = Sweep.load(str(tmp_path / "s")).run_one(sweep.runs[0])
-    assert second["state"] == "done"
-    assert Path(second["eval_dir"]).name == "eval-2" and leftover.read_text() == "kept"
+    assert second.state == "done"
+    assert Path(second.eval_dir).name == "eval-2" and leftover.read_text() == "kept"
     fit_log = (tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "fit.log").read_text()
     assert fit_log.count("$ ") == 1  # the finished fit was reused, not repeated
     eval_log = (tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "eval.log").read_text()
@@ -169,9 +170,9 @@ def test_a_run_whose_evaluation_failed_is_not_fitted_again(tmp_path, monkeypatch
 
 def test_a_report_without_tau_1_runs_has_no_heatmap(tmp_path):
     runs = [RunSpec(i, objective, 2.0, 10) for i, objective in enumerate(["fkl", "rkl"])]
-    sweep = Sweep(tmp_path, ["base.yaml"], runs, SweepEval(benchmarks=["dolly"]))
+    plan = SweepPlan(["base.yaml"], runs, SweepEval(benchmarks=["dolly"]))
     records = [RunRecord(r.objective, r.tau, r.seed, {"dolly": 5.0 + r.index}, 6.0) for r in runs]
-    report = Report(sweep, records, [])
+    report = Report(tmp_path, plan, records, [])
     figures = report.figures(tmp_path)
     assert sorted(figures) == ["diagnostics", "figure1"] and not (tmp_path / "heatmap_gain.png").exists()
     markdown = report.markdown(figures)
@@ -223,9 +224,9 @@ def test_an_interrupted_run_resumes_in_its_own_version_directory(tmp_path, monke
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)  # the sweep process and its fit child
     process.wait()
-    assert json.loads((tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "status.json").read_text())["state"] == "running"
+    assert RunStatus.read(tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "status.json").state == "running"
     status = Sweep.load(str(tmp_path / "s")).run_one(sweep.runs[0])
-    assert status["state"] == "done" and status["fit_dir"].endswith("version_0")
+    assert status.state == "done" and status.fit_dir.endswith("version_0")
     fit_log = (tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / "fit.log").read_text()
     commands = [line for line in fit_log.splitlines() if line.startswith("$ ")]
     assert len(commands) == 2 and "--ckpt_path last" not in commands[0] and "--ckpt_path last" in commands[1]
@@ -255,7 +256,7 @@ def test_two_sweeps_started_together_on_one_directory_one_runs_the_other_refuses
     assert [p.name for p in (run / "fit").iterdir()] == ["version_0"]  # fitted once
     assert sorted(p.name for p in run.glob("eval*")) == ["eval", "eval.log"]  # evaluated once
     assert (run / "fit.log").read_text().count("$ ") == 1
-    assert json.loads((run / "status.json").read_text())["state"] == "done"
+    assert RunStatus.read(run / "status.json").state == "done"
     assert not (tmp_path / "s" / ".lock").exists() and not (run / ".lock").exists()  # released
 
 
@@ -271,7 +272,7 @@ def test_array_tasks_lock_their_own_run_not_the_sweep(tmp_path, monkeypatch, cap
     )  # fmt: skip
     with sweep.owned():  # a local sweep owns the directory ...
         # ... an array task running another run is not held up by it
-        assert Sweep.load(str(tmp_path / "s")).run_one(sweep.runs[1])["state"] == "failed"
+        assert Sweep.load(str(tmp_path / "s")).run_one(sweep.runs[1]).state == "failed"
     with DirectoryLock(tmp_path / "s" / "fkl" / "tau_1" / "seed_10" / ".lock", "x"):  # run 0 is taken
         with pytest.raises(SystemExit) as exit_info:
             main(["sweep", "--resume", str(tmp_path / "s"), "--index", "0"])
@@ -306,7 +307,7 @@ def test_a_sweep_builds_the_teacher_cache_once_and_every_run_reads_it(tmp_path, 
         str(tmp_path / "s"), [str(base)], ["fkl", "rkl"], [1.0, 2.0], [10], evaluation(tmp_path), teacher_cache="auto"
     )
     results = sweep.run()
-    assert [r["state"] for r in results] == ["done"] * 4
+    assert [r.state for r in results] == ["done"] * 4
     cache = tmp_path / "s" / "teacher_cache"
     assert (cache / "manifest.json").is_file()
     assert (tmp_path / "s" / "teacher_cache.log").read_text().count("$ ") == 1  # built once
@@ -325,8 +326,8 @@ def test_a_sweep_builds_the_teacher_cache_once_and_every_run_reads_it(tmp_path, 
         assert params["kd_ratio"] == 1.0 and params["student"] == "cut from the teacher" and params["teacher_cache"]
         assert params["student.layers"] == "[0, 3]" and "loss.skew_alpha" not in params
         assert metrics["hp/best_val_rougeL"] >= 0 and metrics["hp/best_val_loss"] > 0
-        status = json.loads((sweep.run_dir(spec) / "status.json").read_text())
-        assert metrics["hp/best_val_rougeL"] == pytest.approx(status["fit_summary"]["best_model_score"], abs=1e-4)
+        status = RunStatus.read(sweep.run_dir(spec) / "status.json")
+        assert metrics["hp/best_val_rougeL"] == pytest.approx(status.fit_summary.best_model_score, abs=1e-4)
 
 
 def test_the_regime_is_a_grid_axis(tmp_path):
@@ -343,8 +344,10 @@ def test_the_regime_is_a_grid_axis(tmp_path):
         regime = str(ROOT / "configs" / "regimes" / f"{spec.regime}.yaml")
         # the regime comes after the cache flag: on-policy and seq-KD runs switch the cache off again
         assert command.index(regime) > command.index("--model.teacher_cache")
-        if spec.regime == "seqkd":
+        if spec.regime == "seqkd":  # configs/regimes/seqkd.sweep.json requires the teacher's data
             assert f"--data.train={tmp_path / 's' / 'seqkd_data' / 'train.jsonl'}" in command
+        else:
+            assert "--data.raw" not in command
     assert Sweep.load(str(tmp_path / "s")).runs == sweep.runs
     with pytest.raises(ConfigError, match="--regimes: unknown regime 'offline'; the regimes are mixed, off_policy"):
         Sweep.create(str(tmp_path / "t"), [str(base)], ["fkl"], [2.0], [10], evaluation(tmp_path), regimes=["offline"])

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_kd.cli.objectives import fixed_input
 from lit_kd.losses import LossConfig, fkl, get_objective, masked_mean, rkl
+from lit_kd.losses.reference import fixed_input
 
 
 # objectives.md §6: (τ = 1, τ = 3, τ = 3 with τ²)

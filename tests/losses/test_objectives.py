@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from lit_kd.cli.objectives import fixed_input, fixed_input_values
 from lit_kd.errors import ConfigError
 from lit_kd.losses import (
     OBJECTIVES,
@@ -29,6 +28,7 @@ from lit_kd.losses import (
     sym_kl,
     tvd,
 )
+from lit_kd.losses.reference import fixed_input, fixed_input_values
 
 NAMES = sorted(OBJECTIVES)
 

@@ -222,11 +222,12 @@ def test_rng_states_travel_with_the_checkpoint(tiny_model_configs):
 
     import numpy as np
 
-    from lit_kd.modules.callbacks import RNGStates
+    from lit_kd.training import Trainer
+    from lit_kd.training.state import RNGStates, ScheduleHorizon
 
-    teacher_cfg, student_cfg = tiny_model_configs
-    module = DistillModule(student=student_cfg, teacher=teacher_cfg)
-    assert any(isinstance(c, RNGStates) for c in module.configure_callbacks())  # any Trainer running it has it
+    trainer = Trainer(logger=False, enable_checkpointing=False, accelerator="cpu")
+    for needed in (RNGStates, ScheduleHorizon):  # every lit_kd Trainer has them, whatever callbacks it is given
+        assert any(isinstance(c, needed) for c in trainer.callbacks), needed
     torch.manual_seed(5), random.seed(5), np.random.seed(5)
     state = RNGStates().state_dict()
     torch.load(__import__("io").BytesIO(_saved(state)), weights_only=True)  # readable without unpickling code
@@ -295,7 +296,7 @@ def test_nonfinite_logits_raise_or_skip(tmp_path, tiny_model_configs, where):
     trainer = make_trainer(tmp_path, max_steps=3, enable_checkpointing=False)
     with pytest.warns(UserWarning, match="skipping the batch"):
         trainer.fit(skipping, datamodule=make_data(tmp_path, skipping.tokenizer))
-    assert skipping.skipped_batches == 1 and trainer.global_step == 3
+    assert skipping.nonfinite.skipped == 1 and trainer.global_step == 3
     assert all(torch.isfinite(p).all() for p in skipping.student.parameters())
     with pytest.raises(ConfigError, match="nonfinite"):
         DistillModule(student=student_cfg, teacher=teacher_cfg, nonfinite="ignore")

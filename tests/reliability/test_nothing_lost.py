@@ -8,8 +8,9 @@ import os
 import pytest
 import torch
 
-from lit_kd.cli import cli_main, main
-from lit_kd.cli.checkpoint_io import AtomicCheckpointIO
+from lit_kd.cli import main
+from lit_kd.training import build
+from lit_kd.training.checkpoint_io import AtomicCheckpointIO
 from lit_kd.utils.io import atomic_write_text, fresh_directory, numbered_paths
 
 
@@ -52,9 +53,9 @@ def test_fresh_directories_are_never_reused(tmp_path):
 
 def test_a_second_run_gets_its_own_version(tmp_path, tiny_args):
     short = [*tiny_args, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"]
-    first = cli_main(["fit", *short])
+    first = build(subcommand="fit", args=[*short])
     config = (tmp_path / "logs" / "tiny" / "version_0" / "config.yaml").read_text()
-    second = cli_main(["fit", *short])
+    second = build(subcommand="fit", args=[*short])
     assert first.trainer.log_dir != second.trainer.log_dir
     assert (tmp_path / "logs" / "tiny" / "version_0" / "config.yaml").read_text() == config
     assert (tmp_path / "logs" / "tiny" / "version_1" / "checkpoints" / "last.ckpt").is_file()

@@ -15,14 +15,18 @@ import pytest
 import torch
 import yaml
 
+from lit_kd.experiments.records import FIT_SUMMARY_FILE, FitSummary
 from tests.conftest import DEMO_DATA, ROOT, TINY_TOKENIZER
 
 STEPS_PER_EPOCH = 4
 EPOCHS = 3
 
 
-def fit_command(tmp_path: Path, name: str, *extra: str, kill: dict | None = None) -> list[str]:
+def fit_command(
+    tmp_path: Path, name: str, *extra: str, kill: dict | None = None, probes: tuple[dict, ...] = ()
+) -> list[str]:
     callbacks = [{"class_path": "tests.probes.LossRecorder", "init_args": {"out_dir": str(tmp_path / name)}}]
+    callbacks += list(probes)
     if kill is not None:
         callbacks.append({"class_path": "tests.probes.KillAt", "init_args": kill})
     probe = tmp_path / f"{name}-{'kill' if kill else 'run'}.yaml"
@@ -53,12 +57,12 @@ def outcome(folder: Path, logs: Path) -> dict:
     losses = {r["step"]: r["loss"] for r in map(json.loads, (folder / "losses.jsonl").read_text().splitlines())}
     validation = {r["epoch"]: r for r in map(json.loads, (folder / "validation.jsonl").read_text().splitlines())}
     (version,) = (logs / "tiny").glob("version_*")
-    summary = json.loads((version / "fit_summary.json").read_text())
+    summary = FitSummary.read(version / FIT_SUMMARY_FILE)
     return {
         "losses": losses,
         "validation": validation,
         "best": json.loads((folder / "best.json").read_text()),
-        "summary_best": Path(summary["best_model_path"]).name,
+        "summary_best": Path(summary.best_model_path).name,
         "checkpoints": sorted(p.name for p in (version / "checkpoints").iterdir()),
         "weights": torch.load(folder / "final.pt"),
     }

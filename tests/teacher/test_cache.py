@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lit_kd.cli import main
-from lit_kd.cli.cache_teacher import write_teacher_cache
+from lit_kd.teacher.build import write_teacher_cache
 from lit_kd.data import DollyDataModule
 from lit_kd.errors import CacheError, ConfigError
 from lit_kd.losses import LossConfig

@@ -1,11 +1,12 @@
-"""lit_kd's ``Trainer``: Lightning's, with two defaults the CLI relies on.
+"""lit_kd's ``Trainer``: Lightning's, with the defaults every lit_kd run relies on.
 
 * checkpoints are written through ``AtomicCheckpointIO`` (a temporary file renamed into place, the free space
   checked first) unless ``plugins`` names a checkpoint IO of its own;
 * the always-on callbacks step aside when their feature is switched off (``enable_checkpointing: false`` drops
   the ``ModelCheckpoint`` callbacks, ``enable_progress_bar: false`` the progress bar) instead of Lightning
   refusing the combination, and ``LastCheckpoint`` runs after the other checkpoint callbacks (it writes
-  ``last.ckpt`` once the best checkpoint has recorded the epoch).
+  ``last.ckpt`` once the best checkpoint has recorded the epoch);
+* every run keeps its RNG states in checkpoints and gives its LR schedule the run's horizon (``state``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from lit_kd.cli.callbacks import LastCheckpoint
-from lit_kd.cli.checkpoint_io import AtomicCheckpointIO
+from lit_kd.training.checkpoint_io import AtomicCheckpointIO
+from lit_kd.training.last_checkpoint import LastCheckpoint
+from lit_kd.training.state import RNGStates, ScheduleHorizon
 
 
 class Trainer(L.Trainer):
@@ -32,6 +34,9 @@ class Trainer(L.Trainer):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
         if kwargs.get("enable_progress_bar") is False:
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        for needed in (RNGStates, ScheduleHorizon):
+            if not any(isinstance(c, needed) for c in callbacks):
+                callbacks.append(needed())
         callbacks.sort(key=lambda c: isinstance(c, LastCheckpoint))  # stable: the others keep their order
         kwargs["callbacks"] = callbacks
         plugins = kwargs.get("plugins")

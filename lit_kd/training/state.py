@@ -1,5 +1,5 @@
-"""Callbacks ``DistillModule`` brings along (``configure_callbacks``), so any Trainer running it resumes exactly
-and schedules its learning rate over the whole run."""
+"""Callbacks the Trainer adds to every run, so it resumes exactly and schedules its learning rate over the whole
+run: the RNG states in checkpoints, and the LR schedule's horizon."""
 
 from __future__ import annotations
 

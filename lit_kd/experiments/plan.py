@@ -1,0 +1,239 @@
+"""Planning a sweep: the objective × τ × seed (× regime) grid, the config layers and prerequisites of its runs,
+each run's directory and per-run config, and the SLURM launcher. Nothing here runs a process (``sweep.py`` does).
+
+Layout of a sweep directory::
+
+    <out>/sweep.json                     the plan (``SweepPlan``: base configs, grid, evaluation settings)
+    <out>/runs/<index>.yaml              the per-run config layered over the base configs
+    <out>/launch_slurm.sh                a job-array script (``--launcher slurm``)
+    <out>/teacher_cache/, teacher_cache.log   the teacher cache every run reads (``--teacher_cache auto``)
+    <out>/seqkd_data/, seqkd_data.log    the teacher's responses, for regimes that require ``teacher_data``
+    <out>/[<regime>/]<objective>/tau_<τ>/seed_<s>/
+        fit/version_N/                   TensorBoard logs, checkpoints, fit_summary.json (one per attempt)
+        eval[-k]/                        results.json, results.md, generations.jsonl
+        fit.log, eval.log                the processes' output (appended per attempt)
+        status.json                      running | done | failed (``RunStatus``), with what the report needs
+
+A regime is ``configs/regimes/<regime>.yaml``, layered on its runs as it is (it is an ordinary fit config, also
+used by hand). What the sweep must prepare before the regime's first run is declared beside it, in
+``<regime>.sweep.json`` (``{"requires": ["teacher_data"]}``), a file fit never reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from lit_kd.data.dolly import SPLITS
+from lit_kd.data.generated import generated_split_paths
+from lit_kd.errors import ConfigError
+from lit_kd.experiments.records import (
+    PLAN_FILE,
+    PREREQUISITES,
+    STATUS_FILE,
+    ConfigLayer,
+    RegimeLayer,
+    RunSpec,
+    RunStatus,
+    SweepEval,
+    SweepPlan,
+)
+from lit_kd.losses import check_tau, get_objective
+from lit_kd.utils.io import atomic_write_text
+from lit_kd.utils.paths import OBJECTIVE_CONFIGS, REGIME_CONFIGS
+from lit_kd.utils.yaml_files import load_yaml_file
+
+REGIME_SWEEP_SUFFIX = ".sweep.json"
+"""``configs/regimes/<regime>.sweep.json``: what the sweep prepares before that regime's runs."""
+TEACHER_DATA_DIR = "seqkd_data"
+"""Where the sweep generates the teacher's data (``generate-data``) for regimes that require ``teacher_data``."""
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def plan_runs(
+    objectives: list[str], taus: list[float], seeds: list[int], regimes: Optional[list[str]] = None
+) -> list[RunSpec]:
+    """The grid, regime by regime, then objective, τ and seed; repeated values are dropped."""
+    try:
+        for name in objectives:
+            get_objective(name)
+    except ConfigError as err:
+        raise ConfigError(f"--objectives: {err}") from None
+    try:
+        for tau in taus:
+            check_tau(tau)
+    except ConfigError as err:
+        raise ConfigError(f"--taus: {err}") from None
+    if not (objectives and taus and seeds):
+        raise ConfigError("a sweep needs at least one objective, one tau and one seed")
+    objectives, taus, seeds = (list(dict.fromkeys(v)) for v in (objectives, [float(t) for t in taus], seeds))
+    axis = list(dict.fromkeys(regimes)) if regimes else [None]
+    grid = [(r, o, t, int(s)) for r in axis for o in objectives for t in taus for s in seeds]
+    runs = [RunSpec(i, o, t, s, r) for i, (r, o, t, s) in enumerate(grid)]
+    ids = [r.run_id for r in runs]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"--taus {taus}: two values share a run directory name (tau_{{τ:g}}); use distinct values")
+    return runs
+
+
+def regime_layer(name: str) -> RegimeLayer:
+    """``configs/regimes/<name>.yaml`` with its sha256, and the prerequisites its ``<name>.sweep.json`` declares
+    (none without one)."""
+    path = REGIME_CONFIGS / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in REGIME_CONFIGS.glob("*.yaml")))
+        raise ConfigError(f"--regimes: unknown regime {name!r}; the regimes are {known}")
+    sidecar = path.with_name(f"{name}{REGIME_SWEEP_SUFFIX}")
+    requires = declared_prerequisites(sidecar) if sidecar.is_file() else []
+    return RegimeLayer(str(path.resolve()), sha256(path), requires)
+
+
+def declared_prerequisites(sidecar: Path) -> list[str]:
+    """``requires`` of a regime's ``.sweep.json``: names from ``PREREQUISITES``."""
+    try:
+        declared = json.loads(sidecar.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise ConfigError(f"{sidecar} is not JSON ({err})") from None
+    requires = declared.get("requires") if isinstance(declared, dict) and set(declared) == {"requires"} else None
+    if not isinstance(requires, list) or not all(isinstance(n, str) and n in PREREQUISITES for n in requires):
+        raise ConfigError(f'{sidecar}: expected {{"requires": [...]}} with names from {", ".join(PREREQUISITES)}')
+    return requires
+
+
+def make_plan(
+    out: str | os.PathLike,
+    base: list[str],
+    objectives: list[str],
+    taus: list[float],
+    seeds: list[int],
+    evaluation: SweepEval,
+    fit_args: Optional[list[str]] = None,
+    teacher_cache: Optional[str] = None,
+    objective_configs: Optional[str] = None,
+    regimes: Optional[list[str]] = None,
+    seqkd_args: Optional[list[str]] = None,
+) -> SweepPlan:
+    """The plan of a new sweep into ``out``, every input checked; nothing is written."""
+    for path in base:
+        load_yaml_file(path, "base config")  # missing or not YAML: an error naming the file, before any write
+    runs = plan_runs(objectives, taus, seeds, regimes)
+    regime_layers = {name: regime_layer(name) for name in dict.fromkeys(regimes or [])}
+    folder = Path(objective_configs) if objective_configs is not None else OBJECTIVE_CONFIGS
+    objective_layers = {
+        name: ConfigLayer(str(path.resolve()), sha256(path))
+        for name in dict.fromkeys(r.objective for r in runs)
+        if (path := folder / f"{name}.yaml").is_file()
+    }
+    if teacher_cache == "auto":
+        teacher_cache = str(Path(out) / "teacher_cache")
+    return SweepPlan(
+        base=[os.path.abspath(p) for p in base],
+        runs=runs,
+        evaluation=evaluation,
+        fit_args=list(fit_args or []),
+        objective_configs=objective_layers,
+        teacher_cache=os.path.abspath(teacher_cache) if teacher_cache is not None else None,
+        regime_configs=regime_layers,
+        seqkd_args=list(seqkd_args or []),
+    )
+
+
+def check_layers(plan: SweepPlan) -> None:
+    """Refuse a plan whose objective or regime files changed or vanished since it was made."""
+    for name, layer in {**plan.objective_configs, **plan.regime_configs}.items():
+        if not Path(layer.path).is_file() or sha256(Path(layer.path)) != layer.sha256:
+            raise ConfigError(
+                f"{layer.path} (the {name} runs' config) changed or vanished since the sweep was planned; "
+                "restore it or start a new sweep"
+            )
+
+
+def load_plan(out: str | os.PathLike) -> SweepPlan:
+    """The plan of the sweep directory ``out``, its layered files checked unchanged."""
+    path = Path(out) / PLAN_FILE
+    if not path.is_file():
+        raise ConfigError(f"{out} is not a sweep directory (no {PLAN_FILE})")
+    plan = SweepPlan.read(path)
+    check_layers(plan)
+    return plan
+
+
+def run_dir(out: Path, spec: RunSpec) -> Path:
+    return Path(out) / spec.run_id
+
+
+def read_status(out: Path, spec: RunSpec) -> Optional[RunStatus]:
+    """The run's ``status.json``; None before its first attempt."""
+    path = run_dir(out, spec) / STATUS_FILE
+    return RunStatus.read(path) if path.is_file() else None
+
+
+def run_config_path(out: Path, spec: RunSpec) -> Path:
+    return Path(out) / "runs" / f"{spec.index}.yaml"
+
+
+def run_overrides(spec: RunSpec, directory: Path) -> dict[str, Any]:
+    """The per-run config: what this run changes on top of the base configs."""
+    return {
+        "seed_everything": spec.seed,
+        "model": {"loss": {"name": spec.objective, "tau": spec.tau}},
+        "trainer": {"logger": {"init_args": {"save_dir": str(directory), "name": "fit"}}},
+    }
+
+
+def teacher_data_splits(out: Path) -> dict[str, Path]:
+    """The files of the teacher's data that ``generate-data`` writes into the sweep (one per split)."""
+    return generated_split_paths(Path(out) / TEACHER_DATA_DIR, SPLITS)
+
+
+def write_plan(out: Path, plan: SweepPlan) -> None:
+    """Write the plan and the per-run configs into ``out``; a directory that holds another plan is refused and
+    left unchanged. The caller holds the sweep directory's lock."""
+    path = Path(out) / PLAN_FILE
+    if path.is_file():
+        if SweepPlan.read(path) != plan:
+            raise ConfigError(
+                f"{out} holds a different sweep (its {PLAN_FILE} differs); choose another --out. Nothing was changed."
+            )
+    else:
+        plan.write(path)
+    for spec in plan.runs:
+        atomic_write_text(run_config_path(out, spec), yaml.safe_dump(run_overrides(spec, run_dir(out, spec))))
+
+
+def write_slurm_launcher(
+    out: Path, plan: SweepPlan, partition: Optional[str] = None, gpus: int = 1, hours: int = 24
+) -> Path:
+    """A job-array script: task i runs ``python -m lit_kd sweep --resume <out> --index i``."""
+    out = Path(out)
+    lines = [
+        "#!/usr/bin/env bash",
+        "#SBATCH --job-name=lit_kd-sweep",
+        f"#SBATCH --array=0-{len(plan.runs) - 1}",
+        f"#SBATCH --gres=gpu:{gpus}",
+        f"#SBATCH --time={hours}:00:00",
+        f"#SBATCH --output={out.resolve()}/slurm-%A_%a.out",
+    ]
+    if partition:
+        lines.append(f"#SBATCH --partition={partition}")
+    lines += [
+        "# one run of the sweep per array task; also usable by hand: bash launch_slurm.sh <index>",
+        "set -euo pipefail",
+        'index="${SLURM_ARRAY_TASK_ID:-${1:?give a run index}}"',
+        f"cd {shlex.quote(os.getcwd())}",
+        f"{shlex.quote(sys.executable)} -m lit_kd sweep --resume {shlex.quote(str(out.resolve()))}"
+        ' --index "$index"',
+    ]
+    path = atomic_write_text(out / "launch_slurm.sh", "\n".join(lines) + "\n")
+    path.chmod(0o755)
+    return path

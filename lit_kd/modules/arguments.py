@@ -1,0 +1,43 @@
+"""The checks of ``DistillModule``'s arguments that concern more than one of them (each argument's own type and
+range are checked by its dataclass)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from lit_kd.errors import ConfigError
+from lit_kd.models import ModelConfig, StudentConfig
+from lit_kd.modules.policy import PolicyConfig
+
+
+def check_module_arguments(
+    student: StudentConfig,
+    teacher: Optional[ModelConfig],
+    kd_ratio: float,
+    teacher_cache: Optional[str],
+    chunk_size: Optional[int],
+    policy: Optional[PolicyConfig],
+) -> None:
+    """One ``ConfigError`` naming the setting, for a combination that cannot run."""
+    if not 0.0 <= kd_ratio <= 1.0:
+        raise ConfigError(f"model.kd_ratio must be in [0, 1], got {kd_ratio}")
+    if teacher is None and kd_ratio > 0:
+        raise ConfigError("model.teacher is required when model.kd_ratio > 0 (set kd_ratio: 0 to fine-tune alone)")
+    if not student.has_source and (student.layers is None or teacher is None):
+        raise ConfigError("model.student needs a source (path, gguf_file or config) or `layers` of the teacher")
+    if chunk_size is not None and chunk_size < 1:
+        raise ConfigError(f"model.chunk_size must be a positive number of rows or null, got {chunk_size}")
+    if teacher_cache is not None and teacher is None:
+        raise ConfigError("model.teacher_cache needs model.teacher: it names the teacher the cache was built from")
+    if samples_students_outputs(policy) and teacher_cache is not None:
+        raise ConfigError(
+            "model.policy samples new responses, which only a live teacher can score; a teacher cache holds the "
+            "data's responses only: drop model.teacher_cache or set model.policy.student_fraction: 0"
+        )
+    if samples_students_outputs(policy) and (teacher is None or kd_ratio == 0):
+        raise ConfigError("model.policy needs a teacher to score the student's samples (and kd_ratio > 0)")
+
+
+def samples_students_outputs(policy: Optional[PolicyConfig]) -> bool:
+    """Whether the policy replaces any responses with the student's samples (now or, adaptively, later)."""
+    return policy is not None and (policy.student_fraction > 0 or policy.adaptive is not None)

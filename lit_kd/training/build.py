@@ -1,0 +1,231 @@
+"""The one builder: a fit configuration (its ``--config`` files and overrides) → the run's module, data and trainer.
+
+    run = build(["--config", "configs/tiny.yaml", "--model.loss.tau", "2"])
+    run.trainer.fit(run.module, datamodule=run.datamodule)
+
+``build`` is LightningCLI (``LitKDCLI``) on lit_kd's classes with the defaults every run gets: ``configs/base.yaml``
+read first, ``seed_everything``, a TensorBoardLogger under ``logs/`` (a new ``version_N`` per run), two
+ModelCheckpoints (``checkpoint``: the best by a monitored metric; ``last_checkpoint``: the latest, as last.ckpt), a
+progress display (Rich in a terminal, plain lines in a log), the LR and throughput monitors, the HParams summary,
+``fit_summary.json`` and the resume hint. Everything is checked before any run directory is written: the log
+directory, the data files, a ``--ckpt_path`` of another student, and the teacher cache (opened and checked once,
+then handed to the module). ``python -m lit_kd fit|validate|test`` run the same builder with their subcommand;
+``demo``, ``cache-teacher``, ``generate-data`` and the benchmarks build without one and drive the trainer
+themselves (``options`` adds a command's own arguments to the parser).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, ThroughputMonitor
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lit_kd.data import DollyDataModule
+from lit_kd.data.collate import batch_rows, batch_tokens
+from lit_kd.errors import CheckpointError
+from lit_kd.models import StudentConfig
+from lit_kd.modules import DistillModule
+from lit_kd.modules.loading import checkpoint_hparams, read_checkpoint
+from lit_kd.teacher import TeacherCache, cache_key
+from lit_kd.training.hparams import HParamsSummary
+from lit_kd.training.last_checkpoint import LastCheckpoint
+from lit_kd.training.progress import LineProgress
+from lit_kd.training.summary import FitSummary, ResumeHint
+from lit_kd.training.trainer import Trainer
+from lit_kd.utils.io import ensure_writable_dir, newest
+from lit_kd.utils.paths import BASE_CONFIG
+
+RUN_SUBCOMMANDS = ("fit", "validate", "test")
+"""The LightningCLI subcommands lit_kd runs (``predict`` is not one: a student's generations come from
+``python -m lit_kd evaluate``)."""
+
+
+@dataclass
+class Run:
+    """A built run: what ``python -m lit_kd fit`` would train, with its resolved configuration."""
+
+    module: DistillModule
+    datamodule: DollyDataModule
+    trainer: Trainer
+    config: Namespace
+    """The resolved configuration (``config.out`` etc. hold a command's own ``options``)."""
+
+
+def build(
+    args: list[str],
+    subcommand: Optional[str] = None,
+    options: Optional[Callable[[LightningArgumentParser], None]] = None,
+    open_teacher_cache: bool = True,
+) -> Run:
+    """Build the run of a fit configuration given as command-line words; with ``subcommand`` (fit, validate,
+    test) also run it, as ``python -m lit_kd <subcommand>`` does. ``options`` adds a command's own arguments;
+    ``open_teacher_cache=False`` leaves ``model.teacher_cache`` unopened (for commands that write it)."""
+    if subcommand is not None and subcommand not in RUN_SUBCOMMANDS:
+        raise ValueError(f"subcommand must be one of {RUN_SUBCOMMANDS}, got {subcommand!r}")
+    argv = [subcommand, *args] if subcommand else list(args)
+    cli = LitKDCLI(args=argv, run=subcommand is not None, options=options, open_teacher_cache=open_teacher_cache)
+    config = cli.config[cli.subcommand] if cli.subcommand else cli.config
+    return Run(cli.model, cli.datamodule, cli.trainer, config)
+
+
+def with_base(args: list[str], run: bool) -> list[str]:
+    """The command line with ``configs/base.yaml`` read first: the shared base is the CLI's default, so no other
+    config restates it (later ``--config`` files and flags override it)."""
+    if not BASE_CONFIG.is_file():
+        return args
+    if run:
+        return [args[0], "--config", str(BASE_CONFIG), *args[1:]]
+    return ["--config", str(BASE_CONFIG), *args]
+
+
+def resume_command(args: list[str]) -> str:
+    """The command that resumes this ``fit`` (its arguments, with ``--ckpt_path last``)."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--ckpt_path":
+            skip = True
+        elif not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    return shlex.join(["python", "-m", "lit_kd", *kept, "--ckpt_path", "last"])
+
+
+def default_callbacks(args: list[str]) -> list:
+    """Progress (Rich in a terminal, plain lines otherwise), LR and throughput monitors, HParams, fit summary,
+    and the resume hint on Ctrl-C."""
+    progress = RichProgressBar() if sys.stdout.isatty() else LineProgress()
+    return [
+        progress,
+        LearningRateMonitor(logging_interval="step"),
+        ThroughputMonitor(batch_size_fn=batch_rows, length_fn=batch_tokens, window_size=10),
+        HParamsSummary(),
+        FitSummary(),
+        ResumeHint(resume_command(args)),
+    ]
+
+
+class LitKDCLI(LightningCLI):
+    """LightningCLI bound to ``DistillModule`` and ``DollyDataModule`` (use ``build``)."""
+
+    def __init__(
+        self,
+        args: list[str],
+        run: bool = True,
+        options: Optional[Callable[[LightningArgumentParser], None]] = None,
+        open_teacher_cache: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")  # Lightning-internal deprecation
+        warnings.filterwarnings("ignore", ".*'set_vital' is deprecated.*")  # torchdata-internal deprecation
+        warnings.filterwarnings("ignore", ".*LightningCLI's args parameter is intended.*")  # main() passes argv on
+        self.options, self.open_cache = options, open_teacher_cache
+        super().__init__(
+            DistillModule,
+            DollyDataModule,
+            args=with_base(list(args), run),
+            run=run,
+            seed_everything_default=1234,
+            trainer_class=Trainer,
+            trainer_defaults={"callbacks": default_callbacks(list(args))},
+            auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False},  # parse errors reach main() and become one line
+            **kwargs,
+        )
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {name: spec for name, spec in LightningCLI.subcommands().items() if name in RUN_SUBCOMMANDS}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # `checkpoint` keeps the best checkpoint by a monitored metric; `last_checkpoint` keeps the latest
+        # state as last.ckpt (for `--ckpt_path last`). Two callbacks because Lightning >= 2.6 writes
+        # save_last's last.ckpt only when a top-k checkpoint is saved at the same step.
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/loss",
+                "checkpoint.mode": "min",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.filename": "best-{epoch}-{step}",
+                "checkpoint.auto_insert_metric_name": False,
+                # a validation replayed after a resume rewrites the same file instead of adding a "-v1" twin
+                "checkpoint.enable_version_counter": False,
+                "last_checkpoint.monitor": None,
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.enable_version_counter": False,
+            }
+        )
+        # sampled sequences are cut like the data's (on-/mixed-policy)
+        parser.link_arguments("data.max_length", "model.max_length")
+        if self.options is not None:
+            self.options(parser)
+
+    def before_instantiate_classes(self) -> None:
+        """Checks that need no model, before any is loaded: the log directory must be writable, and
+        ``--ckpt_path last`` resumes the newest ``last.ckpt`` among this config's runs, in that run's own
+        version directory (its first config.yaml is kept; the resumed one is saved beside it)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        logger = config.trainer.logger
+        init_args = getattr(logger, "init_args", None)
+        save_dir = getattr(init_args, "save_dir", None)
+        if save_dir is not None:
+            ensure_writable_dir(save_dir, "trainer.logger save_dir", create=False)
+        if self.subcommand == "fit" and config.get("ckpt_path") == "last" and save_dir is not None:
+            runs = Path(save_dir) / (getattr(init_args, "name", None) or "")
+            last = newest(runs.glob("version_*/checkpoints/last.ckpt"))
+            if last is None:
+                raise CheckpointError(f"--ckpt_path last: no last.ckpt under {runs}/version_*/checkpoints to resume")
+            config.ckpt_path = str(last)
+            init_args.version = int(last.parents[1].name.removeprefix("version_"))
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config-resumed-{stamp}.yaml"}
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        self.datamodule.connect(self.model.tokenizer)
+        records = self.datamodule.load_split_records()  # bad data files fail here, before any trainer or model work
+        self.check_checkpoint_student()
+        if self.model.teacher_cache_path is not None and self.open_cache:
+            self.open_teacher_cache(records)
+
+    def open_teacher_cache(self, records: dict[str, list[dict]]) -> None:
+        """Open ``model.teacher_cache`` once, check it was built for this teacher, tokenizer and data (a missing,
+        damaged or foreign cache is refused now, before any run directory is written) and hand it to the module."""
+        module = self.model
+        cache = TeacherCache.open(module.teacher_cache_path)
+        data = self.datamodule
+        key = cache_key(module.teacher_config, module.tokenizer, records, data.max_length, data.fingerprints())
+        cache.check(key, command_hint=" --config <this config> --out " + str(module.teacher_cache_path))
+        module.use_teacher_cache(cache)
+
+    def check_checkpoint_student(self) -> None:
+        """A ``--ckpt_path`` saved for another student is refused now, from its stored hyperparameters,
+        before any weights load (``DistillModule.on_load_checkpoint`` checks the tensors themselves)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        path = config.get("ckpt_path")
+        if not path or not os.path.isfile(path):
+            return
+        stored = checkpoint_hparams(read_checkpoint(path, mmap=True)).get("student")
+        if stored is None:
+            return
+        stored = StudentConfig.architecture_of(stored)
+        configured = self.model.student_config.architecture()
+        differing = [k for k in configured if stored.get(k) != configured[k]]
+        if differing:
+            differences = ", ".join(f"{k}: {stored.get(k)!r} vs {configured[k]!r}" for k in differing)
+            raise CheckpointError(
+                f"{path} was saved from another student architecture than model.student ({differences})"
+            )
