@@ -74,7 +74,7 @@ def read_checkpoint(path: str, mmap: bool = False) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as err:  # torch raises several types for a corrupt file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint: truncated or damaged ({err})") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: not a Lightning checkpoint")
     return checkpoint

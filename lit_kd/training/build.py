@@ -16,7 +16,6 @@ themselves (``options`` adds a command's own arguments to the parser).
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import time
@@ -114,6 +113,18 @@ def default_callbacks(args: list[str]) -> list:
     ]
 
 
+def read_run_checkpoint(path: str) -> dict[str, Any]:
+    """A ``--ckpt_path`` file as lit_kd wrote it (memory-mapped), or one ``CheckpointError``: missing, truncated or
+    not a checkpoint of a lit_kd run."""
+    checkpoint = read_checkpoint(path, mmap=True)
+    if "state_dict" not in checkpoint or "loops" not in checkpoint:
+        raise CheckpointError(
+            f"--ckpt_path {path}: not a checkpoint of a lit_kd run (no training state in it); give a last.ckpt or a "
+            "best-*.ckpt that lit_kd wrote"
+        )
+    return checkpoint
+
+
 class LitKDCLI(LightningCLI):
     """LightningCLI bound to ``DistillModule`` and ``DollyDataModule`` (use ``build``)."""
 
@@ -130,6 +141,7 @@ class LitKDCLI(LightningCLI):
         warnings.filterwarnings("ignore", ".*'set_vital' is deprecated.*")  # torchdata-internal deprecation
         warnings.filterwarnings("ignore", ".*LightningCLI's args parameter is intended.*")  # main() passes argv on
         self.options, self.open_cache = options, open_teacher_cache
+        self.checkpoint: Optional[dict[str, Any]] = None  # the --ckpt_path file, read (memory-mapped) once
         super().__init__(
             DistillModule,
             DollyDataModule,
@@ -173,6 +185,15 @@ class LitKDCLI(LightningCLI):
         if self.options is not None:
             self.options(parser)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then read a ``--ckpt_path`` file at once: LightningCLI reads its hyperparameters right after parsing,
+        so a truncated or foreign checkpoint is refused here, with one clear error, before anything else happens."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and path != "last":
+            self.checkpoint = read_run_checkpoint(path)
+
     def before_instantiate_classes(self) -> None:
         """Checks that need no model, before any is loaded: the log directory must be writable, and
         ``--ckpt_path last`` resumes the newest ``last.ckpt`` among this config's runs, in that run's own
@@ -189,6 +210,7 @@ class LitKDCLI(LightningCLI):
             if last is None:
                 raise CheckpointError(f"--ckpt_path last: no last.ckpt under {runs}/version_*/checkpoints to resume")
             config.ckpt_path = str(last)
+            self.checkpoint = read_run_checkpoint(config.ckpt_path)
             init_args.version = int(last.parents[1].name.removeprefix("version_"))
             stamp = time.strftime("%Y%m%d-%H%M%S")
             self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config-resumed-{stamp}.yaml"}
@@ -214,11 +236,10 @@ class LitKDCLI(LightningCLI):
     def check_checkpoint_student(self) -> None:
         """A ``--ckpt_path`` saved for another student is refused now, from its stored hyperparameters,
         before any weights load (``DistillModule.on_load_checkpoint`` checks the tensors themselves)."""
-        config = self.config[self.subcommand] if self.subcommand else self.config
-        path = config.get("ckpt_path")
-        if not path or not os.path.isfile(path):
+        if self.checkpoint is None:
             return
-        stored = checkpoint_hparams(read_checkpoint(path, mmap=True)).get("student")
+        path = (self.config[self.subcommand] if self.subcommand else self.config).get("ckpt_path")
+        stored = checkpoint_hparams(self.checkpoint).get("student")
         if stored is None:
             return
         stored = StudentConfig.architecture_of(stored)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 
@@ -242,3 +243,41 @@ def test_an_unsupported_data_format_is_named_as_such(workspace, capsys, name):
         f"{data}: unsupported data format {suffix} (expected .jsonl, .jsonl.gz, .json, .json.gz, .parquet",
     )
     assert snapshot(tmp_path / "logs") == before
+
+
+@pytest.fixture(scope="module")
+def damaged_checkpoints(tmp_path_factory):
+    """A truncated lit_kd checkpoint (the first half of a real one) and a foreign one (a torch file of other data)."""
+    import torch
+
+    from lit_kd.training import build
+
+    tmp_path = tmp_path_factory.mktemp("checkpoints")
+    run = build(["--config", str(ROOT / "configs" / "tiny.yaml"), "--model.teacher.tokenizer", str(TINY_TOKENIZER),
+                 "--data.raw", str(DEMO_DATA), "--data.cache_dir", str(tmp_path / "cache"),
+                 "--trainer.logger.init_args.save_dir", str(tmp_path / "made"), "--trainer.max_epochs", "1",
+                 "--trainer.limit_train_batches", "1", "--trainer.enable_progress_bar", "false"], subcommand="fit")  # fmt: skip
+    real = Path(run.trainer.checkpoint_callback.best_model_path).read_bytes()
+    truncated, foreign = tmp_path / "truncated.ckpt", tmp_path / "foreign.ckpt"
+    truncated.write_bytes(real[: len(real) // 2])
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    return {"truncated": (truncated, "not a readable checkpoint: truncated or damaged"),
+            "foreign": (foreign, "not a checkpoint of a lit_kd run")}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["truncated", "foreign"])
+@pytest.mark.parametrize("command", ["fit", "validate", "test"])
+def test_a_damaged_or_foreign_checkpoint_is_one_line_for_every_command(workspace, capsys, damaged_checkpoints,
+                                                                      command, kind):  # fmt: skip
+    tmp_path, args, before = workspace
+    path, message = damaged_checkpoints[kind]
+    fails_cleanly(capsys, [command, *args, "--ckpt_path", str(path)], str(path), message)
+    assert snapshot(tmp_path / "logs") == before  # no run directory, nothing earlier touched
+
+
+def test_a_truncated_checkpoint_is_one_line_for_evaluate_and_export(workspace, capsys, damaged_checkpoints):
+    tmp_path, _, _ = workspace
+    path, message = damaged_checkpoints["truncated"]
+    fails_cleanly(capsys, ["evaluate", "--ckpt", str(path), "--benchmarks", f"[demo={DEMO_DATA}]"], message)
+    fails_cleanly(capsys, ["export", "--ckpt", str(path), "--out", str(tmp_path / "exported")], message)
+    assert not (tmp_path / "exported").exists()
