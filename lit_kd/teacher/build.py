@@ -4,6 +4,8 @@ here too)."""
 
 from __future__ import annotations
 
+import re
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -12,11 +14,12 @@ from torch.utils.data import DataLoader
 
 from lit_kd.data.collate import IndexedExamples, PadCollator
 from lit_kd.data.tokenize import IGNORE_INDEX
-from lit_kd.errors import CacheError, ConfigError
+from lit_kd.errors import CacheError, ConfigError, LockedError
 from lit_kd.models import ModelConfig, load_model
 from lit_kd.models.head import final_hidden_states, output_head, verify_head
 from lit_kd.teacher.cache import CACHE_DTYPES, MANIFEST, TeacherCache, build_teacher_cache, cache_key, describe_size
 from lit_kd.utils.devices import resolve_device
+from lit_kd.utils.lock import DirectoryLock
 from lit_kd.utils.progress import split_progress
 
 __all__ = ["CACHE_DTYPES", "split_sizes", "write_teacher_cache"]
@@ -39,9 +42,55 @@ def write_teacher_cache(
     splits: tuple[str, ...] = ("train", "val"),
 ) -> Path:
     """Run the teacher over the ``splits`` of ``data`` (a connected ``DollyDataModule``) and write the cache to
-    ``target``; an existing cache for the same key is reused, any other content is refused."""
-
+    ``target``; an existing cache for the same key is reused, any other content is refused. One build per
+    ``target`` at a time (``build_lock``); what an interrupted build left is removed first."""
     target = Path(target)
+    with build_lock(target).acquire() as lock:
+        if lock.took_over:
+            print(f"took over the build lock of {target} from pid {lock.took_over.get('pid')} (no longer running)")
+        remove_interrupted_builds(target)
+        return _write_teacher_cache(teacher_config, tokenizer, data, target, dtype, batch_size, device, splits)
+
+
+def build_lock(target: Path) -> DirectoryLock:
+    """The lock a build of the cache ``target`` holds (``.<name>.build.lock`` beside it, naming its owner)."""
+    return DirectoryLock(target.parent / f".{target.name}.build.lock", "teacher cache", subject=target)
+
+
+def remove_interrupted_builds(target: Path) -> list[Path]:
+    """Remove the temporary folders that killed builds of ``target`` left beside it. Call it holding
+    ``build_lock(target)``: no build of ``target`` is then running, so every such folder is an orphan."""
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.[0-9a-f]{{16}}\.tmp$")
+    if target.parent.is_dir():
+        for entry in sorted(target.parent.iterdir()):
+            if pattern.match(entry.name):
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+                print(f"removed {entry}, the temporary folder of a teacher-cache build that was interrupted")
+                removed.append(entry)
+    return removed
+
+
+def clean_after_interrupted_builds(target: str | Path) -> list[Path]:
+    """For a run that reads the cache ``target``: remove what killed builds left, unless a build is running."""
+    target = Path(target)
+    try:
+        with build_lock(target).acquire():
+            return remove_interrupted_builds(target)
+    except LockedError:
+        return []  # a build is running: its temporary folder is not an orphan
+
+
+def _write_teacher_cache(
+    teacher_config: ModelConfig,
+    tokenizer: Any,
+    data: Any,
+    target: Path,
+    dtype: str,
+    batch_size: Optional[int],
+    device: str,
+    splits: tuple[str, ...],
+) -> Path:
     records = data.load_split_records()
     unknown = [name for name in splits if name not in ("train", "val", "test")]
     if unknown or not splits:

@@ -35,6 +35,7 @@ from lit_kd.models import StudentConfig
 from lit_kd.modules import DistillModule
 from lit_kd.modules.loading import checkpoint_hparams, read_checkpoint
 from lit_kd.teacher import TeacherCache, cache_key
+from lit_kd.teacher.build import clean_after_interrupted_builds
 from lit_kd.training.hparams import HParamsSummary
 from lit_kd.training.last_checkpoint import LastCheckpoint
 from lit_kd.training.progress import LineProgress
@@ -227,6 +228,7 @@ class LitKDCLI(LightningCLI):
         """Open ``model.teacher_cache`` once, check it was built for this teacher, tokenizer and data (a missing,
         damaged or foreign cache is refused now, before any run directory is written) and hand it to the module."""
         module = self.model
+        clean_after_interrupted_builds(module.teacher_cache_path)
         cache = TeacherCache.open(module.teacher_cache_path)
         data = self.datamodule
         key = cache_key(module.teacher_config, module.tokenizer, records, data.max_length, data.fingerprints())

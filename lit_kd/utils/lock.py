@@ -42,9 +42,11 @@ def _read_owner(fd: int) -> dict[str, Any]:
 class DirectoryLock:
     """An exclusive, non-blocking lock on ``path`` (a file), as a context manager or with acquire/release."""
 
-    def __init__(self, path: str | os.PathLike, what: str) -> None:
+    def __init__(self, path: str | os.PathLike, what: str, subject: Optional[str | os.PathLike] = None) -> None:
+        """``what`` and ``subject`` name what is locked in errors (``subject`` defaults to the lock file's folder)."""
         self.path = Path(path)
         self.what = what
+        self.subject = Path(subject) if subject is not None else self.path.parent
         self.fd: Optional[int] = None
         self.took_over: Optional[dict[str, Any]] = None
         """The owner recorded in a stale lock file this process took over (None: the file was new)."""
@@ -72,7 +74,7 @@ class DirectoryLock:
                 owner = _read_owner(fd)
                 os.close(fd)
                 raise LockedError(
-                    f"{self.what} {self.path.parent} is in use by {_describe(owner)}; wait until it finishes "
+                    f"{self.what} {self.subject} is in use by {_describe(owner)}; wait until it finishes "
                     f"(lock file: {self.path})"
                 ) from None
             try:
@@ -86,7 +88,7 @@ class DirectoryLock:
             if owner and owner.get("host") != socket.gethostname():
                 os.close(fd)
                 raise LockedError(
-                    f"{self.what} {self.path.parent} is locked by {_describe(owner)}, which cannot be checked from "
+                    f"{self.what} {self.subject} is locked by {_describe(owner)}, which cannot be checked from "
                     f"this host; if that process is gone, delete {self.path} and run again"
                 )
             self.took_over = owner or None

@@ -209,3 +209,42 @@ def test_a_split_the_cache_lacks_is_named_when_it_is_read(tmp_path):
     batch = next(iter(data.val_dataloader()))
     with pytest.raises(CacheError, match=r"has no 'val' split \(built with --splits train\); rebuild it with --splits"):
         module.compute_losses(batch, "val")
+
+
+def test_a_second_build_on_the_same_cache_is_one_line_naming_the_owner(cached_run, capsys, tmp_path):
+    import os
+
+    from lit_kd.teacher.build import build_lock
+
+    _, args = cached_run
+    target = tmp_path / "cache"
+    with build_lock(target).acquire():  # a build of this cache is running (this process holds its lock)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["cache-teacher", *args, "--out", str(target)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    line = err.strip().splitlines()[-1]
+    assert "Traceback" not in err and line.startswith(f"lit_kd: error: teacher cache {target} is in use by pid")
+    assert f"pid {os.getpid()} on host" in line and not target.exists()
+    main(["cache-teacher", *args, "--out", str(target)])  # the lock is released: the build runs
+    assert (target / "manifest.json").is_file() and not list(tmp_path.glob(".cache.build.lock"))
+
+
+def test_the_temporary_folder_of_a_killed_build_is_removed_by_the_next_build_or_run(cached_run, capsys, tmp_path):
+    import shutil
+
+    shared, args = cached_run
+    cache = shutil.copytree(shared / "cache", tmp_path / "cache")
+    orphans = [tmp_path / ".cache.0123456789abcdef.tmp", tmp_path / ".cache.fedcba9876543210.tmp"]
+    for orphan in orphans:  # what a build killed half-way leaves: the head and part of the shards
+        orphan.mkdir()
+        (orphan / "head.safetensors").write_bytes(b"0" * 1000)
+    unrelated = tmp_path / ".other.0123456789abcdef.tmp"
+    unrelated.mkdir()
+    capsys.readouterr()
+    main(["cache-teacher", *args, "--out", str(cache)])  # up to date: it builds nothing, but cleans
+    out = capsys.readouterr().out
+    assert not orphans[0].exists() and f"removed {orphans[0]}, the temporary folder of a teacher-cache build" in out
+    orphans[1].mkdir()
+    main(["fit", *args, "--model.teacher_cache", str(cache)])  # a run that reads the cache cleans too
+    assert not orphans[1].exists() and unrelated.is_dir()
