@@ -36,12 +36,14 @@ from lit_kd.errors import CacheError
 from lit_kd.models.config import ModelConfig
 from lit_kd.models.head import OutputHead
 from lit_kd.models.loading import gguf_location, resolve_path
-from lit_kd.utils.io import atomic_directory, check_free_space, human_bytes
+from lit_kd.utils.io import atomic_directory, human_bytes
 
 CACHE_FORMAT = 1
 MANIFEST = "manifest.json"
 HEAD_FILE = "head.safetensors"
 CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+MANIFEST_BYTES = 1 << 16
+"""A bound on the manifest and the safetensors headers of a cache, for the space a build needs."""
 
 
 def _file_digest(path: str, edge: int = 1 << 20) -> str:
@@ -271,8 +273,8 @@ def build_teacher_cache(
     out = Path(out)
     hidden_size = head.hidden_size
     element = torch.empty((), dtype=CACHE_DTYPES[dtype]).element_size()
-    total = sum(rows for _, rows in sizes.values()) * hidden_size * element
-    check_free_space(out, total + head.weight.numel() * head.weight.element_size())
+    head_bytes = sum(t.numel() * t.element_size() for t in (head.weight, head.bias) if t is not None)
+    needed = sum(rows for _, rows in sizes.values()) * hidden_size * element + head_bytes + MANIFEST_BYTES
     manifest: dict[str, Any] = {
         "format": CACHE_FORMAT,
         "key": asdict(key),
@@ -280,7 +282,7 @@ def build_teacher_cache(
         "hidden_size": hidden_size,
         "splits": {},
     }
-    with atomic_directory(out, size_hint=total) as tmp:
+    with atomic_directory(out, size_hint=needed) as tmp:
         tensors = {"weight": head.weight.detach().cpu().contiguous()}
         if head.bias is not None:
             tensors["bias"] = head.bias.detach().cpu().contiguous()

@@ -54,15 +54,18 @@ def is_out_of_space(err: BaseException) -> bool:
     return "No space left on device" in text or "Disk quota exceeded" in text
 
 
-def out_of_space_error(path: str | os.PathLike, needed: Optional[int] = None) -> OutOfSpaceError:
-    """The one-line error for a write that did not fit: the path, the space it needs (when known), the free space."""
+def out_of_space_error(
+    path: str | os.PathLike, needed: Optional[int] = None, free_before: Optional[int] = None
+) -> OutOfSpaceError:
+    """The one-line error for a write that did not fit: the path, the space it needs (when known), the free space
+    (``free_before``: as measured before the write began, which a failed write's cleanup does not change)."""
     folder = Path(path).parent
-    free = free_space(folder)
+    free = free_before if free_before is not None else free_space(folder)
     details = []
     if needed is not None:
         details.append(f"it needs about {human_bytes(needed)}")
     if free is not None:
-        details.append(f"{human_bytes(free)} free in {folder}")
+        details.append(f"{human_bytes(free)} free in {folder}" + (" when it began" if free_before is not None else ""))
     detail = f" ({'; '.join(details)})" if details else ""
     return OutOfSpaceError(
         f"no space left on the device writing {path}{detail}; free some space and run the same command again "
@@ -70,13 +73,13 @@ def out_of_space_error(path: str | os.PathLike, needed: Optional[int] = None) ->
     )
 
 
-def check_free_space(path: str | os.PathLike, needed: Optional[int]) -> None:
-    """Raise ``OutOfSpaceError`` before writing ``needed`` bytes to ``path`` when they cannot fit."""
-    if needed is None:
-        return
+def check_free_space(path: str | os.PathLike, needed: Optional[int]) -> Optional[int]:
+    """Raise ``OutOfSpaceError`` before writing ``needed`` bytes to ``path`` when they cannot fit; return the free
+    space measured (None where the file system cannot tell)."""
     free = free_space(Path(path).parent)
-    if free is not None and free < needed:
+    if needed is not None and free is not None and free < needed:
         raise out_of_space_error(path, needed)
+    return free
 
 
 def current_umask() -> int:
@@ -111,7 +114,7 @@ def atomic_path(path: str | os.PathLike, size_hint: Optional[int] = None) -> Ite
     ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    check_free_space(path, size_hint)
+    free = check_free_space(path, size_hint)
     while True:
         tmp = _temporary_sibling(path, path.suffix)
         try:
@@ -127,7 +130,7 @@ def atomic_path(path: str | os.PathLike, size_hint: Optional[int] = None) -> Ite
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if is_out_of_space(err):
-            raise out_of_space_error(path, size_hint) from None
+            raise out_of_space_error(path, size_hint, free) from None
         raise
 
 
@@ -137,7 +140,7 @@ def atomic_directory(path: str | os.PathLike, size_hint: Optional[int] = None) -
     an empty directory), on any failure it is removed (see ``atomic_path`` for ``size_hint``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    check_free_space(path, size_hint)
+    free = check_free_space(path, size_hint)
     tmp = _temporary_sibling(path)
     try:
         tmp.mkdir(mode=0o777)
@@ -152,7 +155,7 @@ def atomic_directory(path: str | os.PathLike, size_hint: Optional[int] = None) -
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if is_out_of_space(err):
-            raise out_of_space_error(path, size_hint) from None
+            raise out_of_space_error(path, size_hint, free) from None
         raise
 
 

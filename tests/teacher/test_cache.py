@@ -248,3 +248,36 @@ def test_the_temporary_folder_of_a_killed_build_is_removed_by_the_next_build_or_
     orphans[1].mkdir()
     main(["fit", *args, "--model.teacher_cache", str(cache)])  # a run that reads the cache cleans too
     assert not orphans[1].exists() and unrelated.is_dir()
+
+
+def test_a_full_disk_during_a_build_gives_a_message_that_adds_up(tmp_path, monkeypatch, capsys):
+    """The space needed counts the LM head and the manifest; the free space is the one measured before the build
+    wrote anything (not after its cleanup)."""
+    import errno
+
+    import safetensors.torch
+
+    from lit_kd.errors import OutOfSpaceError
+    from lit_kd.utils.io import human_bytes
+
+    live = module_for("llama")
+    live.configure_model()
+    data = tiny_data(tmp_path, live.tokenizer)
+    real_save = safetensors.torch.save_file
+
+    def fills_the_disk(tensors, filename, *args, **kwargs):
+        if "hidden" in tensors:  # the head is written, the first shard is not
+            raise OSError(errno.ENOSPC, "No space left on device", filename)
+        return real_save(tensors, filename, *args, **kwargs)
+
+    free = iter([10**9] + [10**3] * 100)  # before the build, then what the failed write left
+    monkeypatch.setattr(safetensors.torch, "save_file", fills_the_disk)
+    monkeypatch.setattr("lit_kd.utils.io.free_space", lambda folder: next(free))
+    with pytest.raises(OutOfSpaceError) as error:
+        write_teacher_cache(live.teacher_config, live.tokenizer, data, tmp_path / "cache")
+    message = str(error.value)
+    head = live.teacher.get_output_embeddings().weight
+    needed = float(message.split("it needs about ")[1].split(" KB")[0]) * 1024
+    assert needed >= head.numel() * head.element_size()  # the head is part of it
+    assert f"; {human_bytes(10**9)} free in {tmp_path} when it began" in message
+    assert not (tmp_path / "cache").exists() and not list(tmp_path.glob(".cache.*.tmp"))
