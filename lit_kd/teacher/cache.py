@@ -4,7 +4,8 @@ LM head (one ``[rows, d] × [d, V]`` matmul per chunk) instead of a forward pass
 
 Layout of a cache directory (written to a temporary sibling, renamed into place when complete)::
 
-    manifest.json                  format, key (what the cache was built from), dtype, hidden size, shards
+    manifest.json                  format, key (what the cache was built from), dtype, hidden size, shards, and
+                                   each file's size and XXH3-128 content digest (verified when a run opens it)
     head.safetensors               the teacher's LM head: weight [V, d] (+ bias), in the teacher's dtype
     <split>-<k>.safetensors        hidden [rows, d] (float32 or bfloat16) and offsets [examples + 1]
 
@@ -35,10 +36,11 @@ from lit_kd.data.tokenize import DataFingerprints, records_fingerprint, response
 from lit_kd.errors import CacheError
 from lit_kd.models.config import ModelConfig
 from lit_kd.models.head import OutputHead
-from lit_kd.models.loading import gguf_location, resolve_path
+from lit_kd.models.loading import cache_root, gguf_location, resolve_path
+from lit_kd.utils.digests import DIGEST_NAME, bytes_digest, file_digest, remembered_file_digest
 from lit_kd.utils.io import atomic_directory, human_bytes
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: every file's content digest in the manifest
 MANIFEST = "manifest.json"
 HEAD_FILE = "head.safetensors"
 CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -46,16 +48,10 @@ MANIFEST_BYTES = 1 << 16
 """A bound on the manifest and the safetensors headers of a cache, for the space a build needs."""
 
 
-def _file_digest(path: str, edge: int = 1 << 20) -> str:
-    """Size + SHA-256 of the first and last MiB: identifies a large weights file without reading it all."""
-    size = os.path.getsize(path)
-    digest = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as handle:
-        digest.update(handle.read(edge))
-        if size > edge:
-            handle.seek(max(size - edge, edge))
-            digest.update(handle.read(edge))
-    return digest.hexdigest()[:16]
+def weights_digest(path: str) -> str:
+    """The digest of every byte of a teacher's file, remembered under ``$LIT_KD_CACHE/file_digests.json`` by path,
+    size, modification time and inode (a file rewritten in place, as merging a LoRA into it does, is hashed again)."""
+    return remembered_file_digest(path, cache_root() / "file_digests.json")
 
 
 def teacher_identity(config: ModelConfig) -> dict[str, Any]:
@@ -66,7 +62,7 @@ def teacher_identity(config: ModelConfig) -> dict[str, Any]:
         identity.update(config=config.config, init_seed=config.init_seed)
     elif config.gguf_file is not None:
         directory, filename = gguf_location(config)
-        identity["files"] = {filename: _file_digest(os.path.join(directory, filename))}
+        identity["files"] = {filename: weights_digest(os.path.join(directory, filename))}
     else:
         path = resolve_path(config.path)
         identity["revision"] = config.revision
@@ -74,7 +70,7 @@ def teacher_identity(config: ModelConfig) -> dict[str, Any]:
             names = sorted(
                 n for n in os.listdir(path) if n == "config.json" or n.endswith((".safetensors", ".bin", ".pt"))
             )
-            identity["files"] = {n: _file_digest(os.path.join(path, n)) for n in names}
+            identity["files"] = {n: weights_digest(os.path.join(path, n)) for n in names}
     return identity
 
 
@@ -146,6 +142,38 @@ class _Shard:
     examples: int
     rows: int
     bytes: int
+    digest: str
+
+
+def write_safetensors(tensors: dict[str, Tensor], path: Path) -> tuple[int, str]:
+    """Write ``tensors`` as a safetensors file; return its size and content digest, computed on the bytes as they
+    are written (no second pass over the file)."""
+    from safetensors.torch import save
+
+    data = save(tensors)
+    with open(path, "wb") as stream:
+        stream.write(data)
+        stream.flush()
+        os.fsync(stream.fileno())
+    return len(data), bytes_digest(data)
+
+
+def verify_file(cache: Path, name: str, size: int, digest: str) -> None:
+    """``CacheError`` naming the file unless it has the size and content digest the manifest records."""
+    file = cache / name
+    if not file.is_file():
+        raise CacheError(f"teacher cache {cache}: {name} is missing; rebuild the cache")
+    if file.stat().st_size != size:
+        raise CacheError(
+            f"teacher cache {cache}: {name} is truncated or altered ({file.stat().st_size} bytes, the manifest says "
+            f"{size}); rebuild the cache"
+        )
+    if file_digest(file) != digest:
+        raise CacheError(
+            f"teacher cache {cache}: {name} was changed after it was written (its {DIGEST_NAME} digest differs from "
+            "the manifest's); rebuild the cache (python -m lit_kd cache-teacher --config <fit config> --out "
+            f"{cache}) or point model.teacher_cache elsewhere"
+        )
 
 
 class TeacherCache:
@@ -163,16 +191,12 @@ class TeacherCache:
         self._starts = {s: [x.first_example for x in shards] for s, shards in self.shards.items()}
         self._handles: dict[str, Any] = {}
         self._offsets: dict[str, Tensor] = {}
+        head_file = manifest["head"]
+        verify_file(path, HEAD_FILE, head_file["bytes"], head_file["digest"])
         for split, shards in self.shards.items():
             for shard in shards:
                 file = path / shard.file
-                if not file.is_file():
-                    raise CacheError(f"teacher cache {path}: {shard.file} is missing; rebuild the cache")
-                if file.stat().st_size != shard.bytes:
-                    raise CacheError(
-                        f"teacher cache {path}: {shard.file} is truncated or altered ({file.stat().st_size} bytes, "
-                        f"the manifest says {shard.bytes}); rebuild the cache"
-                    )
+                verify_file(path, shard.file, shard.bytes, shard.digest)  # every byte: reading it costs as much
                 try:
                     handle = safe_open(str(file), framework="pt")
                     offsets = handle.get_tensor("offsets")
@@ -266,8 +290,6 @@ def build_teacher_cache(
     ``labels``), ``hidden_fn(batch)`` returns the teacher's final hidden states ``[B, T, d]``; the rows at the
     response positions are stored. ``sizes[split] = (examples, rows)`` lets the size be checked first.
     ``progress(split, examples_done)`` is called after each batch."""
-    from safetensors.torch import save_file
-
     if dtype not in CACHE_DTYPES:
         raise CacheError(f"teacher cache dtype must be one of {', '.join(CACHE_DTYPES)}, got {dtype!r}")
     out = Path(out)
@@ -286,7 +308,8 @@ def build_teacher_cache(
         tensors = {"weight": head.weight.detach().cpu().contiguous()}
         if head.bias is not None:
             tensors["bias"] = head.bias.detach().cpu().contiguous()
-        save_file(tensors, str(tmp / HEAD_FILE))
+        size, digest = write_safetensors(tensors, tmp / HEAD_FILE)
+        manifest["head"] = {"bytes": size, "digest": digest}
         for split, make_batches in batches.items():
             shards: list[dict[str, Any]] = []
             buffer: list[Tensor] = []
@@ -300,9 +323,9 @@ def build_teacher_cache(
                 name = f"{split}-{len(shards):05d}.safetensors"
                 hidden = torch.cat(buffer) if buffer else torch.empty(0, hidden_size, dtype=CACHE_DTYPES[dtype])
                 offsets = torch.tensor([0, *counts]).cumsum(0)
-                save_file({"hidden": hidden.contiguous(), "offsets": offsets}, str(tmp / name))
+                size, digest = write_safetensors({"hidden": hidden.contiguous(), "offsets": offsets}, tmp / name)
                 shards.append({"file": name, "first_example": first, "examples": len(counts),
-                               "rows": int(offsets[-1]), "bytes": (tmp / name).stat().st_size})  # fmt: skip
+                               "rows": int(offsets[-1]), "bytes": size, "digest": digest})  # fmt: skip
                 first += len(counts)
                 buffer, counts = [], []
 

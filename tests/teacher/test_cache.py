@@ -255,23 +255,22 @@ def test_a_full_disk_during_a_build_gives_a_message_that_adds_up(tmp_path, monke
     wrote anything (not after its cleanup)."""
     import errno
 
-    import safetensors.torch
-
+    import lit_kd.teacher.cache as cache_module
     from lit_kd.errors import OutOfSpaceError
     from lit_kd.utils.io import human_bytes
 
     live = module_for("llama")
     live.configure_model()
     data = tiny_data(tmp_path, live.tokenizer)
-    real_save = safetensors.torch.save_file
+    real_write = cache_module.write_safetensors
 
-    def fills_the_disk(tensors, filename, *args, **kwargs):
+    def fills_the_disk(tensors, path):
         if "hidden" in tensors:  # the head is written, the first shard is not
-            raise OSError(errno.ENOSPC, "No space left on device", filename)
-        return real_save(tensors, filename, *args, **kwargs)
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(tensors, path)
 
     free = iter([10**9] + [10**3] * 100)  # before the build, then what the failed write left
-    monkeypatch.setattr(safetensors.torch, "save_file", fills_the_disk)
+    monkeypatch.setattr(cache_module, "write_safetensors", fills_the_disk)
     monkeypatch.setattr("lit_kd.utils.io.free_space", lambda folder: next(free))
     with pytest.raises(OutOfSpaceError) as error:
         write_teacher_cache(live.teacher_config, live.tokenizer, data, tmp_path / "cache")
@@ -281,3 +280,54 @@ def test_a_full_disk_during_a_build_gives_a_message_that_adds_up(tmp_path, monke
     assert needed >= head.numel() * head.element_size()  # the head is part of it
     assert f"; {human_bytes(10**9)} free in {tmp_path} when it began" in message
     assert not (tmp_path / "cache").exists() and not list(tmp_path.glob(".cache.*.tmp"))
+
+
+def test_a_cache_file_changed_in_place_is_one_clear_error(cached_run, capsys, tmp_path):
+    """Values with flipped signs in a shard (the same size, the same offsets) are caught by its content digest."""
+    import shutil
+
+    shared, args = cached_run
+    cache = shutil.copytree(shared / "cache", tmp_path / "cache")
+    for name in ("train-00000.safetensors", "head.safetensors"):
+        changed = cache / name
+        data = bytearray(changed.read_bytes())
+        middle = len(data) // 2 // 4 * 4
+        for k in range(16):  # flip the sign bit of 16 float32 values in the middle of the tensor data
+            data[middle + 4 * k + 3] ^= 0x80
+        changed.write_bytes(bytes(data))
+        before = snapshot(tmp_path)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", *args, "--model.teacher_cache", str(cache)])
+        assert exit_info.value.code == 2
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert line.startswith(f"lit_kd: error: teacher cache {cache}: {name} was changed after it was written")
+        assert "rebuild the cache" in line and snapshot(tmp_path) == before
+        shutil.copy2(shared / "cache" / name, changed)
+
+
+def test_the_teachers_identity_covers_every_byte_of_its_weights(tmp_path, monkeypatch):
+    """A change in the middle of a weights file (a LoRA merged into the same path) makes another teacher; the digest
+    of an unchanged file is remembered, not recomputed."""
+    import lit_kd.teacher.cache as cache_module
+    from lit_kd.models import ModelConfig, load_model
+    from lit_kd.teacher.cache import teacher_identity
+
+    monkeypatch.setenv("LIT_KD_CACHE", str(tmp_path / "lit_kd_cache"))
+    directory = tmp_path / "teacher"
+    big = tiny_llama_config(2, hidden_size=256, intermediate_size=512)  # about 6 MB of weights
+    model = load_model(ModelConfig(config=big, tokenizer=str(TINY_TOKENIZER)), "teacher")
+    model.save_pretrained(directory)
+    config = ModelConfig(path=str(directory), tokenizer=str(TINY_TOKENIZER))
+    hashed = []
+    real_digest = cache_module.remembered_file_digest.__globals__["file_digest"]
+    monkeypatch.setitem(cache_module.remembered_file_digest.__globals__, "file_digest",
+                        lambda path: hashed.append(path) or real_digest(path))  # fmt: skip
+    first = teacher_identity(config)
+    assert teacher_identity(config) == first and len(hashed) == 2  # config.json and the weights, each hashed once
+    weights = directory / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    middle = len(data) // 2
+    assert middle > 2 << 20  # beyond the first and last MiB
+    data[middle] ^= 0x01
+    weights.write_bytes(bytes(data))
+    assert teacher_identity(config)["files"]["model.safetensors"] != first["files"]["model.safetensors"]
