@@ -97,6 +97,19 @@ class SleepAt(L.Callback):
             time.sleep(self.seconds)
 
 
+class SlowValidation(L.Callback):
+    """Each validation inside fit takes ``seconds`` longer (for the time per step the progress lines report)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_validation_end(self, trainer, module) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            import time
+
+            time.sleep(self.seconds)
+
+
 class KillAt(L.Callback):
     """SIGKILLs its own process at one chosen point of epoch ``epoch`` (a preemption at the worst moment):
 

@@ -114,6 +114,18 @@ def default_callbacks(args: list[str]) -> list:
     ]
 
 
+def quiet_hugging_face_progress_bars() -> None:
+    """Turn off the tqdm bars of datasets (tokenizing), transformers (weight loading, GGUF conversion) and the hub;
+    lit_kd prints its own one-line summaries (e.g. each split's tokenization)."""
+    import datasets
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+
 def read_run_checkpoint(path: str) -> dict[str, Any]:
     """A ``--ckpt_path`` file as lit_kd wrote it (memory-mapped), or one ``CheckpointError``: missing, truncated or
     not a checkpoint of a lit_kd run."""
@@ -141,6 +153,8 @@ class LitKDCLI(LightningCLI):
         warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")  # Lightning-internal deprecation
         warnings.filterwarnings("ignore", ".*'set_vital' is deprecated.*")  # torchdata-internal deprecation
         warnings.filterwarnings("ignore", ".*LightningCLI's args parameter is intended.*")  # main() passes argv on
+        if not sys.stderr.isatty():  # Hugging Face's bars would flood a log with carriage-return updates
+            quiet_hugging_face_progress_bars()
         self.options, self.open_cache = options, open_teacher_cache
         self.checkpoint: Optional[dict[str, Any]] = None  # the --ckpt_path file, read (memory-mapped) once
         super().__init__(

@@ -13,7 +13,9 @@ from lightning.pytorch.callbacks import ProgressBar
 class LineProgress(ProgressBar):
     """Progress as plain lines, for output that is not a terminal (a SLURM or ``nohup`` log, where a live bar
     shows nothing): a line every ``every_n_steps`` optimizer steps (default: ``trainer.log_every_n_steps``) with
-    the progress-bar metrics and the time per step, one after each validation, one when training ends."""
+    the progress-bar metrics and the time per training step, one after each validation (with its time), one when
+    training ends. The time per step leaves out validation and what follows it before training resumes (its
+    checkpoints)."""
 
     def __init__(self, every_n_steps: Optional[int] = None) -> None:
         super().__init__()
@@ -21,6 +23,7 @@ class LineProgress(ProgressBar):
         self.enabled = True
         self.started = self.last_time = 0.0
         self.last_step = 0
+        self.paused_at: Optional[float] = None  # when a validation inside fit began
 
     def disable(self) -> None:
         self.enabled = False
@@ -36,6 +39,15 @@ class LineProgress(ProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.started = self.last_time = time.perf_counter()
         self.last_step = trainer.global_step
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self.paused_at = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # type: ignore[override]
+        if self.paused_at is not None:  # training resumes: the pause does not count as training time
+            self.last_time += time.perf_counter() - self.paused_at
+            self.paused_at = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[override]
         every = self.every_n_steps or max(trainer.log_every_n_steps, 1)
@@ -55,7 +67,8 @@ class LineProgress(ProgressBar):
         if self.enabled and not trainer.sanity_checking:
             # a validation outside fit (e.g. of the best checkpoint afterwards) belongs to no training epoch
             where = f"epoch {trainer.current_epoch}  " if trainer.state.fn == "fit" else ""
-            self.print(f"{where}validation  {self.metrics_text(trainer, pl_module, 'val/')}")
+            took = f" ({time.perf_counter() - self.paused_at:.1f} s)" if self.paused_at is not None else ""
+            self.print(f"{where}validation{took}  {self.metrics_text(trainer, pl_module, 'val/')}")
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.enabled:

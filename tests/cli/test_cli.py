@@ -286,24 +286,32 @@ def test_a_value_of_the_wrong_type_is_one_clear_line(tiny_args, capsys):
 
 
 def test_progress_is_plain_lines_when_the_output_is_not_a_terminal(tmp_path):
+    """Plain lines in a log; the time per step leaves out a validation (here slowed by 3 s) that falls between two
+    lines; Hugging Face's progress bars (tokenizing, weight loading) do not flood the log."""
     import subprocess
     import sys
 
     from tests.conftest import TINY_TOKENIZER
 
+    slow = tmp_path / "slow-validation.yaml"
+    slow.write_text(yaml.safe_dump({"trainer": {"callbacks": [
+        {"class_path": "tests.probes.SlowValidation", "init_args": {"seconds": 3}}]}}))  # fmt: skip
     command = [
         sys.executable, "-m", "lit_kd", "fit", "--config", str(ROOT / "configs" / "tiny.yaml"),
         "--model.teacher.tokenizer", str(TINY_TOKENIZER), "--data.raw", str(DEMO_DATA),
         "--data.cache_dir", str(tmp_path / "cache"), "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4", "--trainer.log_every_n_steps", "2",
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)  # stdout: a pipe
+    slowed = [*command, "--config", str(slow), "--trainer.val_check_interval", "3"]  # validates after step 3
+    result = subprocess.run(slowed, cwd=ROOT, capture_output=True, text=True, timeout=300)  # stdout: a pipe
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     steps = [line for line in lines if line.startswith("epoch 0  step ")]
     assert [line.split()[3] for line in steps] == ["2/4", "4/4"], result.stdout[-2000:]
     assert all("s/step" in line and "train/loss" in line for line in steps)
-    assert any(line.startswith("epoch 0  validation  val/loss") for line in lines)
+    assert float(steps[1].split()[4]) < 1.0, steps[1]  # 3 s of validation between the lines: not in s/step
+    assert any(line.startswith("epoch 0  validation (") and "val/loss" in line for line in lines)
+    assert "\r" not in result.stderr and "Tokenizing" not in result.stderr, result.stderr[-2000:]
     assert any(line.startswith("training done: 4 steps in ") for line in lines)
     (checkpoint,) = tmp_path.glob("logs/*/version_0/checkpoints/last.ckpt")
     shared = command[4 : command.index("--trainer.max_epochs")]  # the config and data arguments
