@@ -41,6 +41,12 @@ def generation_options(parser: LightningArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=10, help="Sampling seed (batch b is sampled with seed + b).")
     parser.add_argument("--device", type=str, default="auto", help="auto (CUDA when available), cpu, cuda, ...")
+    parser.add_argument(
+        "--restart",
+        type=bool,
+        default=False,
+        help="Start the chosen splits over: remove the lines an interrupted run left (default: continue after them).",
+    )
     parser.add_class_arguments(SamplingConfig, "sampling")
 
 
@@ -77,7 +83,9 @@ def main(args: list[str]) -> Path:
                 write_records(target, rows)
                 continue
             progress = functools.partial(update, name)
-            write_generated_split(target, rows, generate, generated_by, settings.batch_size, options.seed, progress)
+            write_generated_split(
+                target, rows, generate, generated_by, settings.batch_size, options.seed, progress, options.restart
+            )
     splits = {name: str(path) for name, path in targets.items()}
     overrides = " ".join(f"--data.{name} {path}" for name, path in splits.items())
     print(f"wrote {', '.join(splits.values())}; train on them with --data.raw null {overrides}")

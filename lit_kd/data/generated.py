@@ -50,7 +50,9 @@ def _kept_lines(partial: Path, records: Sequence[dict[str, Any]], generated_by: 
         try:
             row = json.loads(line)
         except ValueError:
-            raise DataFormatError(f"{partial}:{number + 1}: not a line lit_kd wrote; delete the file to start over")
+            raise DataFormatError(
+                f"{partial}:{number + 1}: not a line lit_kd wrote; run again with --restart true to start over"
+            )
         record = records[number] if number < len(records) else None
         same = (
             record is not None
@@ -60,8 +62,8 @@ def _kept_lines(partial: Path, records: Sequence[dict[str, Any]], generated_by: 
         )
         if not same:
             raise DataFormatError(
-                f"{partial}:{number + 1} was written for other data or settings; delete it to start over "
-                "(or use the same config and options)"
+                f"{partial}:{number + 1} was written for other data or settings; run again with --restart true to "
+                "start over (or use the same config and options)"
             )
     return [line + "\n" for line in complete]
 
@@ -74,9 +76,14 @@ def write_generated_split(
     batch_size: int,
     seed: int,
     progress: Optional[Callable[[int], None]] = None,
+    restart: bool = False,
 ) -> Path:
-    """Write ``path`` with ``generate(records_of_batch, seed + b)``'s responses, resuming an interrupted run."""
+    """Write ``path`` with ``generate(records_of_batch, seed + b)``'s responses, resuming an interrupted run;
+    ``restart``: remove what an interrupted run left and start the split over."""
     partial = path.with_name(f".{path.name}.partial")
+    if restart and partial.is_file():
+        partial.unlink()
+        print(f"removed {partial}, the lines an interrupted run left (--restart starts the split over)", flush=True)
     kept = _kept_lines(partial, records, generated_by)
     done = len(kept) - len(kept) % batch_size  # restart at a batch boundary: each batch has its own seed
     path.parent.mkdir(parents=True, exist_ok=True)

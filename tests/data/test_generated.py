@@ -51,3 +51,30 @@ def test_generate_data_resumes_after_a_kill_into_the_same_file(tmp_path):
     assert len(records) == 60
     originals = load_records(str(tmp_path / "whole" / "val.jsonl"))
     assert len(originals) == 8 and "generated_by" not in (tmp_path / "whole" / "val.jsonl").read_text()
+
+
+def test_restart_removes_an_interrupted_runs_lines_and_starts_the_split_over(tmp_path, capsys):
+    """A partial file left by a run with other settings is refused (naming --restart); with ``restart`` it is
+    removed, with a line saying so, and the split is written whole by this run."""
+    import pytest
+
+    from lit_kd.data.generated import write_generated_split
+    from lit_kd.errors import DataFormatError
+
+    records = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(5)]
+    target = tmp_path / "train.jsonl"
+    partial = tmp_path / ".train.jsonl.partial"
+    old = {"instruction": "q0", "context": "", "response": "old", "generated_by": {"seed": 1}}
+    partial.write_text(json.dumps(old) + "\n")
+
+    def generate(batch, seed):
+        return [f"new {r['instruction']} {seed}" for r in batch]
+
+    with pytest.raises(DataFormatError, match="written for other data or settings; run again with --restart true"):
+        write_generated_split(target, records, generate, {"seed": 2}, batch_size=2, seed=2)
+    assert partial.read_text() == json.dumps(old) + "\n" and not target.exists()  # nothing lost
+    write_generated_split(target, records, generate, {"seed": 2}, batch_size=2, seed=2, restart=True)
+    assert f"removed {partial}, the lines an interrupted run left" in capsys.readouterr().out
+    rows = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [r["response"] for r in rows] == ["new q0 2", "new q1 2", "new q2 3", "new q3 3", "new q4 4"]
+    assert not partial.exists()
