@@ -79,6 +79,8 @@ def clean_after_interrupted_builds(target: str | Path) -> list[Path]:
             return remove_interrupted_builds(target)
     except LockedError:
         return []  # a build is running: its temporary folder is not an orphan
+    except OSError:
+        return []  # a read-only folder (a shared cache): nothing can have been left there by this user
 
 
 def _write_teacher_cache(
