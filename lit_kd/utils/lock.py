@@ -72,6 +72,11 @@ class DirectoryLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 owner = _read_owner(fd)
+                for _ in range(40):  # the owner writes its record just after taking the lock: give it a moment
+                    if owner:
+                        break
+                    time.sleep(0.05)
+                    owner = _read_owner(fd)
                 os.close(fd)
                 raise LockedError(
                     f"{self.what} {self.subject} is in use by {_describe(owner)}; wait until it finishes "
