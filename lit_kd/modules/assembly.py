@@ -20,6 +20,13 @@ class Assembly:
     teacher_source: Optional[TeacherSource]
     vocab_size: int
 
+    def describe(self) -> str:
+        """One line for the log: the student's parameters, the teacher and the vocabulary compared over."""
+        teacher = f"; {self.teacher_source.describe()}" if self.teacher_source is not None else ""
+        parameters = sum(p.numel() for p in self.student.parameters())
+        compared = f"compared over {self.vocab_size:,} vocabulary entries"
+        return f"student: {parameters:,} trainable parameters{teacher}; {compared}"
+
 
 def assemble(
     student: StudentConfig,

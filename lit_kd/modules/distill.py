@@ -34,6 +34,7 @@ from lit_kd.models.head import final_hidden_states, output_head
 from lit_kd.models.pair import check_student_layers, pair_tokenizer
 from lit_kd.modules.arguments import check_module_arguments, samples_students_outputs
 from lit_kd.modules.assembly import assemble
+from lit_kd.modules.fsdp import shard_student
 from lit_kd.modules.nonfinite import NonFinitePolicy
 from lit_kd.modules.normalization import StepNormalizer
 from lit_kd.modules.policy import AdaptivePolicy, PolicyConfig, StudentPolicy
@@ -123,23 +124,21 @@ class DistillModule(L.LightningModule):
         self.teacher_cache = cache
 
     def configure_model(self) -> None:
-        """Load (or derive) the models and the teacher source; idempotent, as Lightning calls it in every stage."""
-        if self.student is not None:
-            return
-        if self.teacher_cache_path is not None and self.teacher_cache is None:
-            self.teacher_cache = TeacherCache.open(self.teacher_cache_path)
-        built = assemble(self.student_config, self.teacher_config, self.tokenizer, self.teacher_cache,
-                         chunked=self.chunk_size is not None)  # fmt: skip
-        # the teacher source is not an nn.Module: the teacher stays outside the registered children
-        self.student, self.teacher_source, self.vocab_size = built.student, built.teacher_source, built.vocab_size
-        self.student_parameters = sum(p.numel() for p in self.student.parameters())
-        self.student.to(device=self.device)
-        self.place_teacher()
-        rank_zero_info(
-            f"student: {self.student_parameters:,} trainable parameters"
-            + (f"; {self.teacher_source.describe()}" if self.teacher_source is not None else "")
-            + f"; compared over {self.vocab_size:,} vocabulary entries"
-        )
+        """Load (or derive) the models and the teacher source, and shard the student under FSDP2 (Lightning's
+        ``ModelParallelStrategy`` gives ``device_mesh``); idempotent, as Lightning calls it in every stage."""
+        if self.student is None:
+            if self.teacher_cache_path is not None and self.teacher_cache is None:
+                self.teacher_cache = TeacherCache.open(self.teacher_cache_path)
+            built = assemble(self.student_config, self.teacher_config, self.tokenizer, self.teacher_cache,
+                             chunked=self.chunk_size is not None)  # fmt: skip
+            # the teacher source is not an nn.Module: the teacher stays outside the registered children
+            self.student, self.teacher_source, self.vocab_size = built.student, built.teacher_source, built.vocab_size
+            self.student_parameters = sum(p.numel() for p in self.student.parameters())
+            self.student.to(device=self.device)
+            self.place_teacher()
+            rank_zero_info(built.describe())
+        if self.device_mesh is not None:
+            shard_student(self.student, self.device_mesh["data_parallel"])
 
     def setup(self, stage: str) -> None:
         if self.student_policy is not None:  # a checkpoint may restore the generator's state later

@@ -58,10 +58,9 @@ def restore_module_state(
     checkpoint: dict[str, Any], student_state: dict[str, Tensor], nonfinite: Any, policy: Optional[Any]
 ) -> None:
     """Refuse a checkpoint of another student architecture with a clear error; restore what ``store_module_state``
-    kept."""
-    if "state_dict" not in checkpoint:
-        raise CheckpointError("the checkpoint has no state_dict: not a lit_kd training checkpoint")
-    check_student_state(student_state, checkpoint["state_dict"], "the checkpoint")
+    kept. (A sharded checkpoint's weights are loaded by the strategy itself, outside this dict.)"""
+    if "state_dict" in checkpoint:
+        check_student_state(student_state, checkpoint["state_dict"], "the checkpoint")
     nonfinite.skipped = checkpoint.get("lit_kd_skipped_batches", 0)
     if policy is not None and "lit_kd_policy" in checkpoint:
         policy.load_state_dict(checkpoint["lit_kd_policy"])

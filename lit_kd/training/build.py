@@ -16,6 +16,7 @@ themselves (``options`` adds a command's own arguments to the parser).
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 import time
@@ -30,7 +31,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lit_kd.data import DollyDataModule
 from lit_kd.data.collate import batch_rows, batch_tokens
-from lit_kd.errors import CheckpointError
+from lit_kd.errors import CheckpointError, ConfigError
 from lit_kd.models import StudentConfig
 from lit_kd.modules import DistillModule
 from lit_kd.modules.loading import checkpoint_hparams, read_checkpoint
@@ -114,6 +115,27 @@ def default_callbacks(args: list[str]) -> list:
     ]
 
 
+def fill_data_parallel_size(trainer: Namespace) -> None:
+    """FSDP2 alone (``ModelParallelStrategy`` with ``tensor_parallel_size: 1``): Lightning's ``data_parallel_size:
+    auto`` is the number of nodes; sharding over every process needs devices × nodes, which is filled in here."""
+    strategy = trainer.get("strategy")
+    init = getattr(strategy, "init_args", None)
+    if not str(getattr(strategy, "class_path", "")).endswith("ModelParallelStrategy") or init is None:
+        return
+    if init.get("tensor_parallel_size") != 1 or init.get("data_parallel_size", "auto") != "auto":
+        return
+    devices = trainer.get("devices")
+    if isinstance(devices, str) and devices.strip().isdigit():
+        devices = int(devices)
+    count = len(devices) if isinstance(devices, (list, tuple)) else devices if isinstance(devices, int) else None
+    if count is None or count < 1:
+        raise ConfigError(
+            "trainer.devices: FSDP (configs/strategies/fsdp.yaml) needs the number of devices per node, "
+            f"got {devices!r}"
+        )
+    init.data_parallel_size = count * int(trainer.get("num_nodes") or 1)
+
+
 def quiet_hugging_face_progress_bars() -> None:
     """Turn off the tqdm bars of datasets (tokenizing), transformers (weight loading, GGUF conversion) and the hub;
     lit_kd prints its own one-line summaries (e.g. each split's tokenization)."""
@@ -126,9 +148,11 @@ def quiet_hugging_face_progress_bars() -> None:
     huggingface_hub.utils.disable_progress_bars()
 
 
-def read_run_checkpoint(path: str) -> dict[str, Any]:
+def read_run_checkpoint(path: str) -> Optional[dict[str, Any]]:
     """A ``--ckpt_path`` file as lit_kd wrote it (memory-mapped), or one ``CheckpointError``: missing, truncated or
-    not a checkpoint of a lit_kd run."""
+    not a checkpoint of a lit_kd run. A sharded checkpoint (an FSDP2 run's folder) is left to Lightning's loader."""
+    if os.path.isdir(path):
+        return None
     checkpoint = read_checkpoint(path, mmap=True)
     if "state_dict" not in checkpoint or "loops" not in checkpoint:
         raise CheckpointError(
@@ -214,6 +238,7 @@ class LitKDCLI(LightningCLI):
         ``--ckpt_path last`` resumes the newest ``last.ckpt`` among this config's runs, in that run's own
         version directory (its first config.yaml is kept; the resumed one is saved beside it)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
+        fill_data_parallel_size(config.trainer)
         logger = config.trainer.logger
         init_args = getattr(logger, "init_args", None)
         save_dir = getattr(init_args, "save_dir", None)

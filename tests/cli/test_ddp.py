@@ -29,14 +29,19 @@ def test_ddp_on_two_cpu_processes(tmp_path):
     ]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    ranks = [json.loads((tmp_path / "probe" / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["world_size"] for r in ranks] == [2, 2]
+    ranks = check_two_data_parallel_ranks(tmp_path / "probe")
     assert all(r["wrapper"] == "DistributedDataParallel" for r in ranks)
-    # each rank trained on its own shard of the data
+
+
+def check_two_data_parallel_ranks(probe_dir) -> list[dict]:
+    """What ``DDPProbe`` recorded on 2 ranks: each trained on its own shard of the data, the teacher stayed frozen,
+    unchanged and outside the wrapped model, and the validation metrics were synced (identical on both)."""
+    ranks = [json.loads((probe_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
     seen = [set(r["rows"]) for r in ranks]
     assert len(seen[0]) == len(seen[1]) == 16 and not seen[0] & seen[1]
     for record in ranks:
         assert record["teacher_frozen"] and record["teacher_eval_mode"] and record["teacher_unchanged"]
         assert not record["teacher_in_wrapped_model"]
-    # validation metrics are synced across processes: identical on both ranks
     assert ranks[0]["metrics"] == ranks[1]["metrics"] and {"val/loss", "val/rougeL"} <= set(ranks[0]["metrics"])
+    return ranks

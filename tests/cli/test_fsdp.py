@@ -1,39 +1,63 @@
-"""FSDP on a GPU: a few steps of two tiny models with Lightning's FSDPStrategy (skipped without CUDA)."""
+"""FSDP2 (configs/strategies/fsdp.yaml: Lightning's ModelParallelStrategy, the student sharded with fully_shard) on
+2 CPU processes with gloo, through the CLI; and on a GPU when one is present."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
+import yaml
 
 from lit_kd.training import build
-from tests.conftest import ROOT
+from tests.cli.test_ddp import check_two_data_parallel_ranks
+from tests.conftest import DEMO_DATA, ROOT, TINY_TOKENIZER
+
+
+def test_fsdp2_on_two_cpu_processes_through_the_cli(tmp_path):
+    probe = {"trainer": {"callbacks": [
+        {"class_path": "tests.probes.DDPProbe", "init_args": {"out_dir": str(tmp_path / "probe")}}]}}  # fmt: skip
+    (tmp_path / "probe.yaml").write_text(yaml.safe_dump(probe))
+    command = [
+        sys.executable, "-m", "lit_kd", "fit", "--config", str(ROOT / "configs" / "tiny.yaml"),
+        "--config", str(ROOT / "configs" / "strategies" / "fsdp.yaml"), "--config", str(tmp_path / "probe.yaml"),
+        "--trainer.devices", "2", "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "4", "--trainer.enable_progress_bar", "false",
+        "--model.teacher.tokenizer", str(TINY_TOKENIZER), "--data.raw", str(DEMO_DATA),
+        "--data.cache_dir", str(tmp_path / "cache"), "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_two_data_parallel_ranks(tmp_path / "probe")
+    (last,) = tmp_path.glob("logs/tiny/version_0/checkpoints/last.ckpt")
+    assert last.is_dir()  # a distributed (sharded) checkpoint
+
+
+def test_fsdp_needs_a_number_of_devices(tmp_path, capsys):
+    from lit_kd.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs" / "tiny.yaml"),
+              "--config", str(ROOT / "configs" / "strategies" / "fsdp.yaml"), "--trainer.devices", "auto",
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "lit_kd: error: trainer.devices: FSDP (configs/strategies/fsdp.yaml) needs the number" in err
 
 
 @pytest.mark.gpu
 def test_fsdp_fits_a_few_steps_with_a_sharded_student_and_a_frozen_teacher(tiny_args, tmp_path):
+    from torch.distributed.fsdp import FSDPModule
+
     run = build(
+        [*tiny_args, "--config", str(ROOT / "configs" / "strategies" / "fsdp.yaml"), "--trainer.accelerator", "cuda",
+         "--trainer.devices", "1", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "4"],
         subcommand="fit",
-        args=[
-            *tiny_args,
-            "--config",
-            str(ROOT / "configs" / "strategies" / "fsdp.yaml"),
-            "--trainer.accelerator",
-            "cuda",
-            "--trainer.devices",
-            "1",
-            "--trainer.max_epochs",
-            "1",
-            "--trainer.limit_train_batches",
-            "4",
-        ]  # fmt: skip
-    )
+    )  # fmt: skip
     trainer, module = run.trainer, run.module
-    assert type(trainer.strategy).__name__ == "FSDPStrategy" and trainer.global_step == 4
-    assert type(trainer.strategy.model).__name__ == "FullyShardedDataParallel"
-    wrapped = {id(p) for p in trainer.strategy.model.parameters()}
-    assert not any(id(p) in wrapped for p in module.teacher.parameters())  # the teacher is not sharded
+    assert type(trainer.strategy).__name__ == "ModelParallelStrategy" and trainer.global_step == 4
+    assert isinstance(module.student, FSDPModule)
     assert all(not p.requires_grad for p in module.teacher.parameters()) and not module.teacher.training
     assert next(module.teacher.parameters()).is_cuda
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
-    checkpoint = torch.load(trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=False)
-    assert all(key.startswith("student.") for key in checkpoint["state_dict"])

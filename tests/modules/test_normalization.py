@@ -67,3 +67,19 @@ def test_a_ddp_step_on_two_processes_equals_one_big_batch(tmp_path, chunk_size):
     assert sorted(response_tokens(b) for b in batches) == [4, 15, 46, 70]
     expected = one_big_batch_gradient(module, batches)
     assert_same_gradient(step_gradient(saved["before"], saved["after"]), expected)
+
+
+def test_an_fsdp2_step_on_two_processes_equals_one_big_batch(tmp_path):
+    """FSDP2 (Lightning's ModelParallelStrategy, the student fully sharded, full logits), float32: the token-exact
+    step over both processes' micro-batches equals one large batch of the same rows."""
+    out = tmp_path / "weights.pt"
+    script = ROOT / "tests" / "modules" / "fsdp_normalization.py"
+    result = subprocess.run(
+        [sys.executable, str(script), str(out), "none"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = torch.load(out)
+    assert saved["sharded_units"] == 3  # the student's two decoder blocks and its root
+    module = make_module(None).double()
+    expected = one_big_batch_gradient(module, micro_batches(module.tokenizer))
+    assert_same_gradient(step_gradient(saved["before"], saved["after"]), expected, tolerance=1e-5)
