@@ -19,13 +19,13 @@ class Assembly:
     student: PreTrainedModel
     teacher_source: Optional[TeacherSource]
     vocab_size: int
+    student_parameters: int
 
     def describe(self) -> str:
         """One line for the log: the student's parameters, the teacher and the vocabulary compared over."""
         teacher = f"; {self.teacher_source.describe()}" if self.teacher_source is not None else ""
-        parameters = sum(p.numel() for p in self.student.parameters())
         compared = f"compared over {self.vocab_size:,} vocabulary entries"
-        return f"student: {parameters:,} trainable parameters{teacher}; {compared}"
+        return f"student: {self.student_parameters:,} trainable parameters{teacher}; {compared}"
 
 
 def assemble(
@@ -45,4 +45,5 @@ def assemble(
         verify_head(pair.student, "student", vocab_size)
         if pair.teacher is not None:
             verify_head(pair.teacher, "teacher", vocab_size)
-    return Assembly(pair.student, teacher_source(pair.teacher, cache, vocab_size), vocab_size)
+    parameters = sum(p.numel() for p in pair.student.parameters())
+    return Assembly(pair.student, teacher_source(pair.teacher, cache, vocab_size), vocab_size, parameters)

@@ -133,7 +133,7 @@ class DistillModule(L.LightningModule):
                              chunked=self.chunk_size is not None)  # fmt: skip
             # the teacher source is not an nn.Module: the teacher stays outside the registered children
             self.student, self.teacher_source, self.vocab_size = built.student, built.teacher_source, built.vocab_size
-            self.student_parameters = sum(p.numel() for p in self.student.parameters())
+            self.student_parameters = built.student_parameters
             self.student.to(device=self.device)
             self.place_teacher()
             rank_zero_info(built.describe())
@@ -157,7 +157,7 @@ class DistillModule(L.LightningModule):
     def configure_callbacks(self) -> list[L.Callback]:
         """ROUGE-L of generations during validation and test (``val_rouge``), and the adaptive λ rule."""
         callbacks: list[L.Callback] = [GenerationRouge(self.val_rouge)] if self.val_rouge is not None else []
-        if self.student_policy is not None and self.policy is not None and self.policy.adaptive is not None:
+        if self.student_policy is not None and self.student_policy.config.adaptive is not None:
             callbacks.append(AdaptivePolicy(self.student_policy))
         return callbacks
 

@@ -4,8 +4,6 @@ here too)."""
 
 from __future__ import annotations
 
-import re
-import shutil
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,6 +17,7 @@ from lit_kd.models import ModelConfig, load_model
 from lit_kd.models.head import final_hidden_states, output_head, verify_head
 from lit_kd.teacher.cache import CACHE_DTYPES, MANIFEST, TeacherCache, build_teacher_cache, cache_key, describe_size
 from lit_kd.utils.devices import resolve_device
+from lit_kd.utils.io import remove_stale_temporaries
 from lit_kd.utils.lock import DirectoryLock
 from lit_kd.utils.progress import split_progress
 
@@ -60,14 +59,9 @@ def build_lock(target: Path) -> DirectoryLock:
 def remove_interrupted_builds(target: Path) -> list[Path]:
     """Remove the temporary folders that killed builds of ``target`` left beside it. Call it holding
     ``build_lock(target)``: no build of ``target`` is then running, so every such folder is an orphan."""
-    removed = []
-    pattern = re.compile(rf"^\.{re.escape(target.name)}\.[0-9a-f]{{16}}\.tmp$")
-    if target.parent.is_dir():
-        for entry in sorted(target.parent.iterdir()):
-            if pattern.match(entry.name):
-                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
-                print(f"removed {entry}, the temporary folder of a teacher-cache build that was interrupted")
-                removed.append(entry)
+    removed = remove_stale_temporaries(target.parent, of=target.name)
+    for entry in removed:
+        print(f"removed {entry}, the temporary folder of a teacher-cache build that was interrupted")
     return removed
 
 

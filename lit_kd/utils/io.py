@@ -170,14 +170,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_temporaries(folder: str | os.PathLike, of: Optional[str] = None) -> list[Path]:
     """Delete the temporaries a killed writer left in ``folder`` (only names ``atomic_path`` and
-    ``atomic_directory`` create); returns what was removed. Call it only where no other process writes."""
+    ``atomic_directory`` create; with ``of``, only those of the target named ``of``); returns what was removed.
+    Call it only where no other process writes them."""
     folder = Path(folder)
+    own = re.compile(rf"^\.{re.escape(of)}\.[0-9a-f]{{16}}\.tmp") if of is not None else None
     removed = []
     if folder.is_dir():
-        for entry in folder.iterdir():
-            if TEMPORARY_NAME.match(entry.name):
+        for entry in sorted(folder.iterdir()):
+            if TEMPORARY_NAME.match(entry.name) and (own is None or own.match(entry.name)):
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
                 removed.append(entry)
     return removed
