@@ -49,6 +49,7 @@ def test_fsdp_needs_a_number_of_devices(tmp_path, capsys):
 @pytest.mark.gpu
 def test_fsdp_fits_a_few_steps_with_a_sharded_student_and_a_frozen_teacher(tiny_args, tmp_path):
     from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
 
     run = build(
         [*tiny_args, "--config", str(ROOT / "configs" / "strategies" / "fsdp.yaml"), "--trainer.accelerator", "cuda",
@@ -58,6 +59,8 @@ def test_fsdp_fits_a_few_steps_with_a_sharded_student_and_a_frozen_teacher(tiny_
     trainer, module = run.trainer, run.module
     assert type(trainer.strategy).__name__ == "ModelParallelStrategy" and trainer.global_step == 4
     assert isinstance(module.student, FSDPModule)
+    assert not any(isinstance(p, DTensor) for p in module.teacher.parameters())  # the teacher is not sharded
+    assert all(key.startswith("student.") for key in module.state_dict())  # nor part of what checkpoints hold
     assert all(not p.requires_grad for p in module.teacher.parameters()) and not module.teacher.training
     assert next(module.teacher.parameters()).is_cuda
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
