@@ -2,7 +2,7 @@
 for OPT, ``project_out``), so logits can be computed for a few rows at a time (chunked losses) or from
 stored hidden states (the teacher cache).
 
-    h = model.base_model(input_ids, attention_mask).last_hidden_state      # [B, T, d]
+    h = model.get_decoder()(input_ids, attention_mask).last_hidden_state   # [B, T, d], in model(...)'s forward
     logits = h @ W.T (+ b)                                                  # W = model.get_output_embeddings()
 
 This is exact only where the architecture applies nothing after its LM head. ``verify_head`` checks it
@@ -13,6 +13,7 @@ approximation.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Optional
 
@@ -60,8 +61,35 @@ def output_head(model: PreTrainedModel, vocab_size: Optional[int] = None) -> Out
 
 
 def final_hidden_states(model: PreTrainedModel, input_ids: Tensor, attention_mask: Optional[Tensor]) -> Tensor:
-    """The LM head's input ``[B, T, d]``: the base model's last hidden state (no logits computed)."""
-    return model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    """The LM head's input ``[B, T, d]``: the decoder's last hidden state (``model.get_decoder()``), no logits
+    computed.
+
+    It is taken from the model's own forward, run with no position's logits kept (``logits_to_keep`` an empty
+    index), by a forward hook on the decoder. So under FSDP2 the root unit's parameters (embeddings, final
+    norm, LM head) are gathered as in any forward and stay gathered until the backward: the chunked loss then
+    applies the live head without another all-gather, and its gradient is reduce-scattered with the root's."""
+    captured: list[Tensor] = []
+    hook = model.get_decoder().register_forward_hook(lambda _, args, output: captured.append(output.last_hidden_state))
+    try:
+        no_position = torch.zeros(0, dtype=torch.long, device=input_ids.device)
+        model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=no_position, use_cache=False)
+    finally:
+        hook.remove()
+    if len(captured) != 1:
+        raise ConfigError(
+            f"{type(model).__name__}: its forward did not run its decoder ({type(model.get_decoder()).__name__}) "
+            "once; chunked losses and the teacher cache need its last hidden state: set model.chunk_size: null"
+        )
+    return captured[0]
+
+
+def check_logits_to_keep(model: PreTrainedModel, role: str) -> None:
+    """``final_hidden_states`` needs a forward that takes ``logits_to_keep`` (every causal LM of transformers 5)."""
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        raise ConfigError(
+            f"{role} ({type(model).__name__}): its forward takes no logits_to_keep, which chunked losses and the "
+            "teacher cache use to run it without computing logits; set model.chunk_size: null and use a live teacher"
+        )
 
 
 @torch.no_grad()
@@ -70,6 +98,7 @@ def verify_head(model: PreTrainedModel, role: str, vocab_size: Optional[int] = N
 
     The comparison is exact up to float rounding (a relative tolerance of 1e-5 of the logits' scale): the same
     matmul in both. A model that scales or caps its logits after the head fails here, before any training."""
+    check_logits_to_keep(model, role)
     fields = [f"{name}={getattr(model.config, name)}" for name in LOGIT_POSTPROCESSING_FIELDS
               if getattr(model.config, name, None) not in (None, 1, 1.0)]  # fmt: skip
     device = next(model.parameters()).device

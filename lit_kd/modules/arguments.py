@@ -9,6 +9,8 @@ from lit_kd.errors import ConfigError
 from lit_kd.models import ModelConfig, StudentConfig
 from lit_kd.modules.policy import PolicyConfig
 
+TEACHER_SHARDING = ("replicate", "shard")
+
 
 def check_module_arguments(
     student: StudentConfig,
@@ -17,6 +19,7 @@ def check_module_arguments(
     teacher_cache: Optional[str],
     chunk_size: Optional[int],
     policy: Optional[PolicyConfig],
+    teacher_sharding: str = "replicate",
 ) -> None:
     """One ``ConfigError`` naming the setting, for a combination that cannot run."""
     if not 0.0 <= kd_ratio <= 1.0:
@@ -33,6 +36,15 @@ def check_module_arguments(
         raise ConfigError(
             "model.policy samples new responses, which only a live teacher can score; a teacher cache holds the "
             "data's responses only: drop model.teacher_cache or set model.policy.student_fraction: 0"
+        )
+    if teacher_sharding not in TEACHER_SHARDING:
+        choices = ", ".join(TEACHER_SHARDING)
+        raise ConfigError(f"model.teacher_sharding must be one of {choices}, got {teacher_sharding!r}")
+    if teacher_sharding == "shard" and (teacher is None or teacher_cache is not None):
+        raise ConfigError(
+            "model.teacher_sharding: shard needs a live teacher to shard; with "
+            + ("model.teacher_cache the teacher's body is not loaded" if teacher is not None else "no model.teacher")
+            + ": set model.teacher_sharding: replicate"
         )
     if samples_students_outputs(policy) and (teacher is None or kd_ratio == 0):
         raise ConfigError("model.policy needs a teacher to score the student's samples (and kd_ratio > 0)")

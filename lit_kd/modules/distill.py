@@ -19,13 +19,11 @@ from typing import Any, Optional
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_kd.data.tokenize import response_mask
-from lit_kd.errors import ConfigError
 from lit_kd.eval.val_rouge import GenerationRouge, ValidationRouge
 from lit_kd.losses import LossConfig
 from lit_kd.losses.chunked import TokenSums, chunked_token_sums, token_sums_from_logits
@@ -34,7 +32,7 @@ from lit_kd.models.head import final_hidden_states, output_head
 from lit_kd.models.pair import check_student_layers, pair_tokenizer
 from lit_kd.modules.arguments import check_module_arguments, samples_students_outputs
 from lit_kd.modules.assembly import assemble
-from lit_kd.modules.fsdp import shard_student
+from lit_kd.modules.fsdp import check_teacher_sharding, shard_models
 from lit_kd.modules.nonfinite import NonFinitePolicy
 from lit_kd.modules.normalization import StepNormalizer
 from lit_kd.modules.policy import AdaptivePolicy, PolicyConfig, StudentPolicy
@@ -59,6 +57,7 @@ class DistillModule(L.LightningModule):
         chunk_size: Optional[int] = 512,
         policy: Optional[PolicyConfig] = None,
         max_length: Optional[int] = None,
+        teacher_sharding: str = "replicate",
     ) -> None:
         """
         Args:
@@ -85,14 +84,16 @@ class DistillModule(L.LightningModule):
                 off-policy, the data's responses.
             max_length: The longest sequence, prompt and response (the CLI links ``data.max_length`` here):
                 responses the student samples are cut to it like the data's.
+            teacher_sharding: ``replicate`` (a whole teacher on every process) or ``shard`` (FSDP2 only: each
+                process holds 1/W of the frozen teacher, gathered block by block for its forward).
         """
         super().__init__()
-        check_module_arguments(student, teacher, kd_ratio, teacher_cache, chunk_size, policy)
+        check_module_arguments(student, teacher, kd_ratio, teacher_cache, chunk_size, policy, teacher_sharding)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], logger=False)
         self.teacher_config, self.student_config, self.loss_config = teacher, student, loss
         self.kd_ratio, self.chunk_size, self.diagnostics = kd_ratio, chunk_size, diagnostics
         self.val_rouge, self.policy, self.teacher_cache_path = val_rouge, policy, teacher_cache
-        self.nonfinite = NonFinitePolicy(nonfinite)
+        self.teacher_sharding, self.nonfinite = teacher_sharding, NonFinitePolicy(nonfinite)
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.normalizer = StepNormalizer()
         self.batch_size_seen: tuple[Tensor | int, int] = (0, 0)  # (tokens, response rows) of the last batch
@@ -124,28 +125,25 @@ class DistillModule(L.LightningModule):
         self.teacher_cache = cache
 
     def configure_model(self) -> None:
-        """Load (or derive) the models and the teacher source, and shard the student under FSDP2 (Lightning's
-        ``ModelParallelStrategy`` gives ``device_mesh``); idempotent, as Lightning calls it in every stage."""
+        """Load (or derive) the models and the teacher source, and shard them under FSDP2 (``device_mesh``, from
+        ``ModelParallelStrategy``; the teacher with ``teacher_sharding: shard``); idempotent (called in every stage)."""
         if self.student is None:
             if self.teacher_cache_path is not None and self.teacher_cache is None:
                 self.teacher_cache = TeacherCache.open(self.teacher_cache_path)
             built = assemble(self.student_config, self.teacher_config, self.tokenizer, self.teacher_cache,
                              chunked=self.chunk_size is not None)  # fmt: skip
-            # the teacher source is not an nn.Module: the teacher stays outside the registered children
             self.student, self.teacher_source, self.vocab_size = built.student, built.teacher_source, built.vocab_size
             self.student_parameters = built.student_parameters
             self.student.to(device=self.device)
             self.place_teacher()
             rank_zero_info(built.describe())
         if self.device_mesh is not None:
-            shard_student(self.student, self.device_mesh["data_parallel"])
+            shard_models(self.student, self.teacher if self.teacher_sharding == "shard" else None, self.device_mesh)
 
     def setup(self, stage: str) -> None:
         if self.student_policy is not None:  # a checkpoint may restore the generator's state later
             self.student_policy.reseed(int(os.environ.get("PL_GLOBAL_SEED", 0)))
-        if self.chunk_size is not None and isinstance(self.trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):
-            raise ConfigError("model.chunk_size: the chunked loss applies the student's LM head outside its "
-                              "forward, where FSDP keeps it sharded; set model.chunk_size: null with FSDP")  # fmt: skip
+        check_teacher_sharding(self.teacher_sharding, type(self.trainer.strategy).__name__, self.trainer.world_size)
 
     def place_teacher(self) -> None:
         """Move the teacher (or the cached teacher's head) to the module's device when a stage starts."""
@@ -173,13 +171,16 @@ class DistillModule(L.LightningModule):
         if self.chunk_size is None:
             student_rows = self(batch["input_ids"], batch["attention_mask"])[:, :-1, : self.vocab_size][mask]
             teacher_rows = source.logits_rows(batch, mask, stage) if source is not None else None
-            return token_sums_from_logits(student_rows, teacher_rows, targets, loss, ratio, diagnostics)
-        hidden = final_hidden_states(self.student, batch["input_ids"], batch["attention_mask"])[:, :-1][mask]
-        teacher_hidden = source.hidden_rows(batch, mask, stage) if source is not None else None
-        head, teacher_head = output_head(self.student, self.vocab_size), source.head if source is not None else None
-        return chunked_token_sums(
-            hidden, head, targets, loss, ratio, self.chunk_size, teacher_hidden, teacher_head, diagnostics
-        )
+            sums = token_sums_from_logits(student_rows, teacher_rows, targets, loss, ratio, diagnostics)
+        else:
+            hidden = final_hidden_states(self.student, batch["input_ids"], batch["attention_mask"])[:, :-1][mask]
+            teacher_hidden = source.hidden_rows(batch, mask, stage) if source is not None else None
+            head, teacher_head = output_head(self.student, self.vocab_size), source and source.head
+            sums = chunked_token_sums(hidden, head, targets, loss, ratio, self.chunk_size, teacher_hidden, teacher_head,
+                                      diagnostics)  # fmt: skip
+        if source is not None:
+            source.release()
+        return sums
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Optional[Tensor]:
         if self.student_policy is not None:  # on-/mixed-policy: a share of the responses sampled by the student

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import torch
 from torch import Tensor
+from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedModel
 
 from lit_kd.models.head import OutputHead, final_hidden_states, output_head
@@ -41,6 +42,9 @@ class TeacherSource(ABC):
         """The teacher's logits ``[N, V]`` at the ``mask``ed positions."""
         return self.head.logits(self.hidden_rows(batch, mask, stage))
 
+    def release(self) -> None:
+        """Free what the step's loss gathered (a sharded teacher's root unit); called once the loss is computed."""
+
     @abstractmethod
     def flops(self, tokens: float, rows: int) -> float:
         """Forward FLOPs for a batch of ``tokens`` tokens with ``rows`` response rows."""
@@ -63,7 +67,8 @@ class LiveTeacher(TeacherSource):
         return output_head(self.model, self.vocab_size)
 
     def to(self, device: torch.device | str) -> "LiveTeacher":
-        self.model.to(device=device)
+        if not isinstance(self.model, FSDPModule):  # a sharded teacher is already on its mesh's device
+            self.model.to(device=device)
         return self
 
     @torch.no_grad()
@@ -75,6 +80,10 @@ class LiveTeacher(TeacherSource):
     def logits_rows(self, batch: dict[str, Any], mask: Tensor, stage: str) -> Tensor:
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return logits[:, :-1, : self.vocab_size][mask]
+
+    def release(self) -> None:
+        if isinstance(self.model, FSDPModule):  # model.teacher_sharding: shard (lit_kd.modules.fsdp)
+            self.model.reshard()
 
     def flops(self, tokens: float, rows: int) -> float:
         return 2.0 * self.parameters * tokens

@@ -34,6 +34,7 @@ from lit_kd.data.collate import batch_rows, batch_tokens
 from lit_kd.errors import CheckpointError, ConfigError
 from lit_kd.models import StudentConfig
 from lit_kd.modules import DistillModule
+from lit_kd.modules.fsdp import check_teacher_sharding
 from lit_kd.modules.loading import checkpoint_hparams, read_checkpoint
 from lit_kd.teacher import TeacherCache, cache_key
 from lit_kd.teacher.build import clean_after_interrupted_builds
@@ -134,6 +135,19 @@ def fill_data_parallel_size(trainer: Namespace) -> None:
             f"got {devices!r}"
         )
     init.data_parallel_size = count * int(trainer.get("num_nodes") or 1)
+
+
+def check_teacher_sharding_request(config: Namespace) -> None:
+    """``model.teacher_sharding: shard`` without FSDP2 over several processes: one error before anything is built
+    (``DistillModule.setup`` checks it again for runs not built here)."""
+    sharding = config.get("model.teacher_sharding", "replicate")
+    if sharding == "replicate":
+        return
+    strategy = config.trainer.get("strategy")
+    name = str(getattr(strategy, "class_path", strategy)).rsplit(".", 1)[-1]
+    init = getattr(strategy, "init_args", None)
+    processes = init.get("data_parallel_size") if init is not None else None
+    check_teacher_sharding(sharding, name, processes if isinstance(processes, int) else 1)
 
 
 def quiet_hugging_face_progress_bars() -> None:
@@ -239,6 +253,7 @@ class LitKDCLI(LightningCLI):
         version directory (its first config.yaml is kept; the resumed one is saved beside it)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         fill_data_parallel_size(config.trainer)
+        check_teacher_sharding_request(config)
         logger = config.trainer.logger
         init_args = getattr(logger, "init_args", None)
         save_dir = getattr(init_args, "save_dir", None)

@@ -46,6 +46,35 @@ def test_fsdp_needs_a_number_of_devices(tmp_path, capsys):
     assert "lit_kd: error: trainer.devices: FSDP (configs/strategies/fsdp.yaml) needs the number" in err
 
 
+@pytest.mark.parametrize(
+    "strategy, found", [([], "strategy auto, 1 process(es)"),
+                        (["--config", str(ROOT / "configs" / "strategies" / "fsdp.yaml"), "--trainer.devices", "1"],
+                         "strategy ModelParallelStrategy, 1 process(es)")],
+)  # fmt: skip
+def test_a_sharded_teacher_needs_fsdp_on_several_processes(tmp_path, capsys, strategy, found):
+    from lit_kd.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(ROOT / "configs" / "tiny.yaml"), *strategy, "--model.teacher_sharding", "shard",
+              "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")])  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "lit_kd: error: model.teacher_sharding: shard splits the teacher over the processes of FSDP2" in err
+    assert f"(this run: {found})" in err and not (tmp_path / "logs").exists()  # before anything was built
+
+
+def test_a_sharded_teacher_needs_a_live_teacher():
+    from lit_kd.errors import ConfigError
+    from lit_kd.models import ModelConfig, StudentConfig
+    from lit_kd.modules import DistillModule
+
+    teacher = ModelConfig(config={"model_type": "llama"}, tokenizer=str(TINY_TOKENIZER))
+    with pytest.raises(ConfigError, match="teacher_cache the teacher's body is not loaded: set model.teacher_sharding"):
+        DistillModule(StudentConfig(layers=[0]), teacher, teacher_cache="somewhere", teacher_sharding="shard")
+    with pytest.raises(ConfigError, match="model.teacher_sharding must be one of replicate, shard, got 'half'"):
+        DistillModule(StudentConfig(layers=[0]), teacher, teacher_sharding="half")
+
+
 @pytest.mark.gpu
 def test_fsdp_fits_a_few_steps_with_a_sharded_student_and_a_frozen_teacher(tiny_args, tmp_path):
     from torch.distributed.fsdp import FSDPModule

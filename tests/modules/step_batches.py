@@ -27,17 +27,22 @@ def sgd(params):
     return torch.optim.SGD(params, lr=1.0)
 
 
-def make_module(chunk_size: int | None = 16) -> DistillModule:
-    teacher = ModelConfig(config=tiny_llama_config(3), tokenizer=str(TINY_TOKENIZER))
+def make_module(
+    chunk_size: int | None = 16, objective: str = "fkl", tied: bool = False, optimizer=sgd, **options: Any
+) -> DistillModule:
+    """The student cut from layers 0 and 2 of a 3-layer teacher (its LM head tied to its embeddings with ``tied``);
+    ``options`` go to ``DistillModule`` (``teacher_cache``, ``teacher_sharding``)."""
+    config = tiny_llama_config(3, tie_word_embeddings=tied)
     module = DistillModule(
         student=StudentConfig(layers=[0, 2]),
-        teacher=teacher,
-        loss=LossConfig("fkl", tau=2.0),
+        teacher=ModelConfig(config=config, tokenizer=str(TINY_TOKENIZER)),
+        loss=LossConfig(objective, tau=2.0),
         kd_ratio=0.7,
-        optimizer=sgd,
+        optimizer=optimizer,
         lr_scheduler=None,
         diagnostics=False,
         chunk_size=chunk_size,
+        **options,
     )
     module.configure_model()
     return module
@@ -56,12 +61,29 @@ def response_tokens(batch: dict[str, Any]) -> int:
 
 
 def micro_batches(tokenizer) -> list[dict[str, Any]]:
-    return [collate(tokenizer, rows) for rows in MICRO_BATCHES]
+    """``MICRO_BATCHES`` collated, their examples numbered in order (``batch["index"]``, as a teacher cache reads)."""
+    starts = [sum(len(group) for group in MICRO_BATCHES[:k]) for k in range(len(MICRO_BATCHES))]
+    return [collate(tokenizer, rows, start) for rows, start in zip(MICRO_BATCHES, starts)]
 
 
-def one_big_batch_gradient(module: DistillModule, batches: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """The gradient of Σ ℓ / N over all rows of ``batches`` put in one batch."""
-    rows = [row for group in MICRO_BATCHES[: len(batches)] for row in group]
+def write_micro_batch_cache(module: DistillModule, folder) -> str:
+    """A teacher cache of ``module``'s live teacher over ``micro_batches`` (split "train", examples in order)."""
+    from lit_kd.models.head import final_hidden_states, output_head
+    from lit_kd.teacher.cache import CacheKey, build_teacher_cache
+
+    teacher, batches = module.teacher, micro_batches(module.tokenizer)
+    sizes = {"train": (sum(len(group) for group in MICRO_BATCHES), sum(response_tokens(b) for b in batches))}
+    key = CacheKey(teacher={"source": "tests"}, tokenizer="tiny", template="", max_length=256)
+    hidden = lambda batch: final_hidden_states(teacher, batch["input_ids"], batch["attention_mask"])  # noqa: E731
+    return str(build_teacher_cache(folder, key, output_head(teacher), {"train": lambda: batches}, sizes, hidden))
+
+
+def one_big_batch_gradient(
+    module: DistillModule, batches: list[dict[str, Any]], which: list[int] | None = None
+) -> dict[str, torch.Tensor]:
+    """The gradient of Σ ℓ / N over all rows of ``batches`` (or of micro-batches ``which``) put in one batch."""
+    which = list(range(len(batches))) if which is None else which
+    rows = [row for k in which for row in MICRO_BATCHES[k]]
     big = collate(module.tokenizer, rows)
     module.student.zero_grad()
     sums = module.compute_losses(big, "train")

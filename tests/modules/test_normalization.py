@@ -69,17 +69,59 @@ def test_a_ddp_step_on_two_processes_equals_one_big_batch(tmp_path, chunk_size):
     assert_same_gradient(step_gradient(saved["before"], saved["after"]), expected)
 
 
-def test_an_fsdp2_step_on_two_processes_equals_one_big_batch(tmp_path):
-    """FSDP2 (Lightning's ModelParallelStrategy, the student fully sharded, full logits), float32: the token-exact
-    step over both processes' micro-batches equals one large batch of the same rows."""
-    out = tmp_path / "weights.pt"
-    script = ROOT / "tests" / "modules" / "fsdp_normalization.py"
-    result = subprocess.run(
-        [sys.executable, str(script), str(out), "none"], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+@pytest.fixture(scope="module")
+def fsdp2_steps(tmp_path_factory) -> dict:
+    """``tests/modules/fsdp_steps.py``'s variants, run once in two torchrun processes."""
+    out = tmp_path_factory.mktemp("fsdp2") / "steps.pt"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(ROOT / "tests" / "modules" / "fsdp_steps.py"), str(out)]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    saved = torch.load(out)
-    assert saved["sharded_units"] == 3  # the student's two decoder blocks and its root
-    module = make_module(None).double()
-    expected = one_big_batch_gradient(module, micro_batches(module.tokenizer))
-    assert_same_gradient(step_gradient(saved["before"], saved["after"]), expected, tolerance=1e-5)
+    return torch.load(out)
+
+
+def test_an_fsdp2_step_on_two_processes_equals_one_big_batch(fsdp2_steps):
+    """FSDP2 (Lightning's ModelParallelStrategy, student fully sharded), float32, 2 processes with their own
+    micro-batches: the step equals one large batch of the same rows (float64 reference, relative 1e-5) with a
+    live teacher and full logits or the chunked loss (each of the ten objectives), without accumulation, a tied
+    head, a teacher cache and a sharded teacher."""
+    from tests.modules.fsdp_steps import VARIANTS
+
+    assert set(fsdp2_steps) == set(VARIANTS)
+    for name, result in fsdp2_steps.items():
+        variant = dict(result["variant"])
+        if variant.pop("adam", False):
+            continue
+        assert result["units"] == 3, name  # the student's two decoder blocks and its root
+        assert result["teacher_units"] == (4 if variant.get("teacher_sharding") == "shard" else 0), name
+        module = make_module(variant.get("chunk_size"), variant.get("objective", "fkl"), variant.get("tied", False))
+        which = [0, 1, 2, 3] if result["accumulate"] == 2 else [0, 1]
+        expected = one_big_batch_gradient(module.double(), micro_batches(module.tokenizer), which)
+        got = step_gradient(result["before"], result["after"])
+        if variant.get("tied"):
+            assert torch.equal(got["lm_head.weight"], got["model.embed_tokens.weight"]), name
+        try:
+            assert_same_gradient(got, expected, tolerance=1e-5)
+        except AssertionError as error:
+            raise AssertionError(f"{name}: {error}") from None
+
+
+def test_fsdp2_holds_half_of_everything_on_each_of_two_processes(fsdp2_steps):
+    """Per process: 1/2 of the student's parameters, gradients and AdamW state, and of a sharded teacher."""
+    for name in ("AdamW state", "teacher sharded, chunked"):
+        result = fsdp2_steps[name]
+        single = result["single"]
+        for rank in result["bytes"]:
+            assert rank["parameters"] == rank["gradients"] == single["parameters"] / 2, name
+    sharded = fsdp2_steps["teacher sharded, chunked"]
+    assert [rank["teacher"] for rank in sharded["bytes"]] == [sharded["single"]["teacher"] / 2] * 2
+    adam = fsdp2_steps["AdamW state"]["bytes"]
+    assert [rank["optimizer"] for rank in adam] == [fsdp2_steps["AdamW state"]["single"]["parameters"]] * 2
+    replicated = fsdp2_steps["live teacher, chunked"]
+    assert [rank["teacher"] for rank in replicated["bytes"]] == [replicated["single"]["teacher"]] * 2
+
+
+def test_the_chunked_loss_gathers_the_sharded_head_once_per_step(fsdp2_steps):
+    """The chunk loop (5 chunks of 16 rows for 70 rows) adds no all-gather: as many as with full logits."""
+    chunked, full = fsdp2_steps["live teacher, chunked"], fsdp2_steps["live teacher, full logits"]
+    assert chunked["all_gathers"] == full["all_gathers"] > 0
