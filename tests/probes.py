@@ -61,6 +61,8 @@ class LossRecorder(L.Callback):
         self.out_dir = Path(out_dir)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if not trainer.is_global_zero:  # under DDP/FSDP2: the first process's losses
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / "losses.jsonl", "a") as stream:
             rows = hashlib.sha1(batch["input_ids"].numpy().tobytes()).hexdigest()[:12]
@@ -69,7 +71,7 @@ class LossRecorder(L.Callback):
             stream.flush()
 
     def on_validation_end(self, trainer, module) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit":
+        if trainer.sanity_checking or trainer.state.fn != "fit" or not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         with open(self.out_dir / "validation.jsonl", "a") as stream:
@@ -77,7 +79,13 @@ class LossRecorder(L.Callback):
             stream.flush()
 
     def on_fit_end(self, trainer, module) -> None:
-        torch.save(module.student.state_dict(), self.out_dir / "final.pt")
+        from torch.distributed.tensor import DTensor
+
+        state = module.student.state_dict()  # FSDP2: every process takes part in gathering the shards
+        state = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state.items()}
+        if not trainer.is_global_zero:
+            return
+        torch.save(state, self.out_dir / "final.pt")
         best = [c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)]
         record = {"best": Path(best[0].best_model_path).name, "score": float(best[0].best_model_score)} if best else {}
         (self.out_dir / "best.json").write_text(json.dumps(record))
@@ -153,7 +161,7 @@ class KillAt(L.Callback):
         def atomic_path(path, **kwargs):
             with real_atomic_path(path, **kwargs) as tmp:
                 yield tmp
-                if probe.validated and Path(path).name.startswith(probe.file) and probe._due(trainer, probe.hook):
+                if probe.validated and Path(path).name.lstrip(".").startswith(probe.file) and probe._due(trainer, probe.hook):
                     probe._kill()
 
         checkpoint_io.atomic_path = atomic_path

@@ -19,13 +19,14 @@ embeddings and head) is gathered for the step's loss and resharded after it (``L
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from lit_kd.errors import ConfigError
@@ -65,6 +66,15 @@ def _shard_blocks_then_root(model: nn.Module, role: str, options: dict) -> None:
     for block in blocks:
         fully_shard(block, **options)
     fully_shard(model, **options)
+
+
+def local_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes this process holds of ``tensors``: a sharded parameter's (DTensor's) local shard only."""
+    total = 0
+    for tensor in tensors:
+        local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+        total += local.numel() * local.element_size()
+    return total
 
 
 def check_teacher_sharding(sharding: str, strategy: str, processes: int) -> None:

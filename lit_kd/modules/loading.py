@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +68,47 @@ def module_from_config(path: str, need_teacher: bool = True) -> DistillModule:
     return build_module(section, path, need_teacher)
 
 
-def read_checkpoint(path: str, mmap: bool = False) -> dict[str, Any]:
-    """A Lightning checkpoint as a dict (on the CPU), or a ``CheckpointError`` naming the file."""
+SHARDED_METADATA = "meta.pt"
+"""The file beside the shards of a Lightning ``ModelParallelStrategy`` checkpoint with everything but the tensors."""
+
+
+def read_checkpoint(path: str, mmap: bool = False, tensors: bool = True) -> dict[str, Any]:
+    """A Lightning checkpoint as a dict (on the CPU), or a ``CheckpointError`` naming the file. A sharded checkpoint
+    (the folder an FSDP2 run writes) is read whole on this one process (``read_sharded_checkpoint``)."""
+    if os.path.isdir(path):
+        return read_sharded_checkpoint(path, tensors)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as err:  # torch raises several types for a corrupt file
         raise CheckpointError(f"{path}: not a readable checkpoint: truncated or damaged ({err})") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint")
+    return checkpoint
+
+
+def read_sharded_checkpoint(path: str, tensors: bool = True) -> dict[str, Any]:
+    """A sharded (distributed) checkpoint folder as one checkpoint dict: Lightning's ``meta.pt`` (loops, callbacks,
+    hyperparameters) and, with ``tensors``, the weights and optimizer states gathered from the shards by
+    ``torch.distributed.checkpoint.format_utils.dcp_to_torch_save`` (through a temporary file, read back mapped)."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    folder = Path(path)
+    if not (folder / SHARDED_METADATA).is_file() or not (folder / ".metadata").is_file():
+        raise CheckpointError(
+            f"{path}: a folder that is not a sharded checkpoint of a lit_kd FSDP2 run (no {SHARDED_METADATA} and "
+            ".metadata in it)"
+        )
+    try:
+        checkpoint = torch.load(folder / SHARDED_METADATA, map_location="cpu", weights_only=False)
+        if tensors:
+            with tempfile.TemporaryDirectory(prefix="lit_kd-consolidate-") as scratch:
+                consolidated = Path(scratch) / "checkpoint.pt"
+                dcp_to_torch_save(folder, consolidated)
+                checkpoint.update(torch.load(consolidated, map_location="cpu", weights_only=False, mmap=True))
+    except Exception as err:  # torch raises several types for a damaged shard or metadata file
+        raise CheckpointError(f"{path}: not a readable sharded checkpoint: truncated or damaged ({err})") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path}: not a Lightning checkpoint")
     return checkpoint

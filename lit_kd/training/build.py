@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, ThroughputMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 from lit_kd.data import DollyDataModule
 from lit_kd.data.collate import batch_rows, batch_tokens
@@ -121,7 +122,7 @@ def fill_data_parallel_size(trainer: Namespace) -> None:
     auto`` is the number of nodes; sharding over every process needs devices × nodes, which is filled in here."""
     strategy = trainer.get("strategy")
     init = getattr(strategy, "init_args", None)
-    if not str(getattr(strategy, "class_path", "")).endswith("ModelParallelStrategy") or init is None:
+    if strategy_name(strategy) != ModelParallelStrategy.__name__ or init is None:
         return
     if init.get("tensor_parallel_size") != 1 or init.get("data_parallel_size", "auto") != "auto":
         return
@@ -137,6 +138,11 @@ def fill_data_parallel_size(trainer: Namespace) -> None:
     init.data_parallel_size = count * int(trainer.get("num_nodes") or 1)
 
 
+def strategy_name(strategy: Any) -> str:
+    """The class name of a parsed ``trainer.strategy`` (a class path with its arguments, or a name like ``ddp``)."""
+    return str(getattr(strategy, "class_path", strategy)).rsplit(".", 1)[-1]
+
+
 def check_teacher_sharding_request(config: Namespace) -> None:
     """``model.teacher_sharding: shard`` without FSDP2 over several processes: one error before anything is built
     (``DistillModule.setup`` checks it again for runs not built here)."""
@@ -144,7 +150,7 @@ def check_teacher_sharding_request(config: Namespace) -> None:
     if sharding == "replicate":
         return
     strategy = config.trainer.get("strategy")
-    name = str(getattr(strategy, "class_path", strategy)).rsplit(".", 1)[-1]
+    name = strategy_name(strategy)
     init = getattr(strategy, "init_args", None)
     processes = init.get("data_parallel_size") if init is not None else None
     check_teacher_sharding(sharding, name, processes if isinstance(processes, int) else 1)
@@ -162,13 +168,19 @@ def quiet_hugging_face_progress_bars() -> None:
     huggingface_hub.utils.disable_progress_bars()
 
 
-def read_run_checkpoint(path: str) -> Optional[dict[str, Any]]:
-    """A ``--ckpt_path`` file as lit_kd wrote it (memory-mapped), or one ``CheckpointError``: missing, truncated or
-    not a checkpoint of a lit_kd run. A sharded checkpoint (an FSDP2 run's folder) is left to Lightning's loader."""
-    if os.path.isdir(path):
-        return None
-    checkpoint = read_checkpoint(path, mmap=True)
-    if "state_dict" not in checkpoint or "loops" not in checkpoint:
+def read_run_checkpoint(path: str, strategy: Any = None) -> dict[str, Any]:
+    """A ``--ckpt_path`` as lit_kd wrote it (memory-mapped), or one ``CheckpointError``: missing, truncated or
+    not a checkpoint of a lit_kd run. Of a sharded checkpoint (an FSDP2 run's folder) only the metadata is read:
+    Lightning's FSDP2 strategy loads the shards (on any number of processes); another strategy cannot."""
+    sharded = os.path.isdir(path)
+    if sharded and strategy_name(strategy) != ModelParallelStrategy.__name__:
+        raise CheckpointError(
+            f"--ckpt_path {path} is a sharded checkpoint (the folder an FSDP2 run writes), which only the FSDP2 "
+            "strategy reads: add --config configs/strategies/fsdp.yaml with --trainer.devices N (any N); "
+            "python -m lit_kd evaluate and export read it on one process"
+        )
+    checkpoint = read_checkpoint(path, mmap=True, tensors=False)
+    if "loops" not in checkpoint or not (sharded or "state_dict" in checkpoint):
         raise CheckpointError(
             f"--ckpt_path {path}: not a checkpoint of a lit_kd run (no training state in it); give a last.ckpt or a "
             "best-*.ckpt that lit_kd wrote"
@@ -245,7 +257,7 @@ class LitKDCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and path != "last":
-            self.checkpoint = read_run_checkpoint(path)
+            self.checkpoint = read_run_checkpoint(path, self.config[subcommand].trainer.get("strategy"))
 
     def before_instantiate_classes(self) -> None:
         """Checks that need no model, before any is loaded: the log directory must be writable, and
@@ -265,7 +277,7 @@ class LitKDCLI(LightningCLI):
             if last is None:
                 raise CheckpointError(f"--ckpt_path last: no last.ckpt under {runs}/version_*/checkpoints to resume")
             config.ckpt_path = str(last)
-            self.checkpoint = read_run_checkpoint(config.ckpt_path)
+            self.checkpoint = read_run_checkpoint(config.ckpt_path, config.trainer.get("strategy"))
             init_args.version = int(last.parents[1].name.removeprefix("version_"))
             stamp = time.strftime("%Y%m%d-%H%M%S")
             self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config-resumed-{stamp}.yaml"}

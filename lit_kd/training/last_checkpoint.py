@@ -15,14 +15,15 @@ Two states are not resumable exactly, and this callback never leaves either as `
   (by steps or by time) waits for the window's last micro-batch.
 
 A kill at any point therefore resumes from the previous committed ``last.ckpt`` and replays what followed it
-(the data position and the RNG states are in it). When to save is set as for Lightning's ``ModelCheckpoint``:
+(the data position and the RNG states are in it). Every state is written under a temporary name first and renamed
+into place (``lit_kd.utils.io.replace_path``): a sharded checkpoint (FSDP2's folder, which Lightning writes in
+place) is never left half-written as ``last.ckpt`` either. When to save is set as for Lightning's ``ModelCheckpoint``:
 ``every_n_train_steps`` optimizer steps, or ``train_time_interval`` of training time, or (neither given) every
 ``every_n_epochs`` epochs (default 1), after the epoch's validation.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from datetime import timedelta
@@ -34,7 +35,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_kd.utils.io import remove_stale_temporaries
+from lit_kd.utils.io import remove_stale_temporaries, replace_path, restore_interrupted_replacements
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -67,6 +68,8 @@ class LastCheckpoint(ModelCheckpoint):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "fit" and trainer.is_global_zero and self.dirpath is not None:
+            for path in restore_interrupted_replacements(self.dirpath):
+                rank_zero_info(f"restored {path}: a kill had interrupted its replacement by a newer state")
             for path in remove_stale_temporaries(self.dirpath):  # a write (or a pending save) a kill interrupted
                 rank_zero_info(f"removed {path}, the temporary file of a checkpoint write that was interrupted")
 
@@ -97,8 +100,7 @@ class LastCheckpoint(ModelCheckpoint):
             return
         self.owed = False
         target = self.target(trainer)
-        # a name every rank agrees on (a sharded checkpoint is written by all), removed on resume if left behind
-        written = target.with_name(f".{target.name}.{trainer.global_step:016x}.tmp.ckpt")
+        written = self.temporary(trainer, target)
         self.save(trainer, written, target)
         self.pending = (written, target)
 
@@ -124,7 +126,9 @@ class LastCheckpoint(ModelCheckpoint):
         self.discard(trainer)  # the epoch's end is saved instead
         self.owed = False
         target = self.target(trainer)
-        self.save(trainer, target, target)
+        self.pending = (self.temporary(trainer, target), target)
+        self.save(trainer, *self.pending)
+        self.commit(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.commit(trainer)
@@ -142,6 +146,11 @@ class LastCheckpoint(ModelCheckpoint):
         }
         return Path(self.format_checkpoint_name(metrics))
 
+    @staticmethod
+    def temporary(trainer: L.Trainer, target: Path) -> Path:
+        """A name every rank agrees on (a sharded checkpoint is written by all), removed on resume if left behind."""
+        return target.with_name(f".{target.name}.{trainer.global_step:016x}.tmp.ckpt")
+
     def save(self, trainer: L.Trainer, path: Path, target: Path) -> None:
         """Write the state to ``path``, recording ``target`` (where it will live) in it."""
         self.best_model_path = self.last_model_path = str(target)  # set first: part of the saved state
@@ -154,9 +163,7 @@ class LastCheckpoint(ModelCheckpoint):
             return
         (written, target), self.pending = self.pending, None
         if trainer.is_global_zero:
-            if target.is_dir():  # a sharded checkpoint is a folder
-                shutil.rmtree(target)
-            os.replace(written, target)
+            replace_path(written, target)
         trainer.strategy.barrier("lit_kd.last_checkpoint")
 
     def discard(self, trainer: L.Trainer) -> None:

@@ -41,8 +41,8 @@ class ResumeHint(L.Callback):
             return
         latest = [c.best_model_path for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)]
         where = f"epoch {trainer.current_epoch}, step {trainer.global_step}"
-        if latest and latest[0] and Path(latest[0]).is_file():
-            saved = torch.load(latest[0], map_location="cpu", mmap=True, weights_only=False).get("global_step", "?")
+        if latest and latest[0] and Path(latest[0]).exists():  # a file, or a sharded checkpoint's folder
+            saved = read_checkpoint(latest[0], mmap=True, tensors=False).get("global_step", "?")
             message = f"interrupted at {where}; the latest state is {latest[0]} (step {saved}). Resume with:"
             command = self.command or "python -m lit_kd fit <the same arguments> --ckpt_path last"
         else:

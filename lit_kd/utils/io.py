@@ -170,6 +170,39 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+PREVIOUS_SUFFIX = ".previous"
+"""What ``replace_path`` calls a directory it is replacing, while the new one is renamed into place."""
+
+
+def replace_path(written: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Make ``written`` (a complete file or folder) ``target``. A file replaces a file atomically (``os.replace``);
+    a folder (a sharded checkpoint) cannot replace a folder in one rename, so the old one is first renamed aside
+    (``.<name>.<random>.tmp.previous``), then ``written`` into place, then the old one removed: a kill in between
+    leaves the old one aside, which ``restore_interrupted_replacements`` puts back."""
+    written, target = Path(written), Path(target)
+    if not target.is_dir() or target.is_symlink():
+        os.replace(written, target)
+        return
+    aside = _temporary_sibling(target, PREVIOUS_SUFFIX)
+    os.replace(target, aside)
+    os.replace(written, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def restore_interrupted_replacements(folder: str | os.PathLike) -> list[Path]:
+    """Put back a folder that a killed ``replace_path`` had renamed aside before its replacement was in place
+    (the target is missing); returns the targets restored. Call it before ``remove_stale_temporaries``."""
+    restored = []
+    folder = Path(folder)
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if TEMPORARY_NAME.match(entry.name) and entry.name.endswith(f".tmp{PREVIOUS_SUFFIX}"):
+            target = folder / entry.name[1:].rsplit(".", 3)[0]
+            if not target.exists():
+                os.replace(entry, target)
+                restored.append(target)
+    return restored
+
+
 def remove_stale_temporaries(folder: str | os.PathLike, of: Optional[str] = None) -> list[Path]:
     """Delete the temporaries a killed writer left in ``folder`` (only names ``atomic_path`` and
     ``atomic_directory`` create; with ``of``, only those of the target named ``of``); returns what was removed.

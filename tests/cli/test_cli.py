@@ -65,8 +65,9 @@ def test_the_shared_base_is_the_cli_default_and_no_config_restates_it(capsys):
 
 
 # what the layered configs are meant to change in a paper run's resolved settings (nothing else may differ):
-# ModelCheckpoint's every_n_epochs null is its own default, which saves every epoch like the former explicit 1
-MEANT_TO_DIFFER = {("checkpoint", "every_n_epochs"): (1, None)}
+# ModelCheckpoint's every_n_epochs null is its own default, which saves every epoch like the former explicit 1;
+# model.teacher_sharding is a new argument whose default (replicate) is what runs always did
+MEANT_TO_DIFFER = {("checkpoint", "every_n_epochs"): (1, None), ("model", "teacher_sharding"): (None, "replicate")}
 
 
 @pytest.mark.parametrize("pair", ["gpt2", "opt"])

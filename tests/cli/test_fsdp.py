@@ -93,3 +93,25 @@ def test_fsdp_fits_a_few_steps_with_a_sharded_student_and_a_frozen_teacher(tiny_
     assert all(not p.requires_grad for p in module.teacher.parameters()) and not module.teacher.training
     assert next(module.teacher.parameters()).is_cuda
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_the_slurm_script_resolves_to_fsdp2_on_every_gpu_of_every_node(tmp_path):
+    """scripts/slurm.sh with SLURM's variables for 2 nodes x 4 GPUs (srun replaced by a pass-through): its command
+    resolves to FSDP2 over 2 nodes x 4 devices, the user's configs and overrides kept."""
+    import os
+
+    srun = tmp_path / "bin" / "srun"
+    srun.parent.mkdir()
+    srun.write_text('#!/bin/sh\nexec "$@"\n')
+    srun.chmod(0o755)
+    env = {**os.environ, "PATH": f"{srun.parent}:{os.environ['PATH']}", "SLURM_JOB_NUM_NODES": "2",
+           "SLURM_NTASKS_PER_NODE": "4"}  # fmt: skip
+    command = ["bash", str(ROOT / "scripts" / "slurm.sh"), "--config", str(ROOT / "configs" / "tiny.yaml"),
+               "--model.loss.tau", "3.5", "--print_config"]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = yaml.safe_load(result.stdout)
+    trainer = config["trainer"]
+    assert trainer["strategy"]["class_path"] == "lightning.pytorch.strategies.ModelParallelStrategy"
+    assert (trainer["num_nodes"], int(trainer["devices"])) == (2, 4)
+    assert config["model"]["loss"]["tau"] == 3.5

@@ -23,6 +23,7 @@ from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from lit_kd.modules.fsdp import local_bytes  # noqa: E402
 from tests.modules.ddp_normalization import RankBatches  # noqa: E402
 from tests.modules.step_batches import make_module, micro_batches, write_micro_batch_cache  # noqa: E402
 
@@ -38,15 +39,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "teacher sharded, full logits": {"chunk_size": None, "teacher_sharding": "shard"},
     "AdamW state": {"chunk_size": 16, "adam": True},
 }
-
-
-def local_bytes(tensors) -> int:
-    """Bytes this process holds of ``tensors`` (a DTensor's local shard)."""
-    total = 0
-    for tensor in tensors:
-        local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
-        total += local.numel() * local.element_size()
-    return total
 
 
 class Bytes(L.Callback):

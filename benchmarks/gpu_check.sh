@@ -1,0 +1,19 @@
+#!/bin/bash
+# The GPU checks of lit_kd, in one script for a machine with NVIDIA GPUs (run from the repository root, venv set
+# up by scripts/setup.sh with a CUDA build of torch). Prints everything to stdout; nothing needs the network.
+#
+#   bash benchmarks/gpu_check.sh            # every GPU of the machine
+#
+# 1. the GPU tests (pytest -m gpu): FSDP2 on CUDA with a sharded student and a frozen teacher;
+# 2. benchmarks/fsdp.py on CUDA: 1 process vs FSDP2 vs DDP over the GPUs, bf16-mixed, with tokens/s and MFU
+#    (FLOPs from DistillModule.flops_per_batch, peak FLOPs from Lightning's get_available_flops);
+# (The loss kernels' CUDA comparison joins this script with issue 23: benchmarks/loss_memory.py measures CPU RSS.)
+set -euo pipefail
+source .venv/bin/activate
+GPUS=$(python -c "import torch; print(torch.cuda.device_count())")
+if [ "$GPUS" -lt 1 ]; then echo "no CUDA device: nothing to check"; exit 1; fi
+nvidia-smi --query-gpu=name,memory.total --format=csv
+echo "== 1. GPU tests"
+python -m pytest -q -m gpu tests
+echo "== 2. FSDP2 vs DDP vs 1 process on $GPUS GPU(s)"
+python benchmarks/fsdp.py --accelerator cuda --devices "$GPUS" --precision bf16-mixed --steps 20 --layers 30
