@@ -71,9 +71,10 @@ class LossRecorder(L.Callback):
             stream.flush()
 
     def on_validation_end(self, trainer, module) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit" or not trainer.is_global_zero:
+        if trainer.sanity_checking or trainer.state.fn not in ("fit", "validate") or not trainer.is_global_zero:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        self.out_dir.mkdir(parents=True, exist_ok=True)  # a validate run has no training batch before
         with open(self.out_dir / "validation.jsonl", "a") as stream:
             stream.write(json.dumps({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics}) + "\n")
             stream.flush()

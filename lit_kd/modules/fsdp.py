@@ -33,9 +33,9 @@ from lit_kd.errors import ConfigError
 
 
 def shard_models(student: nn.Module, teacher: Optional[nn.Module], mesh: DeviceMesh) -> None:
-    """Shard the student and, when given, the teacher over the mesh's ``data_parallel`` dimension."""
-    if "data_parallel" in (mesh.mesh_dim_names or ()):
-        mesh = mesh["data_parallel"]
+    """Shard the student and, when given, the teacher over the ``data_parallel`` dimension of ``mesh`` (the device
+    mesh of Lightning's ``ModelParallelStrategy``)."""
+    mesh = mesh["data_parallel"]
     shard_student(student, mesh)
     if teacher is not None:
         shard_teacher(teacher, mesh)
@@ -77,11 +77,13 @@ def local_bytes(tensors: Iterable[torch.Tensor]) -> int:
     return total
 
 
-def check_teacher_sharding(sharding: str, strategy: str, processes: int) -> None:
-    """``model.teacher_sharding: shard`` needs FSDP2 (``strategy``, a class name) over more than one process."""
-    if sharding == "shard" and (strategy != ModelParallelStrategy.__name__ or processes < 2):
+def check_teacher_sharding(sharding: str, strategy: str, processes: Optional[int]) -> None:
+    """``model.teacher_sharding: shard`` needs FSDP2 (``strategy``, a class name) over more than one process
+    (``processes``: None where the configuration does not say how many)."""
+    if sharding == "shard" and (strategy != ModelParallelStrategy.__name__ or (processes or 0) < 2):
+        count = f", {processes} process(es)" if processes is not None else ""
         raise ConfigError(
             "model.teacher_sharding: shard splits the teacher over the processes of FSDP2: add --config "
-            "configs/strategies/fsdp.yaml with trainer.devices (x num_nodes) >= 2 (this run: strategy "
-            f"{strategy}, {processes} process(es)), or set model.teacher_sharding: replicate"
+            f"configs/strategies/fsdp.yaml with trainer.devices (x num_nodes) >= 2 (this run: strategy {strategy}"
+            f"{count}), or set model.teacher_sharding: replicate"
         )

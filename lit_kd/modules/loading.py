@@ -74,7 +74,8 @@ SHARDED_METADATA = "meta.pt"
 
 def read_checkpoint(path: str, mmap: bool = False, tensors: bool = True) -> dict[str, Any]:
     """A Lightning checkpoint as a dict (on the CPU), or a ``CheckpointError`` naming the file. A sharded checkpoint
-    (the folder an FSDP2 run writes) is read whole on this one process (``read_sharded_checkpoint``)."""
+    (the folder an FSDP2 run writes) is read whole on this one process (``read_sharded_checkpoint``), or only its
+    metadata with ``tensors=False``."""
     if os.path.isdir(path):
         return read_sharded_checkpoint(path, tensors)
     if not os.path.isfile(path):

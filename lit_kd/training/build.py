@@ -126,16 +126,24 @@ def fill_data_parallel_size(trainer: Namespace) -> None:
         return
     if init.get("tensor_parallel_size") != 1 or init.get("data_parallel_size", "auto") != "auto":
         return
+    processes = process_count(trainer)
+    if processes is None:
+        raise ConfigError(
+            "trainer.devices: FSDP (configs/strategies/fsdp.yaml) needs the number of devices per node, "
+            f"got {trainer.get('devices')!r}"
+        )
+    init.data_parallel_size = processes
+
+
+def process_count(trainer: Namespace) -> Optional[int]:
+    """devices × nodes of a parsed ``trainer`` section; None when ``devices`` is not a count or a list (``auto``)."""
     devices = trainer.get("devices")
     if isinstance(devices, str) and devices.strip().isdigit():
         devices = int(devices)
     count = len(devices) if isinstance(devices, (list, tuple)) else devices if isinstance(devices, int) else None
     if count is None or count < 1:
-        raise ConfigError(
-            "trainer.devices: FSDP (configs/strategies/fsdp.yaml) needs the number of devices per node, "
-            f"got {devices!r}"
-        )
-    init.data_parallel_size = count * int(trainer.get("num_nodes") or 1)
+        return None
+    return count * int(trainer.get("num_nodes") or 1)
 
 
 def strategy_name(strategy: Any) -> str:
@@ -149,11 +157,7 @@ def check_teacher_sharding_request(config: Namespace) -> None:
     sharding = config.get("model.teacher_sharding", "replicate")
     if sharding == "replicate":
         return
-    strategy = config.trainer.get("strategy")
-    name = strategy_name(strategy)
-    init = getattr(strategy, "init_args", None)
-    processes = init.get("data_parallel_size") if init is not None else None
-    check_teacher_sharding(sharding, name, processes if isinstance(processes, int) else 1)
+    check_teacher_sharding(sharding, strategy_name(config.trainer.get("strategy")), process_count(config.trainer))
 
 
 def quiet_hugging_face_progress_bars() -> None:
@@ -168,7 +172,7 @@ def quiet_hugging_face_progress_bars() -> None:
     huggingface_hub.utils.disable_progress_bars()
 
 
-def read_run_checkpoint(path: str, strategy: Any = None) -> dict[str, Any]:
+def read_run_checkpoint(path: str, strategy: Any) -> dict[str, Any]:
     """A ``--ckpt_path`` as lit_kd wrote it (memory-mapped), or one ``CheckpointError``: missing, truncated or
     not a checkpoint of a lit_kd run. Of a sharded checkpoint (an FSDP2 run's folder) only the metadata is read:
     Lightning's FSDP2 strategy loads the shards (on any number of processes); another strategy cannot."""

@@ -15,7 +15,8 @@ from tests.cli.test_ddp import check_two_data_parallel_ranks
 from tests.conftest import DEMO_DATA, ROOT, TINY_TOKENIZER
 
 
-def test_fsdp2_on_two_cpu_processes_through_the_cli(tmp_path):
+def fsdp_cli_fit(tmp_path, *extra: str) -> None:
+    """``fit`` of configs/tiny.yaml with configs/strategies/fsdp.yaml on 2 CPU processes (DDPProbe records each)."""
     probe = {"trainer": {"callbacks": [
         {"class_path": "tests.probes.DDPProbe", "init_args": {"out_dir": str(tmp_path / "probe")}}]}}  # fmt: skip
     (tmp_path / "probe.yaml").write_text(yaml.safe_dump(probe))
@@ -26,12 +27,36 @@ def test_fsdp2_on_two_cpu_processes_through_the_cli(tmp_path):
         "--trainer.limit_train_batches", "4", "--trainer.enable_progress_bar", "false",
         "--model.teacher.tokenizer", str(TINY_TOKENIZER), "--data.raw", str(DEMO_DATA),
         "--data.cache_dir", str(tmp_path / "cache"), "--trainer.logger.init_args.save_dir", str(tmp_path / "logs"),
+        *extra,
     ]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_fsdp2_on_two_cpu_processes_through_the_cli(tmp_path):
+    fsdp_cli_fit(tmp_path)
     check_two_data_parallel_ranks(tmp_path / "probe")
     (last,) = tmp_path.glob("logs/tiny/version_0/checkpoints/last.ckpt")
     assert last.is_dir()  # a distributed (sharded) checkpoint
+
+
+def test_fsdp2_writes_one_consolidated_file_when_asked(tmp_path):
+    """``save_distributed_checkpoint: false``: last.ckpt is one file holding the student's full weights, which
+    ``export`` turns into a Hugging Face directory."""
+    from transformers import AutoModelForCausalLM
+
+    from lit_kd.cli import main
+    from lit_kd.modules.loading import read_checkpoint
+
+    fsdp_cli_fit(tmp_path, "--trainer.strategy.init_args.save_distributed_checkpoint", "false")
+    (last,) = tmp_path.glob("logs/tiny/version_0/checkpoints/last.ckpt")
+    assert last.is_file()
+    weights = read_checkpoint(str(last))["state_dict"]
+    main(["export", "--ckpt", str(last), "--out", str(tmp_path / "hf")])
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").state_dict()
+    assert set(weights) == {f"student.{name}" for name in exported}
+    for name, value in exported.items():
+        torch.testing.assert_close(value, weights[f"student.{name}"], atol=0, rtol=0)
 
 
 def test_fsdp_needs_a_number_of_devices(tmp_path, capsys):
@@ -48,6 +73,7 @@ def test_fsdp_needs_a_number_of_devices(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "strategy, found", [([], "strategy auto, 1 process(es)"),
+                        (["--trainer.strategy", "ddp", "--trainer.devices", "4"], "strategy ddp, 4 process(es)"),
                         (["--config", str(ROOT / "configs" / "strategies" / "fsdp.yaml"), "--trainer.devices", "1"],
                          "strategy ModelParallelStrategy, 1 process(es)")],
 )  # fmt: skip

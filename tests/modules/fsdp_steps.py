@@ -75,7 +75,7 @@ def full_weights(module) -> dict[str, torch.Tensor]:
     return {k: (v.full_tensor() if isinstance(v, DTensor) else v).double() for k, v in state.items()}
 
 
-def run(name: str, variant: dict[str, Any], out: Path) -> dict[str, Any]:
+def run(variant: dict[str, Any], out: Path) -> dict[str, Any]:
     options = dict(variant)
     accumulate, cache, adam = options.pop("accumulate", 2), options.pop("cache", False), options.pop("adam", False)
     if cache:  # each rank writes its own copy of the same cache
@@ -112,7 +112,7 @@ def run(name: str, variant: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def main(out: str) -> None:
-    results = {name: run(name, variant, Path(out)) for name, variant in VARIANTS.items()}
+    results = {name: run(variant, Path(out)) for name, variant in VARIANTS.items()}
     if dist.get_rank() == 0:
         torch.save(results, out)
 

@@ -92,6 +92,27 @@ def test_a_sharded_checkpoint_is_exported_and_evaluated_on_one_process(fsdp_runs
         torch.testing.assert_close(value, final[name], atol=0, rtol=0)
 
 
+def test_validate_reads_the_sharded_checkpoint_under_fsdp2(fsdp_runs, tmp_path):
+    """``validate --ckpt_path last.ckpt`` on 2 FSDP2 processes: the last epoch's validation losses again."""
+    import json
+
+    last = fsdp_runs["root"] / "reference" / "logs-run" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+    probe = {"class_path": "tests.probes.LossRecorder", "init_args": {"out_dir": str(tmp_path / "validate")}}
+    (tmp_path / "probe.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [probe]}}))
+    done = run([
+        sys.executable, "-m", "lit_kd", "validate", "--config", str(ROOT / "configs" / "tiny.yaml"),
+        "--config", str(ROOT / "configs" / "strategies" / "fsdp.yaml"), "--config", str(tmp_path / "probe.yaml"),
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.limit_val_batches", "2",
+        "--ckpt_path", str(last), "--model.teacher.tokenizer", str(TINY_TOKENIZER), "--data.raw", str(DEMO_DATA),
+        "--data.cache_dir", str(fsdp_runs["root"] / "cache"), "--trainer.logger.init_args.save_dir", str(tmp_path),
+    ])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (record,) = map(json.loads, (tmp_path / "validate" / "validation.jsonl").read_text().splitlines())
+    expected = fsdp_runs["reference"]["validation"][EPOCHS - 1]
+    for key in ("val/loss", "val/kd_loss", "val/lm_loss"):
+        assert record[key] == pytest.approx(expected[key], abs=1e-6, rel=0), key
+
+
 def test_a_single_process_validate_names_the_fix_for_a_sharded_checkpoint(fsdp_runs, tmp_path, capsys):
     from lit_kd.cli import main
 

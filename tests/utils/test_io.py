@@ -9,7 +9,14 @@ import stat
 import pytest
 
 from lit_kd.errors import OutOfSpaceError
-from lit_kd.utils.io import atomic_directory, atomic_path, atomic_write_text, remove_stale_temporaries
+from lit_kd.utils.io import (
+    atomic_directory,
+    atomic_path,
+    atomic_write_text,
+    remove_stale_temporaries,
+    replace_path,
+    restore_interrupted_replacements,
+)
 
 
 def mode(path) -> int:
@@ -73,3 +80,51 @@ def test_stale_temporaries_are_recognised_and_only_they_are_removed(tmp_path):
     (tmp_path / ".hidden").write_text("kept")
     assert remove_stale_temporaries(tmp_path) == [tmp]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "best-0-4.ckpt"]
+
+
+def folder_with(path, text: str):
+    path.mkdir()
+    (path / "shard.distcp").write_text(text)
+    return path
+
+
+def test_replace_path_puts_a_written_file_or_folder_in_place(tmp_path):
+    (tmp_path / ".last.ckpt.0000000000000001.tmp.ckpt").write_text("new")
+    (tmp_path / "last.ckpt").write_text("old")
+    replace_path(tmp_path / ".last.ckpt.0000000000000001.tmp.ckpt", tmp_path / "last.ckpt")
+    assert (tmp_path / "last.ckpt").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    folder_with(sharded / "last.ckpt", "old")
+    folder_with(sharded / ".last.ckpt.0000000000000002.tmp.ckpt", "new")
+    replace_path(sharded / ".last.ckpt.0000000000000002.tmp.ckpt", sharded / "last.ckpt")
+    assert (sharded / "last.ckpt" / "shard.distcp").read_text() == "new"
+    assert [p.name for p in sharded.iterdir()] == ["last.ckpt"]  # the old folder set aside is gone
+
+
+def test_a_folder_replacement_killed_between_its_renames_is_undone(tmp_path, monkeypatch):
+    import lit_kd.utils.io as io
+
+    folder_with(tmp_path / "last.ckpt", "old")
+    written = folder_with(tmp_path / ".last.ckpt.0000000000000002.tmp.ckpt", "new")
+    renames = []
+
+    def killed_after_the_first_rename(source, target):
+        if renames:
+            raise KeyboardInterrupt  # the process dies here
+        renames.append(target)
+        os.rename(source, target)
+
+    monkeypatch.setattr(io.os, "replace", killed_after_the_first_rename)
+    with pytest.raises(KeyboardInterrupt):
+        replace_path(written, tmp_path / "last.ckpt")
+    monkeypatch.undo()
+    assert not (tmp_path / "last.ckpt").exists() and renames[0].name.endswith(".tmp.previous")
+
+    # the next start: the old state is put back, then the unfinished write is removed
+    assert restore_interrupted_replacements(tmp_path) == [tmp_path / "last.ckpt"]
+    assert remove_stale_temporaries(tmp_path) == [written]
+    assert (tmp_path / "last.ckpt" / "shard.distcp").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert restore_interrupted_replacements(tmp_path) == []  # nothing else to restore
