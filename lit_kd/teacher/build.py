@@ -4,20 +4,35 @@ here too)."""
 
 from __future__ import annotations
 
+import socket
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
-from torch.utils.data import DataLoader
+from lightning.fabric import Fabric
+from torch.utils.data import DataLoader, Subset
 
 from lit_kd.data.collate import IndexedExamples, PadCollator
 from lit_kd.data.tokenize import IGNORE_INDEX
-from lit_kd.errors import CacheError, ConfigError, LockedError
+from lit_kd.errors import CacheError, ConfigError, LitKDError, LockedError
 from lit_kd.models import ModelConfig, load_model
-from lit_kd.models.head import final_hidden_states, output_head, verify_head
-from lit_kd.teacher.cache import CACHE_DTYPES, MANIFEST, TeacherCache, build_teacher_cache, cache_key, describe_size
+from lit_kd.models.head import OutputHead, final_hidden_states, output_head, verify_head
+from lit_kd.teacher.cache import (
+    CACHE_DTYPES,
+    MANIFEST,
+    CacheKey,
+    TeacherCache,
+    build_teacher_cache,
+    cache_bytes,
+    cache_key,
+    describe_size,
+    write_head,
+    write_manifest,
+    write_split,
+)
 from lit_kd.utils.devices import resolve_device
-from lit_kd.utils.io import remove_stale_temporaries
+from lit_kd.utils.io import atomic_directory, remove_stale_temporaries
 from lit_kd.utils.lock import DirectoryLock
 from lit_kd.utils.progress import split_progress
 
@@ -39,16 +54,164 @@ def write_teacher_cache(
     batch_size: Optional[int] = None,
     device: str = "auto",
     splits: tuple[str, ...] = ("train", "val"),
+    shard_bytes: int = 1 << 30,
+    fabric: Optional[Fabric] = None,
 ) -> Path:
     """Run the teacher over the ``splits`` of ``data`` (a connected ``DollyDataModule``) and write the cache to
     ``target``; an existing cache for the same key is reused, any other content is refused. One build per
-    ``target`` at a time (``build_lock``); what an interrupted build left is removed first."""
+    ``target`` at a time (``build_lock``); what an interrupted build left is removed first.
+
+    With ``fabric`` (launched on several processes: ``cache-teacher --trainer.devices N``, nodes too), each
+    process runs the teacher on its own device over a contiguous share of each split's batches (the batches of
+    one process, so the cache is tensor-equal to a one-process cache) and writes its shard files into rank 0's
+    temporary folder. Rank 0 holds the lock, checks that the shares cover every split exactly, writes the
+    manifest and renames the folder into place only then: a process killed before that leaves no cache, only a
+    temporary folder that the next build (or a run reading ``target``) removes."""
     target = Path(target)
-    with build_lock(target).acquire() as lock:
-        if lock.took_over:
-            print(f"took over the build lock of {target} from pid {lock.took_over.get('pid')} (no longer running)")
-        remove_interrupted_builds(target)
-        return _write_teacher_cache(teacher_config, tokenizer, data, target, dtype, batch_size, device, splits)
+    lead = fabric is None or fabric.global_rank == 0
+    with ExitStack() as held:  # rank 0: the build lock, then the temporary folder
+
+        def prepare() -> Optional[CacheKey]:
+            lock = held.enter_context(build_lock(target).acquire())
+            if lock.took_over:
+                print(f"took over the build lock of {target} from pid {lock.took_over.get('pid')} (no longer running)")
+            remove_interrupted_builds(target)
+            return cache_to_build(teacher_config, tokenizer, data, target, splits)
+
+        key = decided_by_rank_zero(fabric, prepare)
+        if key is None:
+            return target
+        with fabric.rank_zero_first() if fabric is not None else nullcontext():
+            data.setup("fit")  # tokenized once by rank 0 (the others read its cached Arrow files)
+        sizes = {name: split_sizes(data.splits[name].dataset) for name in splits}
+        device = fabric.device if fabric is not None else resolve_device(device)
+        teacher = load_model(teacher_config, "teacher").to(device).eval().requires_grad_(False)
+        verify_head(teacher, "teacher")  # the cached hidden states must give the teacher's logits exactly
+        head = output_head(teacher)
+        rank, processes = (fabric.global_rank, fabric.world_size) if fabric is not None else (0, 1)
+        size = batch_size or data.eval_batch_size
+        shares = {name: share_of_batches(sizes[name][0], size, rank, processes) for name in splits}
+        if lead:
+            sharing = f", {processes} processes" if processes > 1 else ""
+            print(f"teacher cache {target}: {describe_size(sizes, head.hidden_size, dtype)}{sharing}", flush=True)
+        collate = PadCollator(tokenizer.pad_token_id)
+
+        def batches(name: str) -> DataLoader:
+            examples = Subset(IndexedExamples(data.splits[name].dataset), shares[name])
+            return DataLoader(examples, batch_size=size, collate_fn=collate)
+
+        def hidden(batch: dict[str, Any]) -> torch.Tensor:
+            return final_hidden_states(teacher, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+
+        label = "teacher cache" if processes == 1 else f"teacher cache (rank 0's share of {processes})"
+        totals = {name: len(share) for name, share in shares.items()}
+        with split_progress(label, totals) if lead else nullcontext(None) as update:
+            if fabric is None:
+                loaders = {name: (lambda name=name: batches(name)) for name in splits}
+                build_teacher_cache(target, key, head, loaders, sizes, hidden, dtype, shard_bytes, update)
+            else:
+                own = {name: (batches(name), shares[name].start) for name in splits}
+                write_shares(fabric, target, key, head, own, sizes, hidden, dtype, shard_bytes, update)
+    if fabric is not None:
+        fabric.barrier()  # every process returns once rank 0 has renamed the cache into place
+    if lead:
+        print(f"wrote the teacher cache {target}; train with --model.teacher_cache {target}")
+    return target
+
+
+def write_shares(
+    fabric: Fabric,
+    target: Path,
+    key: CacheKey,
+    head: OutputHead,
+    own: dict[str, tuple[Iterable[dict[str, Any]], int]],
+    sizes: dict[str, tuple[int, int]],
+    hidden: Callable[[dict[str, Any]], torch.Tensor],
+    dtype: str,
+    shard_bytes: int,
+    progress: Optional[Callable[[str, int], None]],
+) -> None:
+    """Each process writes its ``own[split]`` = (batches, first example) into rank 0's temporary folder; rank 0
+    gathers every process's shard entries, writes the head and the manifest, and renames the folder to ``target``
+    (or removes it if anything failed on rank 0)."""
+    lead = fabric.global_rank == 0
+    with ExitStack() as made:  # rank 0: the temporary folder (made there, so that its errors reach every process)
+        folder = Path(decided_by_rank_zero(
+            fabric, lambda: str(made.enter_context(atomic_directory(target, cache_bytes(head, sizes, dtype))))
+        ))  # fmt: skip
+        if not folder.is_dir():
+            raise CacheError(
+                f"rank {fabric.global_rank} on {socket.gethostname()} cannot see {folder}, the cache's temporary "
+                "folder that rank 0 made: with several nodes, --out must be on a filesystem that every node shares"
+            )
+        mine = {
+            name: write_split(folder, name, batches, hidden, dtype, shard_bytes, first, progress)
+            for name, (batches, first) in own.items()
+        }
+        everyone: list[Any] = [None] * fabric.world_size
+        try:
+            torch.distributed.all_gather_object(everyone, mine)
+        except RuntimeError as err:  # torch's DistError: a process died (killed, out of memory, ...)
+            raise CacheError(
+                f"teacher cache {target}: a process of the build stopped before every share was written "
+                f"({str(err).splitlines()[0]}); no cache was made, run the command again"
+            ) from None
+        if lead:
+            shards = {name: [entry for share in everyone for entry in share[name]] for name in own}
+            write_manifest(folder, key, dtype, head.hidden_size, write_head(folder, head), shards, sizes)
+
+
+def decided_by_rank_zero(fabric: Optional[Fabric], decide: Callable[[], Any]) -> Any:
+    """``decide()`` run on rank 0 alone (in every process when there is no ``fabric``); its result, or the
+    ``LitKDError`` it raised, is every process's, so all of them stop with the same error instead of waiting."""
+    if fabric is None:
+        return decide()
+    outcome: Any = None
+    if fabric.global_rank == 0:
+        try:
+            outcome = (decide(), None)
+        except LitKDError as err:
+            outcome = (None, err)
+    result, error = fabric.broadcast(outcome, src=0)
+    if error is not None:
+        raise error
+    return result
+
+
+def share_of_batches(examples: int, batch_size: int, rank: int, processes: int) -> range:
+    """The examples of process ``rank``: a contiguous run of whole batches (``processes`` near-equal runs)."""
+    batches = -(-examples // batch_size)
+    first, last = rank * batches // processes, (rank + 1) * batches // processes
+    return range(min(first * batch_size, examples), min(last * batch_size, examples))
+
+
+def cache_to_build(
+    teacher_config: ModelConfig, tokenizer: Any, data: Any, target: Path, splits: tuple[str, ...]
+) -> Optional[CacheKey]:
+    """The key of the cache to build at ``target``, or None when a cache with that key and splits is there;
+    one error when the splits are not in the data or ``target`` holds anything else (which is left as it is)."""
+    records = data.load_split_records()
+    unknown = [name for name in splits if name not in ("train", "val", "test")]
+    if unknown or not splits:
+        raise ConfigError(f"--splits: choose among train, val, test; got {','.join(splits) or 'nothing'}")
+    missing = [name for name in splits if name not in records]
+    if missing:
+        raise ConfigError(f"--splits: the config's data has no {', '.join(missing)} split")
+    chosen = {name: records[name] for name in splits}
+    key = cache_key(teacher_config, tokenizer, chosen, data.max_length, data.fingerprints())
+    if not target.exists() or not any(target.iterdir()):
+        return key
+    if not (target / MANIFEST).is_file():
+        raise CacheError(f"{target} exists and is not a teacher cache; choose another --out (nothing was changed)")
+    existing = TeacherCache.open(target)
+    existing.check(key)
+    if set(splits) - set(existing.shards):
+        raise CacheError(
+            f"teacher cache {target} holds the splits {','.join(existing.shards)}, not "
+            f"{','.join(sorted(set(splits) - set(existing.shards)))}; build one with all of them elsewhere"
+        )
+    print(f"teacher cache {target} is up to date for this teacher, tokenizer and data: nothing to do")
+    return None
 
 
 def build_lock(target: Path) -> DirectoryLock:
@@ -75,58 +238,3 @@ def clean_after_interrupted_builds(target: str | Path) -> list[Path]:
         return []  # a build is running: its temporary folder is not an orphan
     except OSError:
         return []  # a read-only folder (a shared cache): nothing can have been left there by this user
-
-
-def _write_teacher_cache(
-    teacher_config: ModelConfig,
-    tokenizer: Any,
-    data: Any,
-    target: Path,
-    dtype: str,
-    batch_size: Optional[int],
-    device: str,
-    splits: tuple[str, ...],
-) -> Path:
-    records = data.load_split_records()
-    unknown = [name for name in splits if name not in ("train", "val", "test")]
-    if unknown or not splits:
-        raise ConfigError(f"--splits: choose among train, val, test; got {','.join(splits) or 'nothing'}")
-    missing = [name for name in splits if name not in records]
-    if missing:
-        raise ConfigError(f"--splits: the config's data has no {', '.join(missing)} split")
-    chosen = {name: records[name] for name in splits}
-    key = cache_key(teacher_config, tokenizer, chosen, data.max_length, data.fingerprints())
-    if target.exists() and any(target.iterdir()):
-        if not (target / MANIFEST).is_file():
-            raise CacheError(f"{target} exists and is not a teacher cache; choose another --out (nothing was changed)")
-        existing = TeacherCache.open(target)
-        existing.check(key)
-        if set(splits) - set(existing.shards):
-            raise CacheError(
-                f"teacher cache {target} holds the splits {','.join(existing.shards)}, not "
-                f"{','.join(sorted(set(splits) - set(existing.shards)))}; build one with all of them elsewhere"
-            )
-        print(f"teacher cache {target} is up to date for this teacher, tokenizer and data: nothing to do")
-        return target
-
-    data.setup("fit")
-    sizes = {name: split_sizes(data.splits[name].dataset) for name in splits}
-    device = resolve_device(device)
-    teacher = load_model(teacher_config, "teacher").to(device).eval().requires_grad_(False)
-    verify_head(teacher, "teacher")  # the cached hidden states must give the teacher's logits exactly
-    head = output_head(teacher)
-    print(f"teacher cache {target}: {describe_size(sizes, head.hidden_size, dtype)}", flush=True)
-    collate = PadCollator(tokenizer.pad_token_id)
-    size = batch_size or data.eval_batch_size
-    loaders = {
-        name: (lambda d=data.splits[name].dataset: DataLoader(IndexedExamples(d), batch_size=size, collate_fn=collate))
-        for name in splits
-    }
-
-    def hidden(batch: dict[str, Any]) -> torch.Tensor:
-        return final_hidden_states(teacher, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-
-    with split_progress("teacher cache", {name: examples for name, (examples, _) in sizes.items()}) as update:
-        path = build_teacher_cache(target, key, head, loaders, sizes, hidden, dtype=dtype, progress=update)
-    print(f"wrote the teacher cache {path}; train with --model.teacher_cache {path}")
-    return path

@@ -7,7 +7,8 @@ Layout of a cache directory (written to a temporary sibling, renamed into place 
     manifest.json                  format, key (what the cache was built from), dtype, hidden size, shards, and
                                    each file's size and XXH3-128 content digest (verified when a run opens it)
     head.safetensors               the teacher's LM head: weight [V, d] (+ bias), in the teacher's dtype
-    <split>-<k>.safetensors        hidden [rows, d] (float32 or bfloat16) and offsets [examples + 1]
+    <split>-<first>.safetensors    hidden [rows, d] (float32 or bfloat16) and offsets [examples + 1] of the
+                                   consecutive examples from example <first> on
 
 Storage is safetensors, read with ``safe_open``: memory-mapped, so a batch reads exactly the rows of its
 examples (no copy of the file in memory, pages shared between processes), with native bfloat16 (Arrow, the
@@ -26,7 +27,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import torch
 from torch import Tensor
@@ -279,80 +280,134 @@ def build_teacher_cache(
     out: str | os.PathLike,
     key: CacheKey,
     head: OutputHead,
-    batches: dict[str, Callable[[], Any]],
+    batches: dict[str, Callable[[], Iterable[dict[str, Tensor]]]],
     sizes: dict[str, tuple[int, int]],
     hidden_fn: Callable[[dict[str, Tensor]], Tensor],
     dtype: str = "float32",
     shard_bytes: int = 1 << 30,
     progress: Optional[Callable[[str, int], None]] = None,
 ) -> Path:
-    """Write a cache: for each split, ``batches[split]()`` yields its examples in order (padded batches with
-    ``labels``), ``hidden_fn(batch)`` returns the teacher's final hidden states ``[B, T, d]``; the rows at the
-    response positions are stored. ``sizes[split] = (examples, rows)`` lets the size be checked first.
-    ``progress(split, examples_done)`` is called after each batch."""
+    """Write a cache in one process: for each split, ``batches[split]()`` yields its examples in order (padded
+    batches with ``labels``), ``hidden_fn(batch)`` returns the teacher's final hidden states ``[B, T, d]``; the rows
+    at the response positions are stored. ``sizes[split] = (examples, rows)`` lets the size be checked first.
+    ``progress(split, examples_done)`` is called after each batch. (``lit_kd.teacher.build`` writes one with
+    several processes from the same pieces: ``write_head``, ``write_split`` and ``write_manifest``.)"""
+    check_dtype(dtype)
+    out = Path(out)
+    with atomic_directory(out, size_hint=cache_bytes(head, sizes, dtype)) as tmp:
+        shards = {
+            split: write_split(tmp, split, make(), hidden_fn, dtype, shard_bytes, progress=progress)
+            for split, make in batches.items()
+        }
+        write_manifest(tmp, key, dtype, head.hidden_size, write_head(tmp, head), shards, sizes)
+    return out
+
+
+def check_dtype(dtype: str) -> None:
     if dtype not in CACHE_DTYPES:
         raise CacheError(f"teacher cache dtype must be one of {', '.join(CACHE_DTYPES)}, got {dtype!r}")
-    out = Path(out)
-    hidden_size = head.hidden_size
+
+
+def cache_bytes(head: OutputHead, sizes: dict[str, tuple[int, int]], dtype: str) -> int:
+    """The space a cache of ``sizes`` (split → examples, rows) needs: hidden rows, head and manifest."""
     element = torch.empty((), dtype=CACHE_DTYPES[dtype]).element_size()
     head_bytes = sum(t.numel() * t.element_size() for t in (head.weight, head.bias) if t is not None)
-    needed = sum(rows for _, rows in sizes.values()) * hidden_size * element + head_bytes + MANIFEST_BYTES
-    manifest: dict[str, Any] = {
-        "format": CACHE_FORMAT,
-        "key": asdict(key),
-        "dtype": dtype,
-        "hidden_size": hidden_size,
-        "splits": {},
-    }
-    with atomic_directory(out, size_hint=needed) as tmp:
-        tensors = {"weight": head.weight.detach().cpu().contiguous()}
-        if head.bias is not None:
-            tensors["bias"] = head.bias.detach().cpu().contiguous()
-        size, digest = write_safetensors(tensors, tmp / HEAD_FILE)
-        manifest["head"] = {"bytes": size, "digest": digest}
-        for split, make_batches in batches.items():
-            shards: list[dict[str, Any]] = []
-            buffer: list[Tensor] = []
-            counts: list[int] = []
-            first = 0
+    return sum(rows for _, rows in sizes.values()) * head.hidden_size * element + head_bytes + MANIFEST_BYTES
 
-            def flush() -> None:
-                nonlocal first, buffer, counts
-                if not counts:
-                    return
-                name = f"{split}-{len(shards):05d}.safetensors"
-                hidden = torch.cat(buffer) if buffer else torch.empty(0, hidden_size, dtype=CACHE_DTYPES[dtype])
-                offsets = torch.tensor([0, *counts]).cumsum(0)
-                size, digest = write_safetensors({"hidden": hidden.contiguous(), "offsets": offsets}, tmp / name)
-                shards.append({"file": name, "first_example": first, "examples": len(counts),
-                               "rows": int(offsets[-1]), "bytes": size, "digest": digest})  # fmt: skip
-                first += len(counts)
-                buffer, counts = [], []
 
-            done = 0
-            for batch in make_batches():
-                with torch.no_grad():
-                    hidden = hidden_fn(batch)[:, :-1]
-                mask = response_mask(batch["labels"]).to(hidden.device)
-                for row in range(hidden.shape[0]):
-                    rows = hidden[row][mask[row]].to("cpu", CACHE_DTYPES[dtype])
-                    buffer.append(rows)
-                    counts.append(rows.shape[0])
-                if sum(b.shape[0] for b in buffer) * hidden_size * element >= shard_bytes:
-                    flush()
-                done += hidden.shape[0]
-                if progress is not None:
-                    progress(split, done)
+def write_head(folder: Path, head: OutputHead) -> dict[str, Any]:
+    """Write the teacher's LM head (weight [V, d], + bias) to ``folder``; return its manifest entry."""
+    tensors = {"weight": head.weight.detach().cpu().contiguous()}
+    if head.bias is not None:
+        tensors["bias"] = head.bias.detach().cpu().contiguous()
+    size, digest = write_safetensors(tensors, folder / HEAD_FILE)
+    return {"bytes": size, "digest": digest}
+
+
+def write_split(
+    folder: Path,
+    split: str,
+    batches: Iterable[dict[str, Tensor]],
+    hidden_fn: Callable[[dict[str, Tensor]], Tensor],
+    dtype: str,
+    shard_bytes: int = 1 << 30,
+    first: int = 0,
+    progress: Optional[Callable[[str, int], None]] = None,
+) -> list[dict[str, Any]]:
+    """Write the response rows of consecutive examples of ``split``, the first being example ``first``, as shard
+    files of about ``shard_bytes`` in ``folder`` (each named after its first example, so processes writing
+    disjoint ranges of a split never collide); return their manifest entries in order."""
+    shards: list[dict[str, Any]] = []
+    buffer: list[Tensor] = []
+    counts: list[int] = []
+    hidden_size, element = None, torch.empty((), dtype=CACHE_DTYPES[dtype]).element_size()
+
+    def flush() -> None:
+        nonlocal first, buffer, counts
+        if not counts:
+            return
+        name = f"{split}-{first:05d}.safetensors"
+        offsets = torch.tensor([0, *counts]).cumsum(0)
+        size, digest = write_safetensors({"hidden": torch.cat(buffer).contiguous(), "offsets": offsets}, folder / name)
+        shards.append({"file": name, "first_example": first, "examples": len(counts),
+                       "rows": int(offsets[-1]), "bytes": size, "digest": digest})  # fmt: skip
+        first += len(counts)
+        buffer, counts = [], []
+
+    done = 0
+    for batch in batches:
+        with torch.no_grad():
+            hidden = hidden_fn(batch)[:, :-1]
+        hidden_size = hidden.shape[-1]
+        mask = response_mask(batch["labels"]).to(hidden.device)
+        for row in range(hidden.shape[0]):
+            rows = hidden[row][mask[row]].to("cpu", CACHE_DTYPES[dtype])
+            buffer.append(rows)
+            counts.append(rows.shape[0])
+        if sum(b.shape[0] for b in buffer) * hidden_size * element >= shard_bytes:
             flush()
-            examples, rows = sizes[split]
-            cached = sum(s["examples"] for s in shards), sum(s["rows"] for s in shards)
-            if cached != (examples, rows):
+        done += hidden.shape[0]
+        if progress is not None:
+            progress(split, done)
+    flush()
+    return shards
+
+
+def write_manifest(
+    folder: Path,
+    key: CacheKey,
+    dtype: str,
+    hidden_size: int,
+    head: dict[str, Any],
+    shards: dict[str, list[dict[str, Any]]],
+    sizes: dict[str, tuple[int, int]],
+) -> None:
+    """Write ``manifest.json`` last, once every split's shards (in example order) are checked to cover exactly
+    ``sizes[split]`` = (examples, rows) with no gap or overlap, and every file listed is in ``folder`` at the size
+    its writer recorded (a process on another node writes to the same folder only on a shared filesystem)."""
+    for split, entries in shards.items():
+        first = 0
+        for entry in entries:
+            if entry["first_example"] != first:
                 raise CacheError(
-                    f"teacher cache: the {split} split gave {cached} (examples, rows), expected {sizes[split]}"
+                    f"teacher cache: the {split} shards leave a gap or overlap at example {first} "
+                    f"({entry['file']} starts at {entry['first_example']})"
                 )
-            manifest["splits"][split] = shards
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-    return out
+            first += entry["examples"]
+            file = folder / entry["file"]
+            if not file.is_file() or file.stat().st_size != entry["bytes"]:
+                raise CacheError(
+                    f"teacher cache: {entry['file']} is not in {folder} as its writer left it; with several nodes, "
+                    "--out must be on a filesystem that every node shares"
+                )
+        cached = first, sum(entry["rows"] for entry in entries)
+        if cached != tuple(sizes[split]):
+            raise CacheError(
+                f"teacher cache: the {split} split gave {cached} (examples, rows), expected {sizes[split]}"
+            )
+    manifest = {"format": CACHE_FORMAT, "key": asdict(key), "dtype": dtype, "hidden_size": hidden_size,
+                "splits": shards, "head": head}  # fmt: skip
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 def describe_size(sizes: dict[str, tuple[int, int]], hidden_size: int, dtype: str) -> str:
