@@ -67,6 +67,9 @@ class LossRecorder(L.Callback):
         with open(self.out_dir / "losses.jsonl", "a") as stream:
             rows = hashlib.sha1(batch["input_ids"].numpy().tobytes()).hexdigest()[:12]
             record = {"step": trainer.global_step, "loss": float(outputs["loss"]), "batch": rows}
+            for name in ("tau", "tau_mean"):  # the step's temperature and a rule's mean per-token τ, when logged
+                if f"train/{name}" in trainer.callback_metrics:
+                    record[name] = float(trainer.callback_metrics[f"train/{name}"])
             stream.write(json.dumps(record) + "\n")
             stream.flush()
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
-from lit_kd.losses.core import check_logits, log_softmax_at
+from lit_kd.losses.core import Temperature, softened
 
 
-def ab(student_logits: Tensor, teacher_logits: Tensor, tau: float, alpha: float = 0.2, beta: float = 0.7) -> Tensor:
+def ab(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    tau: Temperature,
+    alpha: float = 0.2,
+    beta: float = 0.7,
+    teacher_tau: Optional[Temperature] = None,
+) -> Tensor:
     """AB-divergence D_AB^(α,β)(p‖q), ``[N, V] → [N]`` (objectives.md §2.9):
 
         −1/(αβ) · Σ_k [p^α q^β − α/(α+β)·p^(α+β) − β/(α+β)·q^(α+β)]      α, β, α+β ≠ 0
@@ -22,8 +31,7 @@ def ab(student_logits: Tensor, teacher_logits: Tensor, tau: float, alpha: float 
     models drop out. Negative exponents need finite logits.
     Gradient (α ≠ 0): (1/(α·τ))·(c_j − q_j·Σ_k c_k), c_k = q_k^(α+β) − p_k^α q_k^β.
     """
-    check_logits(student_logits, teacher_logits)
-    log_p, log_q = log_softmax_at(teacher_logits, tau), log_softmax_at(student_logits, tau)
+    log_p, log_q = softened(student_logits, teacher_logits, tau, teacher_tau)
     dropped = torch.isneginf(log_p) & torch.isneginf(log_q)
     log_p = torch.where(dropped, torch.zeros_like(log_p), log_p)
     log_q = torch.where(dropped, torch.zeros_like(log_q), log_q)

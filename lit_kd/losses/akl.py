@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
-from lit_kd.losses.core import check_logits, kl_from_log_probs, log_softmax_at
+from lit_kd.losses.core import Temperature, kl_from_log_probs, softened
 
 
 def akl_weights(log_p: Tensor, log_q: Tensor, mu: float) -> tuple[Tensor, Tensor]:
@@ -30,13 +32,18 @@ def akl_weights(log_p: Tensor, log_q: Tensor, mu: float) -> tuple[Tensor, Tensor
         return w_head, 1.0 - w_head
 
 
-def akl(student_logits: Tensor, teacher_logits: Tensor, tau: float, mu: float = 0.5) -> Tensor:
+def akl(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    tau: Temperature,
+    mu: float = 0.5,
+    teacher_tau: Optional[Temperature] = None,
+) -> Tensor:
     """Adaptive KL, ``[N, V] → [N]``: AKL = w_head·FKL + w_tail·RKL (objectives.md §2.8).
 
     The head gap weights FKL and the tail gap weights RKL; the weights are computed at τ and detached,
     so ∇AKL = w_head·∇FKL + w_tail·∇RKL (a plain ``gradcheck`` fails by design: the weights move).
     """
-    check_logits(student_logits, teacher_logits)
-    log_p, log_q = log_softmax_at(teacher_logits, tau), log_softmax_at(student_logits, tau)
+    log_p, log_q = softened(student_logits, teacher_logits, tau, teacher_tau)
     w_head, w_tail = akl_weights(log_p, log_q, mu)
     return w_head * kl_from_log_probs(log_p, log_q) + w_tail * kl_from_log_probs(log_q, log_p)

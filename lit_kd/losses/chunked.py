@@ -27,9 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_kd.losses.core import upcast
+from lit_kd.losses.core import Temperature, upcast
 from lit_kd.losses.diagnostics import kd_diagnostics
-from lit_kd.losses.registry import LossConfig, per_token_divergence
+from lit_kd.losses.registry import KDTerm, LossConfig, kd_term
+from lit_kd.losses.temperature import describe
 from lit_kd.models.head import OutputHead
 
 SUM_NAMES = ("loss", "kd_loss", "lm_loss")
@@ -49,6 +50,29 @@ class TokenSums:
     """flags of the non-finite values met (``NONFINITE_KINDS``), kept on the device: reading them is a host sync"""
     diagnostics: Optional[dict[str, Tensor]] = None
     """KD diagnostics as means over this micro-batch's tokens (when asked for)"""
+    step_tau: Optional[float] = None
+    """the step's τ (the schedule's; a rule's base), when the KD term was computed"""
+    tau: Optional[Tensor] = None
+    teacher_tau: Optional[Tensor] = None
+    """the per-token student and teacher temperatures ``[tokens]`` of a ``tau_rule`` (detached; None without one)"""
+
+    def step_logs(self) -> dict[str, Tensor | float]:
+        """What the training step logs: ``diag/*`` (when asked for) and ``train/tau*`` (``temperatures``)."""
+        logs = {f"diag/{name}": value for name, value in (self.diagnostics or {}).items()}
+        return logs | {f"train/{name}": value for name, value in self.temperatures().items()}
+
+    def temperatures(self) -> dict[str, Tensor | float]:
+        """``tau`` (the step's), and under a rule ``tau_mean/p10/p90`` of the teacher's per-token τ and
+        ``tau_student_*`` of the student's where they differ; empty without a KD term."""
+        if self.step_tau is None:
+            return {}
+        described: dict[str, Tensor | float] = {"tau": self.step_tau}
+        if self.teacher_tau is None:
+            return described
+        described.update(describe(self.teacher_tau))
+        if self.tau is not None and not torch.equal(self.tau, self.teacher_tau):
+            described.update(describe(self.tau, prefix="tau_student"))
+        return described
 
     @property
     def problems(self) -> list[str]:
@@ -67,16 +91,16 @@ def token_terms(
     targets: Tensor,
     config: LossConfig,
     kd_ratio: float,
-) -> tuple[Tensor, Tensor, Optional[Tensor]]:
-    """Per-token ``(ℓ, CE, s·d)`` of rows ``[n, V]``; the KD term is None without teacher logits or weight."""
+) -> tuple[Tensor, Tensor, Optional[KDTerm]]:
+    """Per-token ``(ℓ, CE, KD term)`` of rows ``[n, V]``; the KD term (s·d and its temperatures, ``kd_term``) is None
+    without teacher logits or weight."""
     ce = F.cross_entropy(upcast(student_logits), targets, reduction="none")
     if teacher_logits is None or kd_ratio == 0:
         return ce, ce, None
-    kd = per_token_divergence(config, student_logits, teacher_logits, targets)
-    if config.tau_squared_scaling:
-        kd = kd * config.tau**2
+    term = kd_term(config, student_logits, teacher_logits, targets)
+    kd = term.values
     combined = kd if kd_ratio == 1 else (1.0 - kd_ratio) * ce + kd_ratio * kd
-    return combined, ce, kd
+    return combined, ce, term
 
 
 def nonfinite_flags(student_logits: Tensor, teacher_logits: Optional[Tensor]) -> Tensor:
@@ -105,11 +129,23 @@ def token_sums_from_logits(
     return TokenSums(
         loss=combined.sum(),
         lm_loss=ce.detach().sum(),
-        kd_loss=None if kd is None else kd.detach().sum(),
+        kd_loss=None if kd is None else kd.values.detach().sum(),
         tokens=int(targets.numel()),
         nonfinite=nonfinite_flags(student_logits.detach(), teacher_logits),
         diagnostics=diag,
+        step_tau=None if kd is None else config.tau,
+        **rule_temperatures_of([kd] if kd is not None else []),
     )
+
+
+def rule_temperatures_of(terms: list[KDTerm]) -> dict[str, Tensor]:
+    """``tau`` and ``teacher_tau`` of ``TokenSums``: the rule's per-token temperatures of the chunks, concatenated."""
+    if not terms or not isinstance(terms[0].teacher_tau, Tensor):
+        return {}
+    return {
+        "tau": torch.cat([term.tau.detach() for term in terms]),  # type: ignore[union-attr]
+        "teacher_tau": torch.cat([term.teacher_tau.detach() for term in terms]),  # type: ignore[union-attr]
+    }
 
 
 class _PrecomputedGradient(torch.autograd.Function):
@@ -164,6 +200,7 @@ def chunked_token_sums(
     grad_bias = torch.zeros_like(bias) if needs_grad and bias is not None else None
     nonfinite = torch.zeros(len(NONFINITE_KINDS), dtype=torch.bool, device=student_hidden.device)
     diag_sums: dict[str, Tensor] = {}
+    terms: list[KDTerm] = []
 
     for start in range(0, rows, chunk_size):
         end = min(start + chunk_size, rows)
@@ -187,7 +224,8 @@ def chunked_token_sums(
         total += chunk_total.detach()
         lm_sum += ce.detach().sum()
         if kd is not None:
-            kd_sum += kd.detach().sum()
+            kd_sum += kd.values.detach().sum()
+            terms.append(KDTerm(kd.values.detach(), detached(kd.tau), detached(kd.teacher_tau)))
         nonfinite |= nonfinite_flags(logits.detach(), teacher_logits)
         if diagnostics and kd is not None:
             for name, value in kd_diagnostics(config, logits.detach(), teacher_logits, targets[start:end]).items():
@@ -204,4 +242,10 @@ def chunked_token_sums(
         tokens=rows,
         nonfinite=nonfinite,
         diagnostics={k: v / rows for k, v in diag_sums.items()} if diag_sums else None,
+        step_tau=config.tau if with_teacher else None,
+        **rule_temperatures_of(terms),
     )
+
+
+def detached(tau: Temperature) -> Temperature:
+    return tau.detach() if isinstance(tau, Tensor) else tau

@@ -1,20 +1,25 @@
 """Shared numerics of the τ-scaled objectives: temperature softening, safe KL terms, the masked mean.
 
 Conventions (``../shared/reference/objectives.md`` §1, Luong & Chen 2026 Eq. 1):
-    p = softmax(z_t / τ)  (teacher),   q = softmax(z_s / τ)  (student),
-the same τ for both. Every objective maps flattened logits ``[N, V]`` to per-token values ``[N]``.
-All math runs in float32 (bf16/fp16 inputs are upcast) and in log space.
+    p = softmax(z_t / τ_t)  (teacher),   q = softmax(z_s / τ_s)  (student),
+with τ_t = τ_s = τ unless a temperature rule (``lit_kd.losses.temperature``) sets them apart. A temperature is
+a number (every row) or a ``[N]`` tensor (one per row). Every objective maps flattened logits ``[N, V]`` to
+per-token values ``[N]``. All math runs in float32 (bf16/fp16 inputs are upcast) and in log space.
 """
 
 from __future__ import annotations
 
 import math
 from numbers import Real
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
 
 from lit_kd.errors import ConfigError
+
+Temperature = Union[float, Tensor]
+"""τ for every row (a number) or per row (a ``[N]`` tensor, > 0)."""
 
 
 def check_tau(tau: float) -> float:
@@ -46,9 +51,26 @@ def upcast(logits: Tensor) -> Tensor:
     return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
 
-def log_softmax_at(logits: Tensor, tau: float) -> Tensor:
-    """log softmax(z / τ) over the last dim, in float32 (or float64 for float64 input)."""
-    return torch.log_softmax(upcast(logits) / tau, dim=-1)
+def log_softmax_at(logits: Tensor, tau: Temperature) -> Tensor:
+    """log softmax(z / τ) over the last dim, in float32 (or float64 for float64 input); a ``[N]`` τ divides row i
+    of ``[N, V]`` logits by τ_i."""
+    logits = upcast(logits)
+    if isinstance(tau, Tensor):  # a masked −inf stays −inf, with no NaN in the gradient of a τ that has one
+        masked = torch.isneginf(logits)
+        scaled = torch.where(masked, torch.zeros_like(logits), logits) / tau.to(logits.dtype).unsqueeze(-1)
+        return torch.log_softmax(torch.where(masked, logits, scaled), dim=-1)
+    return torch.log_softmax(logits / tau, dim=-1)
+
+
+def softened(
+    student_logits: Tensor, teacher_logits: Tensor, tau: Temperature, teacher_tau: Optional[Temperature] = None
+) -> tuple[Tensor, Tensor]:
+    """(log p, log q) = (log softmax(z_t/τ_t), log softmax(z_s/τ_s)) of checked ``[N, V]`` logits; τ_s = ``tau``,
+    τ_t = ``teacher_tau`` (default: ``tau``, the same temperature for both)."""
+    check_logits(student_logits, teacher_logits)
+    return log_softmax_at(teacher_logits, tau if teacher_tau is None else teacher_tau), log_softmax_at(
+        student_logits, tau
+    )
 
 
 def safe_logaddexp(a: Tensor, b: Tensor) -> Tensor:

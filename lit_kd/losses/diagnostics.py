@@ -1,6 +1,6 @@
 """KD diagnostics: what τ does to the teacher's target and to the student's gradient, per batch.
 
-All quantities are at the run's τ and averaged over response tokens:
+All quantities are at the step's τ (each token's τ_t under a ``tau_rule``) and averaged over response tokens:
 
 * ``teacher_entropy``          H(p) = −Σ_k p_k log p_k
 * ``teacher_nontarget_mass``   1 − p_t, t the label token (how much the softened teacher spreads away from it)
@@ -8,8 +8,9 @@ All quantities are at the run's τ and averaged over response tokens:
 * ``kd_grad_target_norm``      |∂d_i/∂z_s,t|, the KD gradient on the label-token logit
 * ``kd_grad_nontarget_norm``   ‖∂d_i/∂z_s,k‖₂ over k ≠ t
 
-d_i is the per-token divergence of the configured objective (× τ² when ``tau_squared_scaling``); its
-gradient is taken with respect to a detached copy of the student logits, so the model is untouched.
+d_i is the per-token KD term of the configured objective (``kd_term``: at its temperatures, × τ² when
+``tau_squared_scaling``); its gradient is taken with respect to a detached copy of the student logits, so the
+model is untouched.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 
 from lit_kd.losses.core import log_softmax_at
-from lit_kd.losses.registry import LossConfig, per_token_divergence
+from lit_kd.losses.registry import LossConfig, kd_term
 
 
 def kd_diagnostics(
@@ -27,18 +28,17 @@ def kd_diagnostics(
     """Diagnostics over flattened response rows ``[M, V]`` with their label tokens ``[M]``."""
     student_logits, teacher_logits = student_logits.detach(), teacher_logits.detach()
     index = targets.long()[:, None]
+    with torch.enable_grad():
+        leaf = student_logits.float().requires_grad_(True)
+        term = kd_term(config, leaf, teacher_logits, targets)
+        (grad,) = torch.autograd.grad(term.values.sum(), leaf)
     with torch.no_grad():
-        log_p = log_softmax_at(teacher_logits, config.tau)
+        teacher_tau = term.teacher_tau.detach() if isinstance(term.teacher_tau, Tensor) else term.teacher_tau
+        log_p = log_softmax_at(teacher_logits, teacher_tau)
         p = log_p.exp()
         entropy = -(p * torch.where(p > 0, log_p, torch.zeros_like(log_p))).sum(-1)
         nontarget_mass = 1.0 - p.gather(-1, index).squeeze(-1)
         agreement = (student_logits.argmax(-1) == teacher_logits.argmax(-1)).float()
-    with torch.enable_grad():
-        leaf = student_logits.float().requires_grad_(True)
-        values = per_token_divergence(config, leaf, teacher_logits, targets)
-        if config.tau_squared_scaling:
-            values = values * config.tau**2
-        (grad,) = torch.autograd.grad(values.sum(), leaf)
     grad_target = grad.gather(-1, index).squeeze(-1)
     grad_nontarget = grad.scatter(-1, index, 0.0).norm(dim=-1)
     return {

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
-from lit_kd.losses.core import check_logits, kl_from_log_probs, log1mexp, log_softmax_at
+from lit_kd.losses.core import Temperature, kl_from_log_probs, log1mexp, softened
 
 
 def drkl_terms(
-    student_logits: Tensor, teacher_logits: Tensor, tau: float, targets: Tensor
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    tau: Temperature,
+    targets: Tensor,
+    teacher_tau: Optional[Temperature] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(KL(b_q‖b_p), KL(q̂‖p̂), q_t), each ``[N]``.
 
@@ -17,10 +23,9 @@ def drkl_terms(
     Exact identity: RKL = KL(b_q‖b_p) + (1 − q_t)·KL(q̂‖p̂). log(1 − x_t) = log1mexp(log x_t), with
     log x_t clamped to ≤ −eps (undefined when x_t = 1 exactly).
     """
-    check_logits(student_logits, teacher_logits)
+    log_p, log_q = softened(student_logits, teacher_logits, tau, teacher_tau)
     if targets.shape != student_logits.shape[:1]:
         raise ValueError(f"targets {tuple(targets.shape)} must hold one label per row of {tuple(student_logits.shape)}")
-    log_p, log_q = log_softmax_at(teacher_logits, tau), log_softmax_at(student_logits, tau)
     eps = torch.finfo(log_p.dtype).eps
     index = targets.long()[:, None]
     log_p_t = log_p.gather(-1, index).clamp(max=-eps)
@@ -35,7 +40,14 @@ def drkl_terms(
     return binary, kl_from_log_probs(log_q_hat, log_p_hat), log_q_t.squeeze(-1).exp()
 
 
-def drkl(student_logits: Tensor, teacher_logits: Tensor, tau: float, targets: Tensor, gamma: float = 0.5) -> Tensor:
+def drkl(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    tau: Temperature,
+    targets: Tensor,
+    gamma: float = 0.5,
+    teacher_tau: Optional[Temperature] = None,
+) -> Tensor:
     """DRKL = KL(b_q‖b_p) + γ·KL(q̂‖p̂), ``[N, V] → [N]``, t = the label token.
 
     RKL weighs the non-target term by (1 − q_t), which keeps pushing the target logit even once the
@@ -45,5 +57,5 @@ def drkl(student_logits: Tensor, teacher_logits: Tensor, tau: float, targets: Te
     Gradient: (1/τ)·[ℓ·q_t·(δ_jt − q_j) + γ·1[j≠t]·q̂_j·(log(q̂_j/p̂_j) − KL(q̂‖p̂))],
     ℓ = log(q_t/p_t) − log((1 − q_t)/(1 − p_t)).
     """
-    binary, non_target, _ = drkl_terms(student_logits, teacher_logits, tau, targets)
+    binary, non_target, _ = drkl_terms(student_logits, teacher_logits, tau, targets, teacher_tau)
     return binary + gamma * non_target

@@ -28,10 +28,11 @@ from torch import Tensor
 from lit_kd.errors import ConfigError
 from lit_kd.losses.ab import ab
 from lit_kd.losses.akl import akl
-from lit_kd.losses.core import check_tau, masked_mean
+from lit_kd.losses.core import Temperature, check_tau, masked_mean
 from lit_kd.losses.drkl import drkl
 from lit_kd.losses.kl import fkl, rkl, sym_kl
 from lit_kd.losses.mixtures import js, sfkl, srkl
+from lit_kd.losses.temperature import HORIZON_UNITS, RULES, SCHEDULES, rule_temperatures, scheduled_tau
 from lit_kd.losses.tvd import tvd
 
 
@@ -96,8 +97,23 @@ COMMON_FIELDS: tuple[tuple[str, type, Any, str], ...] = (
         "tau_squared_scaling",
         bool,
         False,
-        "Multiply the KD term by τ² (Hinton et al. 2015). Off by default, as in DistiLLM/MiniLLM.",
+        "Multiply the KD term by τ² (Hinton et al. 2015; τ_s·τ_t per token under a tau_rule). Off by default, as "
+        "in DistiLLM/MiniLLM.",
     ),
+    ("tau_schedule", str, "constant", "τ over training: constant, linear, cosine or step, from tau to tau_end."),
+    ("tau_end", Optional[float], None, "τ at the end of the schedule's horizon (linear, cosine, step)."),
+    ("tau_horizon", Optional[int], None, "Length of the schedule (in tau_horizon_unit); τ stays tau_end after it."),
+    ("tau_horizon_unit", str, "steps", "Unit of tau_horizon: steps (optimizer steps) or epochs."),
+    (
+        "tau_rule",
+        str,
+        "none",
+        "Per-token temperatures: none, logit_standardization, sharpness_matching or entropy_target "
+        "(lit_kd.losses.temperature).",
+    ),
+    ("tau_min", float, 0.05, "Lower bound of a rule's per-token τ."),
+    ("tau_max", float, 100.0, "Upper bound of a rule's per-token τ."),
+    ("tau_target_entropy", float, 1.0, "entropy_target: the teacher's entropy (nats) each token's τ is solved for."),
 )
 
 
@@ -138,12 +154,35 @@ class LossConfig:
             raise ConfigError(f"model.loss.tau: {err}") from None
         if not isinstance(self.tau_squared_scaling, bool):
             raise ConfigError(f"model.loss.tau_squared_scaling must be true or false, got {self.tau_squared_scaling!r}")
+        check_temperature_options(self)
         for hparam in registered_hparams().values():
             hparam.check(getattr(self, hparam.field))
 
     @property
     def objective(self) -> Objective:
         return get_objective(self.name)
+
+    @property
+    def moves_tau(self) -> bool:
+        """Whether τ changes during training (a schedule) or per token (a rule)."""
+        return self.tau_schedule != "constant" or self.tau_rule != "none"
+
+    def tau_at(self, step: int, steps_per_epoch: Optional[int] = None) -> float:
+        """The schedule's τ after ``step`` optimizer steps (``steps_per_epoch`` converts a horizon in epochs)."""
+        if self.tau_schedule == "constant":
+            return self.tau
+        horizon = self.tau_horizon
+        if self.tau_horizon_unit == "epochs":
+            if steps_per_epoch is None:
+                raise ConfigError("model.loss.tau_horizon_unit: epochs needs the number of optimizer steps per epoch")
+            horizon *= max(steps_per_epoch, 1)
+        return scheduled_tau(self.tau_schedule, self.tau, self.tau_end, step / horizon)
+
+    def at_step(self, step: int, steps_per_epoch: Optional[int] = None) -> "LossConfig":
+        """This config with ``tau`` set to the schedule's τ after ``step`` optimizer steps (itself when constant)."""
+        if self.tau_schedule == "constant":
+            return self
+        return replace(self, tau=self.tau_at(step, steps_per_epoch))
 
     def objective_hparams(self) -> dict[str, Any]:
         """The selected objective's hyperparameters as ``{field: value}``, e.g. ``{"js_beta": 0.1}``."""
@@ -310,17 +349,90 @@ register(
 )
 
 
+def check_temperature_options(config: LossConfig) -> None:
+    """One ``ConfigError`` naming the ``model.loss`` key of a τ schedule or rule that cannot run."""
+    if config.tau_schedule not in SCHEDULES:
+        raise ConfigError(f"model.loss.tau_schedule: unknown {config.tau_schedule!r}; choose {', '.join(SCHEDULES)}")
+    if config.tau_horizon_unit not in HORIZON_UNITS:
+        raise ConfigError(
+            f"model.loss.tau_horizon_unit: unknown {config.tau_horizon_unit!r}; choose {', '.join(HORIZON_UNITS)}"
+        )
+    if config.tau_schedule == "constant":
+        if config.tau_end is not None or config.tau_horizon is not None:
+            raise ConfigError(
+                "model.loss.tau_end / tau_horizon are set but tau_schedule is constant; set tau_schedule "
+                f"({', '.join(SCHEDULES[1:])}) or remove them"
+            )
+    else:
+        if config.tau_end is None or config.tau_horizon is None:
+            raise ConfigError(f"model.loss.tau_schedule {config.tau_schedule} needs tau_end and tau_horizon")
+        try:
+            config.tau_end = check_tau(config.tau_end)
+        except ConfigError as err:
+            raise ConfigError(f"model.loss.tau_end: {err}") from None
+        if isinstance(config.tau_horizon, bool) or not isinstance(config.tau_horizon, int) or config.tau_horizon < 1:
+            raise ConfigError(f"model.loss.tau_horizon must be a whole number >= 1, got {config.tau_horizon!r}")
+    if config.tau_rule not in RULES:
+        raise ConfigError(f"model.loss.tau_rule: unknown {config.tau_rule!r}; choose {', '.join(RULES)}")
+    for key in ("tau_min", "tau_max", "tau_target_entropy"):
+        value = getattr(config, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"model.loss.{key} must be a finite number > 0, got {value!r}")
+    if config.tau_min >= config.tau_max:
+        raise ConfigError(f"model.loss.tau_min ({config.tau_min}) must be below tau_max ({config.tau_max})")
+    if config.tau_rule != "none" and "teacher_tau" not in inspect.signature(config.objective.fn).parameters:
+        raise ConfigError(
+            f"model.loss.tau_rule {config.tau_rule} gives the teacher and the student their own per-token τ, which "
+            f"objective {config.name!r} cannot take ({config.objective.fn.__name__}() has no teacher_tau parameter)"
+        )
+
+
 def per_token_divergence(
-    config: LossConfig, student_logits: Tensor, teacher_logits: Tensor, targets: Optional[Tensor] = None
+    config: LossConfig,
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Optional[Tensor] = None,
+    tau: Optional[Temperature] = None,
+    teacher_tau: Optional[Temperature] = None,
 ) -> Tensor:
-    """The selected objective on flattened ``[N, V]`` logits → ``[N]`` (no τ² factor, no reduction)."""
+    """The selected objective on flattened ``[N, V]`` logits → ``[N]`` (no τ² factor, no reduction), at
+    ``config.tau`` or the given (per-row) student and teacher temperatures."""
     objective = config.objective
     kwargs = config.hparam_values()
     if objective.needs_targets:
         if targets is None:
             raise ValueError(f"objective {objective.name!r} needs the label token of each row (targets)")
         kwargs["targets"] = targets
-    return objective.fn(student_logits, teacher_logits, config.tau, **kwargs)
+    if teacher_tau is not None:
+        kwargs["teacher_tau"] = teacher_tau
+    return objective.fn(student_logits, teacher_logits, config.tau if tau is None else tau, **kwargs)
+
+
+@dataclass
+class KDTerm:
+    """The KD term of each row, ``values`` = s·d_i (s = τ² or τ_s·τ_t with ``tau_squared_scaling``, else 1), and
+    the temperatures it was computed at (numbers, or ``[N]`` tensors under a rule)."""
+
+    values: Tensor
+    tau: Temperature
+    teacher_tau: Temperature
+
+
+def kd_term(
+    config: LossConfig, student_logits: Tensor, teacher_logits: Tensor, targets: Optional[Tensor] = None
+) -> KDTerm:
+    """The configured objective on ``[N, V]`` rows at ``config.tau``, or at the per-token temperatures of its
+    ``tau_rule`` (``lit_kd.losses.temperature``); without a rule it is the plain call, bit for bit."""
+    if config.tau_rule == "none":
+        values = per_token_divergence(config, student_logits, teacher_logits, targets)
+        scale = config.tau**2 if config.tau_squared_scaling else None
+        return KDTerm(values if scale is None else values * scale, config.tau, config.tau)
+    tau_s, tau_t = rule_temperatures(config.tau_rule, student_logits, teacher_logits, config.tau, config.tau_min,
+                                     config.tau_max, config.tau_target_entropy)  # fmt: skip
+    values = per_token_divergence(config, student_logits, teacher_logits, targets, tau_s, tau_t)
+    if config.tau_squared_scaling:
+        values = values * (tau_s * tau_t).detach().to(values.dtype)
+    return KDTerm(values, tau_s, tau_t)
 
 
 def distillation_loss(
@@ -330,12 +442,10 @@ def distillation_loss(
     mask: Optional[Tensor] = None,
     targets: Optional[Tensor] = None,
 ) -> Tensor:
-    """L_KD = Σ_i m_i d_i / Σ_i m_i (× τ² if ``tau_squared_scaling``), d_i the per-token divergence.
+    """L_KD = Σ_i m_i s_i d_i / Σ_i m_i, d_i the per-token divergence (``kd_term``: s_i = τ² or τ_s,i·τ_t,i with
+    ``tau_squared_scaling``, else 1).
 
     ``mask=None`` means every row counts (the rows were already gathered at response positions).
     """
-    values = per_token_divergence(config, student_logits, teacher_logits, targets)
-    loss = masked_mean(values, torch.ones_like(values, dtype=torch.bool) if mask is None else mask)
-    if config.tau_squared_scaling:
-        loss = loss * config.tau**2
-    return loss
+    values = kd_term(config, student_logits, teacher_logits, targets).values
+    return masked_mean(values, torch.ones_like(values, dtype=torch.bool) if mask is None else mask)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Optional
 
 from lit_kd.errors import ConfigError
+from lit_kd.losses import LossConfig
 from lit_kd.models import ModelConfig, StudentConfig
 from lit_kd.modules.policy import PolicyConfig
 
@@ -20,6 +21,7 @@ def check_module_arguments(
     chunk_size: Optional[int],
     policy: Optional[PolicyConfig],
     teacher_sharding: str = "replicate",
+    loss: Optional[LossConfig] = None,
 ) -> None:
     """One ``ConfigError`` naming the setting, for a combination that cannot run."""
     if not 0.0 <= kd_ratio <= 1.0:
@@ -48,6 +50,12 @@ def check_module_arguments(
         )
     if samples_students_outputs(policy) and (teacher is None or kd_ratio == 0):
         raise ConfigError("model.policy needs a teacher to score the student's samples (and kd_ratio > 0)")
+    if loss is not None and loss.moves_tau and (teacher is None or kd_ratio == 0):
+        key = "tau_rule" if loss.tau_rule != "none" else "tau_schedule"
+        raise ConfigError(
+            f"model.loss.{key} sets the KD temperature, but this run has no KD term (no model.teacher or "
+            "model.kd_ratio 0): remove it or give the run a teacher and kd_ratio > 0"
+        )
 
 
 def samples_students_outputs(policy: Optional[PolicyConfig]) -> bool:

@@ -38,6 +38,7 @@ from lit_kd.modules.normalization import StepNormalizer
 from lit_kd.modules.policy import AdaptivePolicy, PolicyConfig, StudentPolicy
 from lit_kd.modules.schedule import WarmupCosineLR
 from lit_kd.modules.state import restore_module_state, store_module_state
+from lit_kd.modules.temperature import scheduled_loss
 from lit_kd.teacher import TeacherCache, TeacherSource
 
 
@@ -63,7 +64,7 @@ class DistillModule(L.LightningModule):
         Args:
             student: The trainable model: its own source, or ``layers`` kept from the teacher.
             teacher: The frozen teacher (``null`` for LM-only fine-tuning with ``kd_ratio: 0``).
-            loss: The distillation objective, τ and its hyperparameters.
+            loss: The distillation objective, τ (with its schedule and per-token rule) and its hyperparameters.
             kd_ratio: Weight of the KD term; ``1 − kd_ratio`` weighs the label cross-entropy.
             optimizer: Optimizer factory over the student's parameters.
             lr_scheduler: LR schedule factory, stepped every optimizer step (``null``: constant LR).
@@ -88,7 +89,7 @@ class DistillModule(L.LightningModule):
                 process holds 1/W of the frozen teacher, gathered block by block for its forward).
         """
         super().__init__()
-        check_module_arguments(student, teacher, kd_ratio, teacher_cache, chunk_size, policy, teacher_sharding)
+        check_module_arguments(student, teacher, kd_ratio, teacher_cache, chunk_size, policy, teacher_sharding, loss)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], logger=False)
         self.teacher_config, self.student_config, self.loss_config = teacher, student, loss
         self.kd_ratio, self.chunk_size, self.diagnostics = kd_ratio, chunk_size, diagnostics
@@ -167,7 +168,7 @@ class DistillModule(L.LightningModule):
         chunked through the LM heads (``chunk_size``) or from full logits (``chunk_size: null``)."""
         mask = response_mask(batch["labels"])
         targets = batch["labels"][:, 1:][mask]
-        source, loss, ratio = self.teacher_source if self.kd_ratio > 0 else None, self.loss_config, self.kd_ratio
+        source, loss, ratio = self.teacher_source if self.kd_ratio > 0 else None, scheduled_loss(self), self.kd_ratio
         if self.chunk_size is None:
             student_rows = self(batch["input_ids"], batch["attention_mask"])[:, :-1, : self.vocab_size][mask]
             teacher_rows = source.logits_rows(batch, mask, stage) if source is not None else None
@@ -198,10 +199,9 @@ class DistillModule(L.LightningModule):
                 return sum(p.sum() for p in self.student.parameters() if p.requires_grad) * 0.0
             return None  # Lightning skips backward and the optimizer step
         self.normalizer.add(sums)
-        for name, value in (sums.diagnostics or {}).items():
-            self.log(f"diag/{name}", value, batch_size=size)
-        # the micro-batch's sum: the gradient is divided by the step's token count in on_before_optimizer_step
-        return sums.loss
+        for name, value in sums.step_logs().items():  # diag/* and the step's temperatures
+            self.log(name, value, batch_size=size)
+        return sums.loss  # the micro-batch's sum: on_before_optimizer_step divides the gradient by the step's tokens
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Token-exact normalization of the accumulated gradients; log the step's token means."""

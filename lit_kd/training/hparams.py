@@ -12,14 +12,21 @@ from lit_kd.modules import DistillModule
 
 
 def run_hparams(pl_module: L.LightningModule) -> dict[str, Any]:
-    """What distinguishes a run, for TensorBoard's HParams tab: the objective, τ and each of its hyperparameters
-    that applies, τ² scaling, kd_ratio, the seed, the student and the teacher (and where it comes from)."""
+    """What distinguishes a run, for TensorBoard's HParams tab: the objective, τ (and its schedule or per-token
+    rule when set) and each of its hyperparameters that applies, τ² scaling, kd_ratio, the seed, the student and the teacher (and where it comes from)."""
     params: dict[str, Any] = {"seed": int(os.environ.get("PL_GLOBAL_SEED", -1))}
     if not isinstance(pl_module, DistillModule):
         return params
     loss, student, teacher = pl_module.loss_config, pl_module.student_config, pl_module.teacher_config
     policy = pl_module.policy
     params.update(objective=loss.name, tau=loss.tau, tau_squared_scaling=loss.tau_squared_scaling)
+    if loss.tau_schedule != "constant":  # τ is the schedule's start
+        params.update(tau_schedule=loss.tau_schedule, tau_end=loss.tau_end, tau_horizon=loss.tau_horizon,
+                      tau_horizon_unit=loss.tau_horizon_unit)  # fmt: skip
+    if loss.tau_rule != "none":  # τ is the rule's base
+        params.update(tau_rule=loss.tau_rule, tau_min=loss.tau_min, tau_max=loss.tau_max)
+        if loss.tau_rule == "entropy_target":
+            params["tau_target_entropy"] = loss.tau_target_entropy
     params.update({f"loss.{field}": value for field, value in loss.objective_hparams().items()})
     params.update(kd_ratio=pl_module.kd_ratio, chunk_size=pl_module.chunk_size)
     params["student"] = student.describe() if student.has_source else "cut from the teacher"

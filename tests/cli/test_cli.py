@@ -66,8 +66,15 @@ def test_the_shared_base_is_the_cli_default_and_no_config_restates_it(capsys):
 
 # what the layered configs are meant to change in a paper run's resolved settings (nothing else may differ):
 # ModelCheckpoint's every_n_epochs null is its own default, which saves every epoch like the former explicit 1;
-# model.teacher_sharding is a new argument whose default (replicate) is what runs always did
-MEANT_TO_DIFFER = {("checkpoint", "every_n_epochs"): (1, None), ("model", "teacher_sharding"): (None, "replicate")}
+# model.teacher_sharding and model.loss.tau_schedule ... tau_target_entropy are new arguments whose defaults
+# (replicate; a constant τ, no per-token rule) are what runs always did
+NEW_DEFAULTS = {"tau_schedule": "constant", "tau_end": None, "tau_horizon": None, "tau_horizon_unit": "steps",
+                "tau_rule": "none", "tau_min": 0.05, "tau_max": 100.0, "tau_target_entropy": 1.0}  # fmt: skip
+MEANT_TO_DIFFER = {
+    ("checkpoint", "every_n_epochs"): (1, None),
+    ("model", "teacher_sharding"): (None, "replicate"),
+    **{("model", "loss", key): (None, value) for key, value in NEW_DEFAULTS.items() if value is not None},
+}
 
 
 @pytest.mark.parametrize("pair", ["gpt2", "opt"])

@@ -95,21 +95,51 @@ EPOCH_END_ONLY = {"mid-epoch, last.ckpt once per epoch": {"hook": "train_batch",
 POLICY = ["--model.policy.student_fraction", "0.5", "--model.policy.sampling.max_new_tokens", "6"]
 
 
-def test_sigkill_mid_epoch_then_resume_with_student_sampled_outputs(tmp_path):
-    """Mixed-policy (λ = 0.5): the student samples inside the step, seeded by the run's RNG; killed mid-epoch and
-    resumed, it samples (and trains on) exactly what an uninterrupted run does."""
-    extra = ["--last_checkpoint.every_n_train_steps", "1", *POLICY]
+def reference_then_killed_mid_epoch_and_resumed(tmp_path: Path, extra: list[str]) -> None:
+    """An uninterrupted run ("reference") and one SIGKILLed in the middle of epoch 1, then resumed ("run")."""
     reference = run(fit_command(tmp_path, "reference", *extra))
     assert reference.returncode == 0, reference.stderr[-3000:]
     killed = run(fit_command(tmp_path, "run", *extra, kill={"hook": "train_batch", "epoch": 1, "batch": 1}))
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     resumed = run(fit_command(tmp_path, "run", *extra, "--ckpt_path", "last"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+
+def test_sigkill_mid_epoch_then_resume_with_student_sampled_outputs(tmp_path):
+    """Mixed-policy (λ = 0.5): the student samples inside the step, seeded by the run's RNG; killed mid-epoch and
+    resumed, it samples (and trains on) exactly what an uninterrupted run does."""
+    extra = ["--last_checkpoint.every_n_train_steps", "1", *POLICY]
+    reference_then_killed_mid_epoch_and_resumed(tmp_path, extra)
     expected, got = (outcome(tmp_path / n, tmp_path / f"logs-{n}") for n in ("reference", "run"))
     assert got["losses"] == pytest.approx(expected["losses"], abs=1e-6, rel=0)
     assert got["best"] == expected["best"]
     for key, value in expected["weights"].items():
         torch.testing.assert_close(got["weights"][key], value, atol=1e-6, rtol=0)
+
+
+TAU = ["--model.loss.tau", "3", "--model.loss.tau_schedule", "cosine", "--model.loss.tau_end", "1",
+       "--model.loss.tau_horizon", "8", "--model.loss.tau_rule", "entropy_target"]  # fmt: skip
+
+
+def test_sigkill_mid_epoch_then_resume_with_a_tau_schedule_and_rule(tmp_path):
+    """τ from the step count alone: the resumed run logs (and trains at) the τ of every step that an uninterrupted
+    run does, and each step's τ is the schedule's."""
+    from lit_kd.losses import LossConfig
+
+    extra = ["--last_checkpoint.every_n_train_steps", "1", *TAU]
+    reference_then_killed_mid_epoch_and_resumed(tmp_path, extra)
+    records = {
+        name: {r["step"]: r for r in map(json.loads, (tmp_path / name / "losses.jsonl").read_text().splitlines())}
+        for name in ("reference", "run")
+    }
+    schedule = LossConfig(tau=3.0, tau_schedule="cosine", tau_end=1.0, tau_horizon=8)
+    assert sorted(records["reference"]) == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
+    for step, record in records["reference"].items():
+        assert record["tau"] == pytest.approx(schedule.tau_at(step - 1), rel=1e-6)  # τ of the step's start
+        assert record["tau_mean"] > 0
+        got = records["run"][step]
+        assert got["tau"] == record["tau"] and got["tau_mean"] == pytest.approx(record["tau_mean"], rel=1e-6)
+        assert got["loss"] == pytest.approx(record["loss"], abs=1e-6, rel=0)
 
 
 @pytest.fixture(scope="module")
