@@ -1,10 +1,12 @@
-"""``python -m lit_kd evaluate``: ROUGE-L of a model on benchmarks × seeds, written under the run's directory.
+"""``python -m lit_kd evaluate``: ROUGE-L (with diversity and calibration) of a model on benchmarks × seeds, written
+under the run's directory.
 
     python -m lit_kd evaluate --ckpt logs/demo/version_0/checkpoints/best-1-50.ckpt \\
         --benchmarks '[dolly,self_inst,vicuna,sinst]' --seeds '[10,20,30,40,50]' --data_dir ../shared/data/minillm
     python -m lit_kd evaluate --ckpt configs/demo.yaml --model teacher      # the teacher, as a reference row
     python -m lit_kd evaluate --ckpt configs/demo.yaml --model student      # the student before distillation
     python -m lit_kd evaluate --ckpt path/to/hf_dir                         # an exported / hub model
+    python -m lit_kd evaluate --ckpt ... --benchmarks '[vicuna=question.jsonl]' --references '{vicuna: answers.jsonl}'
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ def evaluate(
     generation: SamplingConfig = SamplingConfig(),
     out_dir: Optional[str] = None,
     device: str = "auto",
+    references: Optional[dict[str, str]] = None,
+    calibration: bool = True,
 ) -> Path:
     """Evaluate a model: ROUGE-L on benchmarks × seeds, as mean ± std over seeds.
 
@@ -57,6 +61,11 @@ def evaluate(
         generation: Sampling settings (temperature 1, no top-k/top-p by default, as in the paper).
         out_dir: Output folder (default ``<run>/eval/<model>``); an existing one is never overwritten.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
+        references: A references file per benchmark whose rows have none (FastChat's ``question.jsonl``), e.g.
+            ``{vicuna: answers.jsonl}``: rows matched by ``question_id`` or by the instruction, with ``output`` (a
+            string or a list) or FastChat's ``choices``.
+        calibration: Also score the model's mean token entropy and expected calibration error on the reference
+            responses (one teacher-forced pass per benchmark); Distinct-n and Self-BLEU always come with ROUGE-L.
     """
     import torch
 
@@ -66,7 +75,7 @@ def evaluate(
         raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda, but no CUDA device is available")
-    loaded = load_benchmarks(benchmarks, data_dir, max_examples)  # every file checked before any model loads
+    loaded = load_benchmarks(benchmarks, data_dir, max_examples, references=references)  # before any model loads
     target_dir = Path(out_dir) if out_dir else default_out_dir(ckpt, source_label(ckpt, model))
     ensure_writable_dir(target_dir.parent, "output folder")
     lm, tokenizer, label = model_from_source(ckpt, model)
@@ -74,7 +83,7 @@ def evaluate(
     directory = fresh_directory(target_dir)
     generations: list[dict] = []
     with new_progress() as progress:
-        result = evaluate_model(lm, tokenizer, loaded, seeds, generation, label, progress, generations)
+        result = evaluate_model(lm, tokenizer, loaded, seeds, generation, label, progress, generations, calibration)
     settings = {
         "source": ckpt,
         "model": model,
@@ -82,6 +91,8 @@ def evaluate(
         "examples": {b.name: len(b.records) for b in loaded},
         "seeds": list(seeds),
         "generation": asdict(generation),
+        "references": dict(references or {}),
+        "calibration": calibration,
     }
     paths = write_results(directory, [result], generations, settings)
     print(results_markdown([result]))

@@ -1,13 +1,20 @@
 """Reading instruction data: local JSONL / JSONL.gz / JSON / Parquet files or a hub dataset.
 
-Two row layouts are recognised (from the first row of a source):
+These layouts are recognised (from the first row of a source, or a whole JSON file):
 
 * raw databricks-dolly-15k: ``instruction``, ``context``, ``response``, ``category``;
 * MiniLLM/DistiLLM processed: ``instruction``, ``input`` (optional), ``output`` (+ ``prompt``, ignored:
-  the prompt is always rebuilt from ``lit_kd.data.prompt`` so training and generation share one template).
+  the prompt is always rebuilt from ``lit_kd.data.prompt`` so training and generation share one template);
+* Self-Instruct's ``user_oriented_instructions.jsonl``: ``instruction``, ``instances: [{input, output}]`` (one
+  record per instance; ``motivation_app`` is its category);
+* FastChat's ``question.jsonl``: ``question_id``, ``turns`` (the first turn is the instruction), no responses:
+  its records have ``output: None`` and need references from another file (``attach_references``);
+* a Super-NaturalInstructions task file (one JSON object): ``Definition`` (the instruction) and ``Instances``
+  (``input``, ``output``: a list, several references).
 
 Every row becomes ``{"instruction", "input", "output"}`` (+ ``category`` when known). A malformed line,
-a missing or non-string field or an empty response is a ``DataFormatError`` naming the file and line.
+a missing or non-string field, an empty response or a row of no known layout is a ``DataFormatError`` naming
+the file and line (and the layouts accepted).
 """
 
 from __future__ import annotations
@@ -36,6 +43,12 @@ class Layout:
 
 DOLLY_RAW = Layout("raw Dolly (instruction/context/response)", input="context", output="response", input_required=True)
 MINILLM = Layout("MiniLLM (instruction/input/output)", input="input", output="output", input_required=False)
+SELF_INSTRUCT = Layout("Self-Instruct (instruction/instances)", input="input", output="output", input_required=False)
+FASTCHAT = Layout("FastChat questions (question_id/turns)", input="", output="", input_required=False)
+SUPER_NI = "a Super-NaturalInstructions task file (Definition/Instances)"
+ACCEPTED = (
+    f"{DOLLY_RAW.name}, {MINILLM.name}, {SELF_INSTRUCT.name} rows, {FASTCHAT.name} rows, or {SUPER_NI}"
+)
 
 
 def is_local_source(source: str) -> bool:
@@ -84,11 +97,17 @@ def iter_local_rows(path: Path) -> Iterator[tuple[str, Any]]:
             text = handle.read()
     except (OSError, UnicodeDecodeError, EOFError) as err:
         raise DataFormatError(f"{path}: cannot be read as UTF-8 text ({err})") from None
-    if name.endswith((".json", ".json.gz")) and text.lstrip().startswith("["):
+    if name.endswith((".json", ".json.gz")) and text.lstrip().startswith(("[", "{")):
         try:
             items = json.loads(text)
         except json.JSONDecodeError as err:
+            if text.lstrip().startswith("{"):  # JSON Lines in a .json file
+                yield from _iter_json_lines(path, iter(text.splitlines()))
+                return
             raise DataFormatError(f"{path}:{err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+        if isinstance(items, dict):
+            yield from super_ni_rows(items, str(path))
+            return
         for index, row in enumerate(items):
             yield f"{path}[item {index}]", row
         return
@@ -145,6 +164,27 @@ def _references(row: dict, key: str, where: str) -> list[str]:
     return refs
 
 
+def super_ni_rows(task: dict[str, Any], where: str) -> Iterator[tuple[str, Any]]:
+    """The instances of a Super-NaturalInstructions task as MiniLLM rows: the definition is the instruction, each
+    instance's ``output`` list its references, the task's ``Categories`` (or file name) its category."""
+    if "Definition" not in task or "Instances" not in task:
+        raise DataFormatError(f"{where}: a JSON object that is not {SUPER_NI}; found fields {sorted(task)[:8]}")
+    definition = task["Definition"]
+    definition = definition[0] if isinstance(definition, list) and definition else definition
+    if not isinstance(definition, str) or not definition.strip():
+        raise DataFormatError(f"{where}: field 'Definition' must be a non-empty string (or a list of them)")
+    instances = task["Instances"]
+    if not isinstance(instances, list) or not instances:
+        raise DataFormatError(f"{where}: field 'Instances' must be a non-empty list")
+    categories = task.get("Categories")
+    category = categories[0] if isinstance(categories, list) and categories else Path(where).stem
+    for index, instance in enumerate(instances):
+        if not isinstance(instance, dict):
+            raise DataFormatError(f"{where}[instance {index}]: an instance must be a JSON object")
+        yield f"{where}[instance {index}]", {"instruction": definition, "input": instance.get("input", ""),
+                                              "output": instance.get("output"), "category": category}  # fmt: skip
+
+
 def detect_layout(row: Any, where: str) -> Layout:
     if not isinstance(row, dict):
         raise DataFormatError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
@@ -152,10 +192,31 @@ def detect_layout(row: Any, where: str) -> Layout:
         return DOLLY_RAW
     if "output" in row:
         return MINILLM
-    raise DataFormatError(
-        f"{where}: cannot tell the row layout: expected a 'response' field (raw Dolly) or an 'output' field "
-        f"(MiniLLM); found fields {sorted(row)}"
-    )
+    if "instances" in row:
+        return SELF_INSTRUCT
+    if "turns" in row:
+        return FASTCHAT
+    raise DataFormatError(f"{where}: no known row layout (found fields {sorted(row)[:8]}); accepted: {ACCEPTED}")
+
+
+def expand_row(row: Any, layout: Layout, where: str) -> Iterator[tuple[str, Any]]:
+    """A Self-Instruct task gives one row per instance; a FastChat question one row (its first turn, no output);
+    every other layout's row is itself."""
+    if layout is SELF_INSTRUCT:
+        instances = row.get("instances") if isinstance(row, dict) else None
+        if not isinstance(instances, list) or not instances or not all(isinstance(i, dict) for i in instances):
+            raise DataFormatError(f"{where}: field 'instances' must be a non-empty list of {{input, output}} objects")
+        for index, instance in enumerate(instances):
+            yield f"{where}[instance {index}]", {"instruction": row.get("instruction"), **instance,
+                                                  "category": row.get("motivation_app")}  # fmt: skip
+    elif layout is FASTCHAT:
+        turns = row.get("turns") if isinstance(row, dict) else None
+        if not isinstance(turns, list) or not turns or not isinstance(turns[0], str):
+            raise DataFormatError(f"{where}: field 'turns' must be a non-empty list of strings")
+        yield where, {"instruction": turns[0], "input": "", "question_id": row.get("question_id"),
+                      "category": row.get("category")}  # fmt: skip
+    else:
+        yield where, row
 
 
 def normalize_row(row: Any, layout: Layout, where: str, multi_reference: bool = False) -> dict[str, Any]:
@@ -167,7 +228,14 @@ def normalize_row(row: Any, layout: Layout, where: str, multi_reference: bool = 
         "instruction": _string_field(row, "instruction", where, required=True, allow_empty=False),
         "input": _string_field(row, layout.input, where, required=layout.input_required, allow_empty=True),
     }
-    if multi_reference:
+    if layout is FASTCHAT:
+        if not multi_reference:
+            raise DataFormatError(
+                f"{where}: FastChat questions carry no responses to train on; give a file with responses"
+            )
+        record["output"] = None  # references come from another file (attach_references)
+        record["question_id"] = row.get("question_id")
+    elif multi_reference:
         record["output"] = _references(row, layout.output, where)
     else:
         # a teacher-generated row (generate-data) may hold an empty response: the teacher stopped at once, and
@@ -192,7 +260,8 @@ def load_records(source: str, split: str = "train", multi_reference: bool = Fals
     layout: Optional[Layout] = None
     for where, row in rows:
         layout = layout or detect_layout(row, where)
-        records.append(normalize_row(row, layout, where, multi_reference))
+        for item_where, item in expand_row(row, layout, where):
+            records.append(normalize_row(item, layout, item_where, multi_reference))
     if not records:
         raise DataFormatError(f"{source}: no rows (the data file is empty)")
     return records

@@ -4,6 +4,10 @@ For each model, benchmark and seed: sample one response per prompt (``SamplingCo
 against its references (``RougeL``), and average over the benchmark. A benchmark's entry is the mean
 ± sample standard deviation (ddof = 1) of its per-seed scores; "avg" is the mean ± std over seeds of
 the per-seed average across benchmarks.
+
+Beside ROUGE-L, from the same generations: Distinct-1..4 per seed and Self-BLEU across the seeds' samples
+(``lit_kd.eval.diversity``), and on the reference responses the model's mean token entropy and expected
+calibration error (``lit_kd.eval.calibration``; ``calibration=False`` skips that teacher-forced pass).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_kd.eval.benchmarks import Benchmark
+from lit_kd.eval.calibration import reference_confidence
+from lit_kd.eval.diversity import DISTINCT_ORDERS, distinct_n, self_bleu
 from lit_kd.eval.generate import SamplingConfig, decode_responses, encode_prompts, generate_ids
 from lit_kd.eval.rouge import RougeL
 from lit_kd.utils.io import atomic_write_text
@@ -31,10 +37,30 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 @dataclass
 class EvalResult:
-    """ROUGE-L of one model: ``scores[benchmark][seed]``."""
+    """ROUGE-L of one model, ``scores[benchmark][seed]``, with its diversity and calibration per benchmark."""
 
     label: str
     scores: dict[str, dict[int, float]] = field(default_factory=dict)
+    distinct: dict[str, dict[int, dict[int, float]]] = field(default_factory=dict)
+    """benchmark → seed → n → Distinct-n"""
+    self_bleu: dict[str, Optional[float]] = field(default_factory=dict)
+    confidence: dict[str, dict[str, float]] = field(default_factory=dict)
+    """benchmark → {"entropy", "ece"} on the reference responses"""
+
+    def quality(self, name: str) -> dict[str, Optional[tuple[float, float]]]:
+        """A benchmark's columns beside ROUGE-L: ``distinct_n`` (mean, std over seeds), ``self_bleu``, ``entropy``
+        and ``ece`` (one value: std 0), None where not measured."""
+        columns: dict[str, Optional[tuple[float, float]]] = {}
+        per_seed = self.distinct.get(name, {})
+        for n in DISTINCT_ORDERS:
+            values = [orders[n] for orders in per_seed.values() if n in orders]
+            columns[f"distinct_{n}"] = mean_std(values) if values else None
+        bleu = self.self_bleu.get(name)
+        columns["self_bleu"] = (bleu, 0.0) if bleu is not None else None
+        for key in ("entropy", "ece"):
+            value = self.confidence.get(name, {}).get(key)
+            columns[key] = (value, 0.0) if value is not None else None
+        return columns
 
     def benchmark(self, name: str) -> tuple[float, float]:
         return mean_std(list(self.scores[name].values()))
@@ -48,6 +74,10 @@ class EvalResult:
             "label": self.label,
             "per_seed": {b: {str(s): v for s, v in per_seed.items()} for b, per_seed in self.scores.items()},
             "mean_std": {b: self.benchmark(b) for b in self.scores} | {"avg": self.average()},
+            "distinct": {b: {str(s): {str(n): v for n, v in orders.items()} for s, orders in per_seed.items()}
+                         for b, per_seed in self.distinct.items()},  # fmt: skip
+            "self_bleu": dict(self.self_bleu),
+            "confidence": dict(self.confidence),
         }
 
 
@@ -70,11 +100,13 @@ def evaluate_model(
     label: str,
     progress: Optional[Progress] = None,
     generations: Optional[list[dict[str, Any]]] = None,
+    calibration: bool = True,
 ) -> EvalResult:
     """Score ``model`` on every benchmark and seed; append each generation to ``generations`` if given."""
     result = EvalResult(label)
     for benchmark in benchmarks:
-        result.scores[benchmark.name] = {}
+        result.scores[benchmark.name], result.distinct[benchmark.name] = {}, {}
+        samples: list[list[str]] = [[] for _ in benchmark.records]  # per prompt, one sample per seed
         prompts = encode_prompts(tokenizer, benchmark.records, settings)  # the same prompts for every seed
         for seed in seeds:
             task = None
@@ -85,6 +117,9 @@ def evaluate_model(
             metric = RougeL()
             metric.update(outputs, [r["output"] for r in benchmark.records])
             result.scores[benchmark.name][seed] = metric.compute().item()
+            result.distinct[benchmark.name][seed] = {n: distinct_n(outputs, n) for n in DISTINCT_ORDERS}
+            for per_prompt, output in zip(samples, outputs):
+                per_prompt.append(output)
             if generations is not None:
                 for index, (record, output) in enumerate(zip(benchmark.records, outputs)):
                     generations.append(
@@ -99,6 +134,11 @@ def evaluate_model(
                             "output": output,
                         }
                     )
+        result.self_bleu[benchmark.name] = self_bleu(samples)
+        if calibration:
+            result.confidence[benchmark.name] = reference_confidence(
+                model, tokenizer, benchmark.records, settings.max_length, batch_size=min(settings.batch_size, 8)
+            )
     return result
 
 
@@ -116,17 +156,45 @@ def results_markdown(results: Sequence[EvalResult], title: str = "ROUGE-L") -> s
         cells = [f"{m:.2f} ± {s:.2f}" for m, s in (result.benchmark(n) for n in names)]
         mean, std = result.average()
         lines.append(f"| {result.label} | " + " | ".join(cells) + f" | {mean:.2f} ± {std:.2f} |")
+    return "\n".join(lines) + "\n" + quality_markdown(results)
+
+
+QUALITY_COLUMNS = {**{f"distinct_{n}": f"Distinct-{n}" for n in DISTINCT_ORDERS}, "self_bleu": "Self-BLEU",
+                   "entropy": "entropy (nats)", "ece": "ECE"}  # fmt: skip
+
+
+def quality_markdown(results: Sequence[EvalResult]) -> str:
+    """Diversity and calibration beside ROUGE-L: one row per model and benchmark (Distinct-n: mean ± std over
+    seeds; Self-BLEU across the seeds; entropy and ECE on the references, seed-free)."""
+    if not any(result.distinct for result in results):
+        return ""
+    lines = ["", "### Diversity and calibration", "",
+             "| model | benchmark | ROUGE-L | " + " | ".join(QUALITY_COLUMNS.values()) + " |",
+             "|---|---|" + "---:|" * (len(QUALITY_COLUMNS) + 1)]  # fmt: skip
+    for result in results:
+        for name in result.scores:
+            rouge = "{:.2f} ± {:.2f}".format(*result.benchmark(name))
+            columns = result.quality(name)
+            cells = [
+                "–" if columns[key] is None
+                else f"{columns[key][0]:.3f} ± {columns[key][1]:.3f}" if key.startswith("distinct")
+                else f"{columns[key][0]:.2f}" if key == "self_bleu" else f"{columns[key][0]:.3f}"
+                for key in QUALITY_COLUMNS
+            ]  # fmt: skip
+            lines.append(f"| {result.label} | {name} | {rouge} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def results_csv(results: Sequence[EvalResult]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["model", "benchmark", "seed", "rougeL"])
+    writer.writerow(["model", "benchmark", "seed", "rougeL", *(f"distinct_{n}" for n in DISTINCT_ORDERS)])
     for result in results:
         for benchmark, per_seed in result.scores.items():
             for seed, value in per_seed.items():
-                writer.writerow([result.label, benchmark, seed, f"{value:.4f}"])
+                distinct = result.distinct.get(benchmark, {}).get(seed, {})
+                cells = [f"{distinct[n]:.4f}" if n in distinct else "" for n in DISTINCT_ORDERS]
+                writer.writerow([result.label, benchmark, seed, f"{value:.4f}", *cells])
     return buffer.getvalue()
 
 

@@ -13,10 +13,11 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from lit_kd.errors import ConfigError
-from lit_kd.eval.evaluate import mean_std
+from lit_kd.eval.diversity import DISTINCT_ORDERS
+from lit_kd.eval.evaluate import QUALITY_COLUMNS, mean_std
 from lit_kd.experiments.plan import load_plan, read_status
 from lit_kd.experiments.records import RunStatus, SweepPlan
 from lit_kd.utils.io import atomic_path, atomic_write_text
@@ -32,6 +33,8 @@ class RunRecord:
     scores: dict[str, float]
     val_score: Optional[float] = None
     diagnostics: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, float] = field(default_factory=dict)
+    """diversity and calibration (``QUALITY``), each averaged over the benchmarks that have it"""
 
     @property
     def avg(self) -> float:
@@ -43,6 +46,14 @@ def _fmt(values: list[float]) -> str:
         return "n/a"
     mean, std = mean_std(values)
     return f"{mean:.2f} ± {std:.2f}"
+
+
+def _fmt_quality(key: str, values: list[float]) -> str:
+    """Distinct-n, entropy and ECE with three decimals, Self-BLEU with two (it is ×100)."""
+    if not values:
+        return "n/a"
+    mean, std = mean_std(values)
+    return f"{mean:.2f} ± {std:.2f}" if key == "self_bleu" else f"{mean:.3f} ± {std:.3f}"
 
 
 def _save_figure(fig, path: Path) -> None:
@@ -76,6 +87,25 @@ def not_done(status: Optional[RunStatus]) -> str:
     return f"failed at {status.stage} (see {status.log})"
 
 
+def run_quality(result: dict[str, Any]) -> dict[str, float]:
+    """A run's diversity and calibration from its ``results.json`` entry: Distinct-n (mean over the sampling seeds),
+    Self-BLEU, entropy and ECE, each averaged over the benchmarks that have it (none for an older evaluation)."""
+    per_benchmark: dict[str, list[float]] = {}
+    for per_seed in result.get("distinct", {}).values():
+        for n in DISTINCT_ORDERS:
+            values = [orders[str(n)] for orders in per_seed.values() if str(n) in orders]
+            if values:
+                per_benchmark.setdefault(f"distinct_{n}", []).append(statistics.fmean(values))
+    for value in result.get("self_bleu", {}).values():
+        if value is not None:
+            per_benchmark.setdefault("self_bleu", []).append(value)
+    for scores in result.get("confidence", {}).values():
+        for key in ("entropy", "ece"):
+            if key in scores:
+                per_benchmark.setdefault(key, []).append(scores[key])
+    return {key: statistics.fmean(values) for key, values in per_benchmark.items()}
+
+
 def collect(out: Path, plan: SweepPlan) -> tuple[list[RunRecord], list[str]]:
     """Records of the finished runs of the sweep in ``out``, and a line for each run that is not done."""
     records, problems = [], []
@@ -92,7 +122,8 @@ def collect(out: Path, plan: SweepPlan) -> tuple[list[RunRecord], list[str]]:
         scores = {b: statistics.fmean(per_seed.values()) for b, per_seed in result["per_seed"].items()}
         summary = status.fit_summary
         val = summary.best_model_score if summary.monitor == "val/rougeL" else None
-        records.append(RunRecord(spec.label, spec.tau, spec.seed, scores, val, read_diagnostics(Path(status.fit_dir))))
+        diagnostics = read_diagnostics(Path(status.fit_dir))
+        records.append(RunRecord(spec.label, spec.tau, spec.seed, scores, val, diagnostics, run_quality(result)))
     return records, problems
 
 
@@ -183,6 +214,29 @@ class Report:
             for tau in self.taus:
                 runs = self.cell(objective, tau)
                 cells = [_fmt([r.diagnostics[n] for r in runs if n in r.diagnostics]) for n in DIAGNOSTICS]
+                lines.append(f"| {objective} | {tau:g} | " + " | ".join(cells) + " |")
+        return lines
+
+    def quality_table(self) -> list[str]:
+        """Diversity and calibration for every objective × τ (mean ± std over training seeds); empty when no run's
+        evaluation measured them."""
+        present = [key for key in QUALITY_COLUMNS if any(key in r.quality for r in self.records)]
+        if not present:
+            return []
+        lines = [
+            "## Diversity and calibration against τ",
+            "",
+            "Distinct-n over each model's responses (mean over sampling seeds), Self-BLEU across the sampling seeds'",
+            "responses to each prompt, and on the reference responses the student's mean token entropy (nats) and",
+            "expected calibration error; each averaged over the benchmarks, then mean ± std over training seeds.",
+            "",
+            "| objective | τ | " + " | ".join(QUALITY_COLUMNS[key] for key in present) + " |",
+            "|---|---:|" + "---:|" * len(present),
+        ]
+        for objective in self.objectives:
+            for tau in self.taus:
+                runs = self.cell(objective, tau)
+                cells = [_fmt_quality(key, [r.quality[key] for r in runs if key in r.quality]) for key in present]
                 lines.append(f"| {objective} | {tau:g} | " + " | ".join(cells) + " |")
         return lines
 
@@ -294,6 +348,9 @@ class Report:
             lines += ["## Figure 1", "", f"![FKL vs RKL against τ]({figures['figure1'].name})", ""]
         if "heatmap" in figures:
             lines += ["## Figure 2", "", f"![ROUGE-L gain over τ = 1]({figures['heatmap'].name})", ""]
+        quality = self.quality_table()
+        if quality:
+            lines += [*quality, ""]
         lines += [*self.diagnostics_table(), ""]
         if "diagnostics" in figures:
             lines += [f"![diagnostics against τ]({figures['diagnostics'].name})", ""]

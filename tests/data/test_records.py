@@ -63,7 +63,7 @@ def test_a_local_dataset_folder_goes_through_datasets(tmp_path):
             ['{"instruction": "a", "output": "b"}', "", '["not", "an", "object"]'],
             r"bad\.jsonl:3: a row must be a JSON object",
         ),
-        (['{"instruction": "a", "answer": "b"}'], r"bad\.jsonl:1: cannot tell the row layout"),
+        (['{"instruction": "a", "answer": "b"}'], r"bad\.jsonl:1: no known row layout"),
         ([], r"bad\.jsonl: no rows \(the data file is empty\)"),
     ],
 )

@@ -73,6 +73,9 @@ def test_sweep_records_failures_skips_finished_runs_and_reports(tmp_path, monkey
     report = (tmp_path / "sweep" / "report.md").read_text()
     assert "| fkl | 1 |" in report and "rkl/tau_1/seed_10: failed at fit" in report
     assert "| fkl | 2 | " in report  # diagnostics row
+    quality = report.split("## Diversity and calibration against τ")[1].split("##")[0]
+    (fkl_2,) = [line for line in quality.splitlines() if line.startswith("| fkl | 2 |")]
+    assert fkl_2.count(" ± ") >= 6 and "| rkl | 1 | n/a |" in quality  # measured for the finished runs only
     for png in ("figure1_fkl_rkl.png", "heatmap_gain.png", "diagnostics_vs_tau.png"):
         assert (tmp_path / "sweep" / png).stat().st_size > 1000
 
@@ -144,6 +147,9 @@ def test_the_whole_chain_teacher_sft_export_sweep_report(tmp_path, monkeypatch):
     assert len(rows) == 4 and not any("n/a" in row for row in rows)  # every cell filled
     grid = report.split("## Average ROUGE-L")[1].split("##")[0]
     assert "n/a" not in grid and grid.count(" ± ") == 4
+    quality = report.split("## Diversity and calibration against τ")[1].split("##")[0]
+    rows = [line for line in quality.splitlines() if line.startswith(("| fkl", "| rkl"))]
+    assert len(rows) == 4 and all(row.count(" ± ") >= 6 for row in rows)  # Distinct-1..4, entropy, ECE per cell
     for png in ("figure1_fkl_rkl.png", "heatmap_gain.png", "diagnostics_vs_tau.png"):
         assert (tmp_path / "sweep" / png).stat().st_size > 1000
 

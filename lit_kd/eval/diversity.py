@@ -1,0 +1,47 @@
+"""Diversity of generated responses, the axis ROUGE-L cannot see (AKL and DRKL claim gains on it).
+
+* **Distinct-n** (Li et al., NAACL 2016): over a set of responses, the number of distinct n-grams divided by the
+  number of n-grams, n = 1..4; tokens are the responses' lower-cased whitespace-separated words. 1 = no n-gram
+  repeats; a model that says the same thing to every prompt scores low.
+* **Self-BLEU** (Zhu et al., Texygen, SIGIR 2018), across the seeds' samples of each prompt: the corpus BLEU-4
+  (torchmetrics' ``BLEUScore``, ×100) of every sample against the other seeds' samples of the same prompt as its
+  references. High = the seeds give the same response; it needs at least two seeds. torchmetrics returns 0 when
+  some n-gram order has no match in the whole corpus.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+DISTINCT_ORDERS = (1, 2, 3, 4)
+
+
+def distinct_n(responses: Sequence[str], n: int) -> float:
+    """Distinct n-grams / n-grams over ``responses`` (0 when they hold no n-gram)."""
+    if n < 1:
+        raise ValueError(f"distinct_n needs n >= 1, got {n}")
+    seen: set[tuple[str, ...]] = set()
+    total = 0
+    for response in responses:
+        words = response.lower().split()
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        seen.update(grams)
+        total += len(grams)
+    return len(seen) / total if total else 0.0
+
+
+def self_bleu(samples: Sequence[Sequence[str]]) -> Optional[float]:
+    """Self-BLEU ×100 of ``samples[prompt][seed]`` (see the module docstring); None with fewer than two seeds or
+    no non-empty pair to compare."""
+    from torchmetrics.text import BLEUScore
+
+    metric = BLEUScore(n_gram=4)
+    compared = 0
+    for per_prompt in samples:
+        texts = [text for text in per_prompt if text.split()]
+        for index, text in enumerate(texts):
+            others = texts[:index] + texts[index + 1 :]
+            if others:
+                metric.update([text], [others])
+                compared += 1
+    return float(metric.compute()) * 100.0 if compared else None
