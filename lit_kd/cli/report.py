@@ -1,5 +1,6 @@
-"""``python -m lit_kd report <sweep dir>``: report.md with Table 1, the grid, the τ-gain heatmap and the
-KD diagnostics against τ, plus figure1_fkl_rkl.png, heatmap_gain.png and diagnostics_vs_tau.png."""
+"""``python -m lit_kd report <sweep dir>``: report.md with Table 1, the grid, the τ-gain heatmap, FKL vs RKL across
+τ (the crossover), diversity and calibration and the KD diagnostics against τ, plus figure1_fkl_rkl.png,
+heatmap_gain.png, diagnostics_vs_tau.png and diversity_calibration_vs_tau.png."""
 
 from __future__ import annotations
 

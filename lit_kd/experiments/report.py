@@ -327,7 +327,51 @@ class Report:
         paths["diagnostics"] = out / "diagnostics_vs_tau.png"
         _save_figure(fig, paths["diagnostics"])
         plt.close(fig)
+
+        measured = [key for key in ("distinct_2", "self_bleu", "entropy", "ece") if self.quality_means(key)]
+        if measured:
+            fig, axes = plt.subplots(1, len(measured), figsize=(4.5 * len(measured), 4), squeeze=False)
+            for ax, key in zip(axes[0], measured):
+                for objective, points in self.quality_means(key).items():
+                    ax.plot([t for t, _ in points], [m for _, m in points], marker="o", label=objective)
+                ax.set_xlabel("τ")
+                ax.set_title(QUALITY_COLUMNS[key])
+                ax.grid(alpha=0.3)
+            axes[0][0].legend(fontsize=7)
+            fig.tight_layout()
+            paths["quality"] = out / "diversity_calibration_vs_tau.png"
+            _save_figure(fig, paths["quality"])
+            plt.close(fig)
         return paths
+
+    def quality_means(self, key: str) -> dict[str, list[tuple[float, float]]]:
+        """objective → [(τ, mean over training seeds of ``key``)] where measured."""
+        means: dict[str, list[tuple[float, float]]] = {}
+        for objective in self.objectives:
+            for tau in self.taus:
+                values = [r.quality[key] for r in self.cell(objective, tau) if key in r.quality]
+                if values:
+                    means.setdefault(objective, []).append((tau, statistics.fmean(values)))
+        return means
+
+    def crossover(self) -> list[str]:
+        """Where FKL overtakes RKL on the mean average ROUGE-L across the τ grid (the paper's claim), measured."""
+        if not {"fkl", "rkl"} <= set(self.objectives):
+            return []
+        points = [(t, mean_std([r.avg for r in self.cell("fkl", t)]), mean_std([r.avg for r in self.cell("rkl", t)]))
+                  for t in self.taus if self.cell("fkl", t) and self.cell("rkl", t)]  # fmt: skip
+        if not points:
+            return []
+        ahead = [(t, "FKL" if f[0] > r[0] else "RKL" if r[0] > f[0] else "tie") for t, f, r in points]
+        listing = "; ".join(f"τ = {t:g}: FKL {f[0]:.2f} ± {f[1]:.2f} vs RKL {r[0]:.2f} ± {r[1]:.2f}"
+                            for t, f, r in points)  # fmt: skip
+        first = ahead[0][1]
+        switch = next(((t, who) for t, who in ahead[1:] if who != first and who != "tie"), None)
+        if switch is None:
+            verdict = f"no crossover in this grid: {first} is ahead (or level) at every τ"
+        else:
+            verdict = f"{first} is ahead at τ = {ahead[0][0]:g} and {switch[1]} from τ = {switch[0]:g} (the crossover)"
+        return ["## FKL vs RKL across τ", "", f"{verdict}. Average ROUGE-L, mean ± std over training seeds: {listing}."]
 
     def markdown(self, figures: dict[str, Path]) -> str:
         done, evaluation = len(self.records), self.plan.evaluation
@@ -348,9 +392,14 @@ class Report:
             lines += ["## Figure 1", "", f"![FKL vs RKL against τ]({figures['figure1'].name})", ""]
         if "heatmap" in figures:
             lines += ["## Figure 2", "", f"![ROUGE-L gain over τ = 1]({figures['heatmap'].name})", ""]
+        crossover = self.crossover()
+        if crossover:
+            lines += [*crossover, ""]
         quality = self.quality_table()
         if quality:
             lines += [*quality, ""]
+        if "quality" in figures:
+            lines += [f"![diversity and calibration against τ]({figures['quality'].name})", ""]
         lines += [*self.diagnostics_table(), ""]
         if "diagnostics" in figures:
             lines += [f"![diagnostics against τ]({figures['diagnostics'].name})", ""]

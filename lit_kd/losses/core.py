@@ -55,10 +55,12 @@ def log_softmax_at(logits: Tensor, tau: Temperature) -> Tensor:
     """log softmax(z / τ) over the last dim, in float32 (or float64 for float64 input); a ``[N]`` τ divides row i
     of ``[N, V]`` logits by τ_i."""
     logits = upcast(logits)
-    if isinstance(tau, Tensor):  # a masked −inf stays −inf, with no NaN in the gradient of a τ that has one
-        masked = torch.isneginf(logits)
-        scaled = torch.where(masked, torch.zeros_like(logits), logits) / tau.to(logits.dtype).unsqueeze(-1)
-        return torch.log_softmax(torch.where(masked, logits, scaled), dim=-1)
+    if isinstance(tau, Tensor):
+        tau = tau.to(logits.dtype).unsqueeze(-1)
+        if tau.requires_grad:  # −inf / τ has the τ-gradient +inf · 0 = NaN: divide the finite entries only
+            masked = torch.isneginf(logits)
+            scaled = logits.masked_fill(masked, 0.0) / tau
+            return torch.log_softmax(scaled.masked_fill(masked, float("-inf")), dim=-1)
     return torch.log_softmax(logits / tau, dim=-1)
 
 

@@ -64,18 +64,21 @@ def scheduled_tau(schedule: str, start: float, end: Optional[float], progress: f
     raise ValueError(f"unknown tau schedule {schedule!r}")
 
 
-def _row_statistics(logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(mean, unbiased standard deviation, max) of each row's finite entries, ``[N]`` each; a row with fewer than
-    two finite entries has σ = 0. The square root's gradient is zero (not NaN) where σ = 0."""
+def _row_statistics(logits: Tensor, spread: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """(mean, unbiased standard deviation, max) of each row's finite entries, ``[N]`` each (σ only with
+    ``spread``, else zeros); a row with fewer than two finite entries has σ = 0. The square root's gradient is zero
+    (not NaN) where σ = 0. A masked −inf never wins the max, so the max needs no mask."""
     finite = torch.isfinite(logits)
-    zeros = torch.zeros_like(logits)
     count = finite.sum(-1).to(logits.dtype)
-    mean = torch.where(finite, logits, zeros).sum(-1) / count.clamp(min=1)
-    centred = torch.where(finite, logits - mean.unsqueeze(-1), zeros)
-    variance = (centred**2).sum(-1) / (count - 1).clamp(min=1)
+    kept = logits.masked_fill(~finite, 0.0)
+    mean = kept.sum(-1) / count.clamp(min=1)
+    top = logits.amax(-1)
+    if not spread:
+        return mean, torch.zeros_like(mean), torch.where(count > 0, top, mean)
+    # Σ(z − z̄)² = Σz² − n·z̄² over the finite entries
+    variance = ((kept * kept).sum(-1) - count * mean * mean).clamp(min=0) / (count - 1).clamp(min=1)
     positive = variance > 0
     std = torch.where(positive, torch.sqrt(torch.where(positive, variance, torch.ones_like(variance))), 0.0)
-    top = torch.where(finite, logits, torch.full_like(logits, -math.inf)).max(-1).values
     return mean, std, torch.where(count > 0, top, mean)
 
 
@@ -89,8 +92,8 @@ def logit_standardization(student_logits: Tensor, teacher_logits: Tensor, tau: f
 def sharpness_matching(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> tuple[Tensor, Tensor]:
     """(τ_s, τ_t) = (2x_s, 2x_t)/(x_s + x_t)·τ per row, x = max − mean; τ for both where x_s + x_t = 0. Detached."""
     with torch.no_grad():
-        mean_s, _, max_s = _row_statistics(upcast(student_logits))
-        mean_t, _, max_t = _row_statistics(upcast(teacher_logits))
+        mean_s, _, max_s = _row_statistics(upcast(student_logits), spread=False)
+        mean_t, _, max_t = _row_statistics(upcast(teacher_logits), spread=False)
         x_s, x_t = max_s - mean_s, max_t - mean_t
         total = x_s + x_t
         usable = total > 0
@@ -119,26 +122,40 @@ def entropy_target_tau(
     max_steps: int = 40,
     tolerance: float = 1e-5,
 ) -> Tensor:
-    """The τ_i ∈ [tau_min, tau_max] at which H(softmax(z_t,i/τ_i)) = ``target`` nats, per row (detached):
-    safeguarded Newton in u = log τ (dH/du = Var_p(log p)) inside a bisection bracket, from u = log τ."""
+    """The τ_i ∈ [tau_min, tau_max] at which H(softmax(z_t,i/τ_i)) = ``target`` nats, per row (detached). H rises
+    with τ, so rows whose entropy at a bound is already past the target take that bound (two passes); the others
+    run a safeguarded Newton iteration in u = log τ (dH/du = Var_p(log p)) inside a bisection bracket, from
+    u = log τ, each pass over the rows not yet within ``tolerance`` only."""
     with torch.no_grad():
         logits = upcast(teacher_logits)
         rows = logits.shape[0]
-        low = torch.full((rows,), math.log(tau_min), dtype=logits.dtype, device=logits.device)
-        high = torch.full_like(low, math.log(tau_max))
-        u = torch.full_like(low, math.log(min(max(tau, tau_min), tau_max)))
         tiny = torch.finfo(logits.dtype).tiny
+
+        def entropy_and_slope(values: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+            return entropy_at(torch.log_softmax(values / u.exp().unsqueeze(-1), dim=-1))
+
+        low_u = torch.full((rows,), math.log(tau_min), dtype=logits.dtype, device=logits.device)
+        high_u = torch.full_like(low_u, math.log(tau_max))
+        at_low, _ = entropy_and_slope(logits, low_u)
+        at_high, _ = entropy_and_slope(logits, high_u)
+        start = torch.full_like(low_u, math.log(min(max(tau, tau_min), tau_max)))
+        u = torch.where(at_high <= target, high_u, torch.where(at_low >= target, low_u, start))
+        active = torch.nonzero((at_low < target) & (at_high > target)).squeeze(-1)
+        current, low, high = u[active], low_u[active], high_u[active]
         for _ in range(max_steps):
-            entropy, slope = entropy_at(torch.log_softmax(logits / u.exp().unsqueeze(-1), dim=-1))
+            if active.numel() == 0:
+                break
+            entropy, slope = entropy_and_slope(logits.index_select(0, active), current)
             gap = entropy - target
             done = gap.abs() <= tolerance
-            if bool(done.all()):
-                break
-            high = torch.where(gap > 0, u, high)
-            low = torch.where(gap < 0, u, low)
-            newton = u - gap / slope.clamp(min=tiny)
+            high = torch.where(gap > 0, current, high)
+            low = torch.where(gap < 0, current, low)
+            newton = current - gap / slope.clamp(min=tiny)
             inside = (slope > tiny) & (newton > low) & (newton < high)
-            u = torch.where(done, u, torch.where(inside, newton, 0.5 * (low + high)))
+            current = torch.where(done, current, torch.where(inside, newton, 0.5 * (low + high)))
+            u = u.index_copy(0, active, current)
+            going = ~done
+            active, current, low, high = active[going], current[going], low[going], high[going]
         return u.exp().clamp(tau_min, tau_max)
 
 

@@ -69,14 +69,15 @@ def test_sweep_records_failures_skips_finished_runs_and_reports(tmp_path, monkey
 
     capsys.readouterr()
     main(["report", str(tmp_path / "sweep")])
-    assert "(+ figure1_fkl_rkl.png, heatmap_gain.png, diagnostics_vs_tau.png)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "(+ figure1_fkl_rkl.png, heatmap_gain.png, diagnostics_vs_tau.png, diversity_calibration_vs_tau.png)" in printed
     report = (tmp_path / "sweep" / "report.md").read_text()
     assert "| fkl | 1 |" in report and "rkl/tau_1/seed_10: failed at fit" in report
     assert "| fkl | 2 | " in report  # diagnostics row
     quality = report.split("## Diversity and calibration against τ")[1].split("##")[0]
     (fkl_2,) = [line for line in quality.splitlines() if line.startswith("| fkl | 2 |")]
     assert fkl_2.count(" ± ") >= 6 and "| rkl | 1 | n/a |" in quality  # measured for the finished runs only
-    for png in ("figure1_fkl_rkl.png", "heatmap_gain.png", "diagnostics_vs_tau.png"):
+    for png in ("figure1_fkl_rkl.png", "heatmap_gain.png", "diagnostics_vs_tau.png", "diversity_calibration_vs_tau.png"):
         assert (tmp_path / "sweep" / png).stat().st_size > 1000
 
     # a run that has started and not finished is reported as such, not as a failure
@@ -147,6 +148,8 @@ def test_the_whole_chain_teacher_sft_export_sweep_report(tmp_path, monkeypatch):
     assert len(rows) == 4 and not any("n/a" in row for row in rows)  # every cell filled
     grid = report.split("## Average ROUGE-L")[1].split("##")[0]
     assert "n/a" not in grid and grid.count(" ± ") == 4
+    crossover = report.split("## FKL vs RKL across τ")[1].split("##")[0]
+    assert "τ = 1: FKL " in crossover and ("(the crossover)" in crossover or "no crossover in this grid" in crossover)
     quality = report.split("## Diversity and calibration against τ")[1].split("##")[0]
     rows = [line for line in quality.splitlines() if line.startswith(("| fkl", "| rkl"))]
     assert len(rows) == 4 and all(row.count(" ± ") >= 6 for row in rows)  # Distinct-1..4, entropy, ECE per cell
@@ -184,6 +187,31 @@ def test_a_report_without_tau_1_runs_has_no_heatmap(tmp_path):
     markdown = report.markdown(figures)
     assert "no τ = 1 runs" in markdown and "heatmap_gain.png" not in markdown
     assert "| rkl | 2 (best) | 6.00 ± 0.00 | 6.00 ± 0.00 |" in markdown
+
+
+def test_the_report_states_the_fkl_rkl_crossover_and_plots_diversity_against_tau(tmp_path):
+    """RKL ahead at τ = 1, FKL from τ = 2 on (the paper's claim) is stated with the measured means; a grid where one
+    objective leads everywhere says there is no crossover."""
+    averages = {("fkl", 1.0): [5.0, 5.2], ("rkl", 1.0): [6.0, 6.2], ("fkl", 2.0): [7.0, 7.4], ("rkl", 2.0): [6.5, 6.5],
+                ("fkl", 4.0): [7.5, 7.7], ("rkl", 4.0): [6.0, 6.4]}  # fmt: skip
+    runs, records = [], []
+    for (objective, tau), values in averages.items():
+        for seed, value in zip((10, 20), values):
+            runs.append(RunSpec(len(runs), objective, tau, seed))
+            quality = {"distinct_2": 0.1 * tau, "self_bleu": 20.0 / tau, "entropy": tau, "ece": 0.05 * tau}
+            records.append(RunRecord(objective, tau, seed, {"dolly": value}, value, quality=quality))
+    report = Report(tmp_path, SweepPlan(["base.yaml"], runs, SweepEval(benchmarks=["dolly"])), records, [])
+    figures = report.figures(tmp_path)
+    assert (tmp_path / "diversity_calibration_vs_tau.png").stat().st_size > 1000 and "quality" in figures
+    markdown = report.markdown(figures)
+    assert "RKL is ahead at τ = 1 and FKL from τ = 2 (the crossover)" in markdown
+    assert "τ = 1: FKL 5.10 ± 0.14 vs RKL 6.10 ± 0.14" in markdown
+    assert "| fkl | 4 | 0.400 ± 0.000 |" in markdown  # Distinct-2 in the diversity table
+    behind = [r for r in records if r.objective == "rkl"]
+    for record in behind:
+        record.scores = {"dolly": 1.0}
+    assert "no crossover in this grid: FKL is ahead (or level) at every τ" in Report(
+        tmp_path, report.plan, records, []).markdown({})  # fmt: skip
 
 
 def test_sweep_plan_errors(tmp_path, capsys):

@@ -15,9 +15,10 @@ from lit_kd.modules.policy import AdaptiveSchedule, PolicyConfig, PolicySampling
 from tests.modules.test_distill import make_data
 
 
-def make_module(tiny_model_configs, policy=None, **kwargs) -> DistillModule:
+def make_module(tiny_model_configs, policy=None, loss=None, **kwargs) -> DistillModule:
     teacher, student = tiny_model_configs
-    module = DistillModule(student=student, teacher=teacher, loss=LossConfig("fkl", tau=2.0), policy=policy, **kwargs)
+    loss = loss or LossConfig("fkl", tau=2.0)
+    module = DistillModule(student=student, teacher=teacher, loss=loss, policy=policy, **kwargs)
     module.configure_model()
     return module
 
@@ -79,6 +80,28 @@ def test_lambda_one_trains_on_the_students_samples_scored_on_the_sampled_sequenc
     torch.testing.assert_close(sums.kd_loss, expected, rtol=1e-5, atol=1e-5)
     ce = F.cross_entropy(student[:, :-1][keep], mixed["labels"][:, 1:][keep], reduction="sum")
     torch.testing.assert_close(sums.lm_loss, ce, rtol=1e-5, atol=1e-5)
+
+
+def test_a_tau_rule_scores_the_students_samples_at_each_tokens_own_temperature(tmp_path, tiny_model_configs):
+    """On-policy with entropy_target: the KD sum is the objective at the τ the rule gives each sampled position."""
+    from lit_kd.losses.temperature import entropy_target_tau
+
+    loss = LossConfig("fkl", tau=2.0, tau_rule="entropy_target", tau_target_entropy=2.0)
+    policy = PolicyConfig(student_fraction=1.0, sampling=PolicySampling(max_new_tokens=8))
+    module = make_module(tiny_model_configs, policy, loss=loss)
+    batch = first_batch(tmp_path, module)
+    torch.manual_seed(2)
+    mixed, _ = module.student_policy.mix(batch, module.student, module.tokenizer)
+    with torch.no_grad():
+        sums = module.compute_losses(mixed, "train")
+        student = module.student(input_ids=mixed["input_ids"], attention_mask=mixed["attention_mask"]).logits
+        teacher = module.teacher(input_ids=mixed["input_ids"], attention_mask=mixed["attention_mask"]).logits
+    keep = mixed["labels"][:, 1:] != -100
+    vocab = module.vocab_size
+    tau = entropy_target_tau(teacher[:, :-1][keep][:, :vocab], 2.0, 2.0, loss.tau_min, loss.tau_max)
+    torch.testing.assert_close(sums.teacher_tau, tau, rtol=1e-5, atol=1e-6)
+    expected = fkl(student[:, :-1][keep][:, :vocab], teacher[:, :-1][keep][:, :vocab], tau, tau).sum()
+    torch.testing.assert_close(sums.kd_loss, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_sampling_is_seeded_and_mixed_batches_keep_the_other_rows(tmp_path, tiny_model_configs):

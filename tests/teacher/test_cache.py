@@ -38,10 +38,10 @@ def tiny_data(tmp_path, tokenizer, **kwargs) -> DollyDataModule:
     return data
 
 
-def module_for(family: str, **kwargs) -> DistillModule:
+def module_for(family: str, loss: LossConfig | None = None, **kwargs) -> DistillModule:
     teacher = ModelConfig(config=FAMILIES[family], tokenizer=str(TINY_TOKENIZER))
     return DistillModule(
-        student=StudentConfig(layers=[0, 2]), teacher=teacher, loss=LossConfig("js", tau=2.0), **kwargs
+        student=StudentConfig(layers=[0, 2]), teacher=teacher, loss=loss or LossConfig("js", tau=2.0), **kwargs
     )
 
 
@@ -86,6 +86,31 @@ def test_cached_teacher_equals_the_live_one(tmp_path, family, chunk_size):
             assert float(b.mean(name)) == pytest.approx(float(a.mean(name)), rel=1e-5, abs=1e-6), (split, name)
         for x, y in zip(grads_a, grads_b):
             assert (x - y).abs().max() <= 1e-5 * max(y.abs().max(), 1e-6)
+
+
+@pytest.mark.parametrize("rule", ["logit_standardization", "sharpness_matching", "entropy_target"])
+def test_a_tau_rule_reads_the_cached_teacher_as_the_live_one(tmp_path, rule):
+    """Per-token temperatures come from the teacher's logits, which the cache rebuilds exactly: the same τ per
+    token, the same loss and gradients."""
+    loss = LossConfig("rkl", tau=2.0, tau_rule=rule)
+    live = module_for("llama", loss=loss, chunk_size=6, kd_ratio=0.8)
+    live.configure_model()
+    data = tiny_data(tmp_path, live.tokenizer)
+    cache = write_teacher_cache(live.teacher_config, live.tokenizer, data, tmp_path / "cache")
+    cached = module_for("llama", loss=loss, chunk_size=6, kd_ratio=0.8, teacher_cache=str(cache))
+    cached.configure_model()
+    batch = next(iter(data.train_dataloader()))
+    results = []
+    for module in (live, cached):
+        module.student.zero_grad()
+        sums = module.compute_losses(batch, "train")
+        (sums.loss / sums.tokens).backward()
+        results.append((sums, [p.grad.clone() for p in module.student.parameters()]))
+    (a, grads_a), (b, grads_b) = results
+    torch.testing.assert_close(b.teacher_tau, a.teacher_tau, rtol=1e-5, atol=1e-6)
+    assert float(b.mean("loss")) == pytest.approx(float(a.mean("loss")), rel=1e-5)
+    for x, y in zip(grads_a, grads_b):
+        assert (x - y).abs().max() <= 1e-5 * max(y.abs().max(), 1e-6)
 
 
 def test_a_bfloat16_cache_is_half_the_size_and_close(tmp_path):
