@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from lit_kd.models.head import OutputHead
-from lit_kd.teacher.cache import CacheKey, TeacherCache, build_teacher_cache
+from lit_kd.teacher.build import build_teacher_cache
+from lit_kd.teacher.cache import CacheKey, TeacherCache
 
 GB = 1e9
 

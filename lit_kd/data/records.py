@@ -44,7 +44,7 @@ class Layout:
 DOLLY_RAW = Layout("raw Dolly (instruction/context/response)", input="context", output="response", input_required=True)
 MINILLM = Layout("MiniLLM (instruction/input/output)", input="input", output="output", input_required=False)
 SELF_INSTRUCT = Layout("Self-Instruct (instruction/instances)", input="input", output="output", input_required=False)
-FASTCHAT = Layout("FastChat questions (question_id/turns)", input="", output="", input_required=False)
+FASTCHAT = Layout("FastChat questions (question_id/turns)", input="input", output="output", input_required=False)
 SUPER_NI = "a Super-NaturalInstructions task file (Definition/Instances)"
 ACCEPTED = (
     f"{DOLLY_RAW.name}, {MINILLM.name}, {SELF_INSTRUCT.name} rows, {FASTCHAT.name} rows, or {SUPER_NI}"
@@ -150,7 +150,8 @@ def _check_encodable(value: str, key: str, where: str) -> None:
         ) from None
 
 
-def _references(row: dict, key: str, where: str) -> list[str]:
+def references_field(row: dict, key: str, where: str) -> list[str]:
+    """A row's references in ``key``: a string or a non-empty list of strings, not all empty."""
     value = row.get(key)
     if value is None:
         raise DataFormatError(f"{where}: field {key!r} is missing")
@@ -236,7 +237,7 @@ def normalize_row(row: Any, layout: Layout, where: str, multi_reference: bool = 
         record["output"] = None  # references come from another file (attach_references)
         record["question_id"] = row.get("question_id")
     elif multi_reference:
-        record["output"] = _references(row, layout.output, where)
+        record["output"] = references_field(row, layout.output, where)
     else:
         # a teacher-generated row (generate-data) may hold an empty response: the teacher stopped at once, and
         # its training target is the EOS alone

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from lit_kd.data.records import DataFormatError, is_local_source, iter_local_rows, load_records
+from lit_kd.data.records import DataFormatError, is_local_source, iter_local_rows, load_records, references_field
 
 BENCHMARK_FILES = {
     "dolly": "dolly/valid.jsonl",
@@ -94,14 +94,14 @@ def reference_rows(source: str) -> tuple[dict[Any, list[str]], dict[str, list[st
     for where, row in iter_local_rows(Path(os.path.expanduser(source))):
         if not isinstance(row, dict):
             raise DataFormatError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
-        if "choices" in row:
-            choices = row["choices"]
-            refs = [c["turns"][0] for c in choices if isinstance(c, dict) and c.get("turns")] if isinstance(
-                choices, list) else []  # fmt: skip
+        if "choices" in row:  # FastChat's answer files: each choice's first turn is a reference
+            choices = row["choices"] if isinstance(row["choices"], list) else []
+            turns = [choice.get("turns") for choice in choices if isinstance(choice, dict)]
+            refs = [t[0] for t in turns if isinstance(t, list) and t and isinstance(t[0], str) and t[0].strip()]
+        elif "output" in row or "reference" in row:
+            refs = references_field(row, "output" if "output" in row else "reference", where)
         else:
-            value = row.get("output", row.get("reference"))
-            refs = [value] if isinstance(value, str) else value if isinstance(value, list) else []
-        refs = [ref for ref in refs if isinstance(ref, str) and ref.strip()]
+            refs = []
         if not refs:
             raise DataFormatError(f"{where}: no reference (expected output, reference or FastChat choices)")
         if "question_id" in row:

@@ -22,6 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_kd.data.collate import PadCollator
 from lit_kd.data.tokenize import encode_example, response_mask
+from lit_kd.losses.core import entropy
 from lit_kd.models.head import final_hidden_states, output_head
 
 CALIBRATION_BINS = 15
@@ -63,12 +64,10 @@ def reference_confidence(
             hidden = final_hidden_states(model, ids, mask)[:, :-1][rows]
             targets = labels[:, 1:][rows]
             for first in range(0, hidden.shape[0], chunk_size):
-                logits = head.logits(hidden[first : first + chunk_size]).float()
-                log_p = torch.log_softmax(logits, dim=-1)
-                p = log_p.exp()
-                entropy_sum += float(-(p * torch.where(p > 0, log_p, torch.zeros_like(log_p))).sum())
-                tokens += p.shape[0]
-                ece.update(p, targets[first : first + chunk_size])
+                log_p = torch.log_softmax(head.logits(hidden[first : first + chunk_size]).float(), dim=-1)
+                entropy_sum += float(entropy(log_p).sum())
+                tokens += log_p.shape[0]
+                ece.update(log_p.exp(), targets[first : first + chunk_size])
     finally:
         model.train(was_training)
     if tokens == 0:

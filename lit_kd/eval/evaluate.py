@@ -47,19 +47,19 @@ class EvalResult:
     confidence: dict[str, dict[str, float]] = field(default_factory=dict)
     """benchmark → {"entropy", "ece"} on the reference responses"""
 
-    def quality(self, name: str) -> dict[str, Optional[tuple[float, float]]]:
+    def quality(self, name: str) -> dict[str, Optional[tuple[float, Optional[float]]]]:
         """A benchmark's columns beside ROUGE-L: ``distinct_n`` (mean, std over seeds), ``self_bleu``, ``entropy``
-        and ``ece`` (one value: std 0), None where not measured."""
-        columns: dict[str, Optional[tuple[float, float]]] = {}
+        and ``ece`` (one value each: std None), None where not measured."""
+        columns: dict[str, Optional[tuple[float, Optional[float]]]] = {}
         per_seed = self.distinct.get(name, {})
         for n in DISTINCT_ORDERS:
             values = [orders[n] for orders in per_seed.values() if n in orders]
             columns[f"distinct_{n}"] = mean_std(values) if values else None
         bleu = self.self_bleu.get(name)
-        columns["self_bleu"] = (bleu, 0.0) if bleu is not None else None
+        columns["self_bleu"] = (bleu, None) if bleu is not None else None
         for key in ("entropy", "ece"):
             value = self.confidence.get(name, {}).get(key)
-            columns[key] = (value, 0.0) if value is not None else None
+            columns[key] = (value, None) if value is not None else None
         return columns
 
     def benchmark(self, name: str) -> tuple[float, float]:
@@ -163,6 +163,13 @@ QUALITY_COLUMNS = {**{f"distinct_{n}": f"Distinct-{n}" for n in DISTINCT_ORDERS}
                    "entropy": "entropy (nats)", "ece": "ECE"}  # fmt: skip
 
 
+def quality_cell(key: str, mean: float, std: Optional[float] = None) -> str:
+    """One diversity or calibration value as the tables print it: Self-BLEU (×100) with two decimals, Distinct-n,
+    entropy and ECE with three; ``± std`` when there is one."""
+    digits = 2 if key == "self_bleu" else 3
+    return f"{mean:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+
 def quality_markdown(results: Sequence[EvalResult]) -> str:
     """Diversity and calibration beside ROUGE-L: one row per model and benchmark (Distinct-n: mean ± std over
     seeds; Self-BLEU across the seeds; entropy and ECE on the references, seed-free)."""
@@ -175,12 +182,7 @@ def quality_markdown(results: Sequence[EvalResult]) -> str:
         for name in result.scores:
             rouge = "{:.2f} ± {:.2f}".format(*result.benchmark(name))
             columns = result.quality(name)
-            cells = [
-                "–" if columns[key] is None
-                else f"{columns[key][0]:.3f} ± {columns[key][1]:.3f}" if key.startswith("distinct")
-                else f"{columns[key][0]:.2f}" if key == "self_bleu" else f"{columns[key][0]:.3f}"
-                for key in QUALITY_COLUMNS
-            ]  # fmt: skip
+            cells = ["–" if columns[key] is None else quality_cell(key, *columns[key]) for key in QUALITY_COLUMNS]
             lines.append(f"| {result.label} | {name} | {rouge} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from lit_kd.errors import ConfigError
 from lit_kd.eval.diversity import DISTINCT_ORDERS
-from lit_kd.eval.evaluate import QUALITY_COLUMNS, mean_std
+from lit_kd.eval.evaluate import QUALITY_COLUMNS, mean_std, quality_cell
 from lit_kd.experiments.plan import load_plan, read_status
 from lit_kd.experiments.records import RunStatus, SweepPlan
 from lit_kd.utils.io import atomic_path, atomic_write_text
@@ -49,11 +49,7 @@ def _fmt(values: list[float]) -> str:
 
 
 def _fmt_quality(key: str, values: list[float]) -> str:
-    """Distinct-n, entropy and ECE with three decimals, Self-BLEU with two (it is ×100)."""
-    if not values:
-        return "n/a"
-    mean, std = mean_std(values)
-    return f"{mean:.2f} ± {std:.2f}" if key == "self_bleu" else f"{mean:.3f} ± {std:.3f}"
+    return quality_cell(key, *mean_std(values)) if values else "n/a"
 
 
 def _save_figure(fig, path: Path) -> None:
@@ -328,11 +324,12 @@ class Report:
         _save_figure(fig, paths["diagnostics"])
         plt.close(fig)
 
-        measured = [key for key in ("distinct_2", "self_bleu", "entropy", "ece") if self.quality_means(key)]
+        plotted = {key: self.quality_means(key) for key in ("distinct_2", "self_bleu", "entropy", "ece")}
+        measured = {key: means for key, means in plotted.items() if means}
         if measured:
             fig, axes = plt.subplots(1, len(measured), figsize=(4.5 * len(measured), 4), squeeze=False)
-            for ax, key in zip(axes[0], measured):
-                for objective, points in self.quality_means(key).items():
+            for ax, (key, means) in zip(axes[0], measured.items()):
+                for objective, points in means.items():
                     ax.plot([t for t, _ in points], [m for _, m in points], marker="o", label=objective)
                 ax.set_xlabel("τ")
                 ax.set_title(QUALITY_COLUMNS[key])

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_kd.losses.core import Temperature, upcast
+from lit_kd.losses.core import detached, upcast
 from lit_kd.losses.diagnostics import kd_diagnostics
 from lit_kd.losses.registry import KDTerm, LossConfig, kd_term
 from lit_kd.losses.temperature import describe
@@ -54,7 +54,8 @@ class TokenSums:
     """the step's τ (the schedule's; a rule's base), when the KD term was computed"""
     tau: Optional[Tensor] = None
     teacher_tau: Optional[Tensor] = None
-    """the per-token student and teacher temperatures ``[tokens]`` of a ``tau_rule`` (detached; None without one)"""
+    """the per-token student and teacher temperatures ``[tokens]`` of a ``tau_rule`` (detached; None without one;
+    ``tau`` is None too under a rule that gives the student the teacher's τ)"""
 
     def step_logs(self) -> dict[str, Tensor | float]:
         """What the training step logs: ``diag/*`` (when asked for) and ``train/tau*`` (``temperatures``)."""
@@ -63,14 +64,14 @@ class TokenSums:
 
     def temperatures(self) -> dict[str, Tensor | float]:
         """``tau`` (the step's), and under a rule ``tau_mean/p10/p90`` of the teacher's per-token τ and
-        ``tau_student_*`` of the student's where they differ; empty without a KD term."""
+        ``tau_student_*`` of the student's when the rule gives it its own; empty without a KD term."""
         if self.step_tau is None:
             return {}
         described: dict[str, Tensor | float] = {"tau": self.step_tau}
         if self.teacher_tau is None:
             return described
         described.update(describe(self.teacher_tau))
-        if self.tau is not None and not torch.equal(self.tau, self.teacher_tau):
+        if self.tau is not None:
             described.update(describe(self.tau, prefix="tau_student"))
         return described
 
@@ -138,14 +139,23 @@ def token_sums_from_logits(
     )
 
 
-def rule_temperatures_of(terms: list[KDTerm]) -> dict[str, Tensor]:
-    """``tau`` and ``teacher_tau`` of ``TokenSums``: the rule's per-token temperatures of the chunks, concatenated."""
+def rule_temperatures_of(terms: list[KDTerm]) -> dict[str, Optional[Tensor]]:
+    """``tau`` and ``teacher_tau`` of ``TokenSums``: the rule's per-token temperatures of the chunks, concatenated
+    (``tau`` None when the rule gives the student the teacher's own τ tensor: no comparison, no host sync)."""
     if not terms or not isinstance(terms[0].teacher_tau, Tensor):
         return {}
+    terms = [detached_term(term) for term in terms]
+    shared = all(term.tau is term.teacher_tau for term in terms)
     return {
-        "tau": torch.cat([term.tau.detach() for term in terms]),  # type: ignore[union-attr]
-        "teacher_tau": torch.cat([term.teacher_tau.detach() for term in terms]),  # type: ignore[union-attr]
+        "tau": None if shared else torch.cat([term.tau for term in terms]),  # type: ignore[misc]
+        "teacher_tau": torch.cat([term.teacher_tau for term in terms]),  # type: ignore[misc]
     }
+
+
+def detached_term(term: KDTerm) -> KDTerm:
+    """``term`` without autograd graphs (a shared student/teacher τ stays one tensor)."""
+    tau = detached(term.tau)
+    return KDTerm(term.values.detach(), tau, tau if term.teacher_tau is term.tau else detached(term.teacher_tau))
 
 
 class _PrecomputedGradient(torch.autograd.Function):
@@ -225,7 +235,7 @@ def chunked_token_sums(
         lm_sum += ce.detach().sum()
         if kd is not None:
             kd_sum += kd.values.detach().sum()
-            terms.append(KDTerm(kd.values.detach(), detached(kd.tau), detached(kd.teacher_tau)))
+            terms.append(detached_term(kd))  # not the chunk's graph: its logits are freed below
         nonfinite |= nonfinite_flags(logits.detach(), teacher_logits)
         if diagnostics and kd is not None:
             for name, value in kd_diagnostics(config, logits.detach(), teacher_logits, targets[start:end]).items():
@@ -245,7 +255,3 @@ def chunked_token_sums(
         step_tau=config.tau if with_teacher else None,
         **rule_temperatures_of(terms),
     )
-
-
-def detached(tau: Temperature) -> Temperature:
-    return tau.detach() if isinstance(tau, Tensor) else tau

@@ -75,6 +75,17 @@ def softened(
     )
 
 
+def detached(tau: Temperature) -> Temperature:
+    """A per-row τ without its autograd graph (a number as it is)."""
+    return tau.detach() if isinstance(tau, Tensor) else tau
+
+
+def entropy(log_p: Tensor) -> Tensor:
+    """H(p) = −Σ_k p_k log p_k over the last dim, from log-probabilities; 0·log 0 := 0 (a −inf entry has no mass)."""
+    p = log_p.exp()
+    return -(p * torch.where(p > 0, log_p, torch.zeros_like(log_p))).sum(-1)
+
+
 def safe_logaddexp(a: Tensor, b: Tensor) -> Tensor:
     """log(e^a + e^b) with a finite gradient where both are −inf (torch's own gives NaN there).
 

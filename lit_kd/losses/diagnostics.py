@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lit_kd.losses.core import log_softmax_at
+from lit_kd.losses.core import detached, entropy, log_softmax_at
 from lit_kd.losses.registry import LossConfig, kd_term
 
 
@@ -33,16 +33,14 @@ def kd_diagnostics(
         term = kd_term(config, leaf, teacher_logits, targets)
         (grad,) = torch.autograd.grad(term.values.sum(), leaf)
     with torch.no_grad():
-        teacher_tau = term.teacher_tau.detach() if isinstance(term.teacher_tau, Tensor) else term.teacher_tau
-        log_p = log_softmax_at(teacher_logits, teacher_tau)
-        p = log_p.exp()
-        entropy = -(p * torch.where(p > 0, log_p, torch.zeros_like(log_p))).sum(-1)
-        nontarget_mass = 1.0 - p.gather(-1, index).squeeze(-1)
+        log_p = log_softmax_at(teacher_logits, detached(term.teacher_tau))
+        teacher_entropy = entropy(log_p)
+        nontarget_mass = 1.0 - log_p.gather(-1, index).squeeze(-1).exp()
         agreement = (student_logits.argmax(-1) == teacher_logits.argmax(-1)).float()
     grad_target = grad.gather(-1, index).squeeze(-1)
     grad_nontarget = grad.scatter(-1, index, 0.0).norm(dim=-1)
     return {
-        "teacher_entropy": entropy.mean(),
+        "teacher_entropy": teacher_entropy.mean(),
         "teacher_nontarget_mass": nontarget_mass.mean(),
         "top1_agreement": agreement.mean(),
         "kd_grad_target_norm": grad_target.abs().mean(),

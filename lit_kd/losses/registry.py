@@ -425,8 +425,9 @@ def kd_term(
     ``tau_rule`` (``lit_kd.losses.temperature``); without a rule it is the plain call, bit for bit."""
     if config.tau_rule == "none":
         values = per_token_divergence(config, student_logits, teacher_logits, targets)
-        scale = config.tau**2 if config.tau_squared_scaling else None
-        return KDTerm(values if scale is None else values * scale, config.tau, config.tau)
+        if config.tau_squared_scaling:
+            values = values * config.tau**2
+        return KDTerm(values, config.tau, config.tau)
     tau_s, tau_t = rule_temperatures(config.tau_rule, student_logits, teacher_logits, config.tau, config.tau_min,
                                      config.tau_max, config.tau_target_entropy)  # fmt: skip
     values = per_token_divergence(config, student_logits, teacher_logits, targets, tau_s, tau_t)

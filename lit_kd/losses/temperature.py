@@ -168,14 +168,15 @@ def rule_temperatures(
     tau_max: float,
     target_entropy: float,
 ) -> tuple[Tensor, Tensor]:
-    """(τ_s, τ_t), ``[N]`` each, of ``rule`` on rows ``[N, V]`` at the step's τ, clamped to [tau_min, tau_max]."""
+    """(τ_s, τ_t), ``[N]`` each, of ``rule`` on rows ``[N, V]`` at the step's τ, clamped to [tau_min, tau_max]; a
+    rule with one τ for both returns the same tensor twice."""
     if rule == "logit_standardization":
         tau_s, tau_t = logit_standardization(student_logits, teacher_logits, tau)
     elif rule == "sharpness_matching":
         tau_s, tau_t = sharpness_matching(student_logits, teacher_logits, tau)
-    elif rule == "entropy_target":
+    elif rule == "entropy_target":  # one τ per token for both, within the bounds already
         tau_t = entropy_target_tau(teacher_logits, target_entropy, tau, tau_min, tau_max)
-        tau_s = tau_t
+        return tau_t, tau_t
     else:
         raise ValueError(f"unknown tau rule {rule!r}; choose one of {', '.join(RULES)}")
     return tau_s.clamp(tau_min, tau_max), tau_t.clamp(tau_min, tau_max)

@@ -23,8 +23,8 @@ from lit_kd.teacher.cache import (
     MANIFEST,
     CacheKey,
     TeacherCache,
-    build_teacher_cache,
     cache_bytes,
+    check_dtype,
     cache_key,
     describe_size,
     write_head,
@@ -36,7 +36,7 @@ from lit_kd.utils.io import atomic_directory, remove_stale_temporaries
 from lit_kd.utils.lock import DirectoryLock
 from lit_kd.utils.progress import split_progress
 
-__all__ = ["CACHE_DTYPES", "split_sizes", "write_teacher_cache"]
+__all__ = ["CACHE_DTYPES", "build_teacher_cache", "split_sizes", "write_teacher_cache"]
 
 
 def split_sizes(dataset: Any) -> tuple[int, int]:
@@ -106,12 +106,8 @@ def write_teacher_cache(
         label = "teacher cache" if processes == 1 else f"teacher cache (rank 0's share of {processes})"
         totals = {name: len(share) for name, share in shares.items()}
         with split_progress(label, totals) if lead else nullcontext(None) as update:
-            if fabric is None:
-                loaders = {name: (lambda name=name: batches(name)) for name in splits}
-                build_teacher_cache(target, key, head, loaders, sizes, hidden, dtype, shard_bytes, update)
-            else:
-                own = {name: (batches(name), shares[name].start) for name in splits}
-                write_shares(fabric, target, key, head, own, sizes, hidden, dtype, shard_bytes, update)
+            own = {name: (batches(name), shares[name].start) for name in splits}
+            write_shares(fabric, target, key, head, own, sizes, hidden, dtype, shard_bytes, update)
     if fabric is not None:
         fabric.barrier()  # every process returns once rank 0 has renamed the cache into place
     if lead:
@@ -119,8 +115,30 @@ def write_teacher_cache(
     return target
 
 
+def build_teacher_cache(
+    out: str | Path,
+    key: CacheKey,
+    head: OutputHead,
+    batches: dict[str, Callable[[], Iterable[dict[str, torch.Tensor]]]],
+    sizes: dict[str, tuple[int, int]],
+    hidden_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    dtype: str = "float32",
+    shard_bytes: int = 1 << 30,
+    progress: Optional[Callable[[str, int], None]] = None,
+) -> Path:
+    """Write a cache in one process: for each split, ``batches[split]()`` yields its examples in order (padded
+    batches with ``labels``), ``hidden_fn(batch)`` returns the teacher's final hidden states ``[B, T, d]``; the rows
+    at the response positions are stored. ``sizes[split] = (examples, rows)`` lets the size be checked first.
+    ``progress(split, examples_done)`` is called after each batch. (``write_teacher_cache`` runs a teacher over a
+    data module's splits, on one process or several, through the same ``write_shares``.)"""
+    out = Path(out)
+    own = {split: (make(), 0) for split, make in batches.items()}
+    write_shares(None, out, key, head, own, sizes, hidden_fn, dtype, shard_bytes, progress)
+    return out
+
+
 def write_shares(
-    fabric: Fabric,
+    fabric: Optional[Fabric],
     target: Path,
     key: CacheKey,
     head: OutputHead,
@@ -133,30 +151,33 @@ def write_shares(
 ) -> None:
     """Each process writes its ``own[split]`` = (batches, first example) into rank 0's temporary folder; rank 0
     gathers every process's shard entries, writes the head and the manifest, and renames the folder to ``target``
-    (or removes it if anything failed on rank 0)."""
-    lead = fabric.global_rank == 0
+    (or removes it if anything failed on rank 0). Without ``fabric`` one process writes every share."""
+    check_dtype(dtype)
+    rank = fabric.global_rank if fabric is not None else 0
     with ExitStack() as made:  # rank 0: the temporary folder (made there, so that its errors reach every process)
         folder = Path(decided_by_rank_zero(
             fabric, lambda: str(made.enter_context(atomic_directory(target, cache_bytes(head, sizes, dtype))))
         ))  # fmt: skip
         if not folder.is_dir():
             raise CacheError(
-                f"rank {fabric.global_rank} on {socket.gethostname()} cannot see {folder}, the cache's temporary "
+                f"rank {rank} on {socket.gethostname()} cannot see {folder}, the cache's temporary "
                 "folder that rank 0 made: with several nodes, --out must be on a filesystem that every node shares"
             )
         mine = {
             name: write_split(folder, name, batches, hidden, dtype, shard_bytes, first, progress)
             for name, (batches, first) in own.items()
         }
-        everyone: list[Any] = [None] * fabric.world_size
-        try:
-            torch.distributed.all_gather_object(everyone, mine)
-        except RuntimeError as err:  # torch's DistError: a process died (killed, out of memory, ...)
-            raise CacheError(
-                f"teacher cache {target}: a process of the build stopped before every share was written "
-                f"({str(err).splitlines()[0]}); no cache was made, run the command again"
-            ) from None
-        if lead:
+        everyone: list[Any] = [mine]
+        if fabric is not None:
+            everyone = [None] * fabric.world_size
+            try:
+                torch.distributed.all_gather_object(everyone, mine)
+            except RuntimeError as err:  # torch's DistError: a process died (killed, out of memory, ...)
+                raise CacheError(
+                    f"teacher cache {target}: a process of the build stopped before every share was written "
+                    f"({str(err).splitlines()[0]}); no cache was made, run the command again"
+                ) from None
+        if rank == 0:
             shards = {name: [entry for share in everyone for entry in share[name]] for name in own}
             write_manifest(folder, key, dtype, head.hidden_size, write_head(folder, head), shards, sizes)
 

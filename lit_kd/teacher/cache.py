@@ -39,7 +39,7 @@ from lit_kd.models.config import ModelConfig
 from lit_kd.models.head import OutputHead
 from lit_kd.models.loading import cache_root, gguf_location, resolve_path
 from lit_kd.utils.digests import DIGEST_NAME, bytes_digest, file_digest, remembered_file_digest
-from lit_kd.utils.io import atomic_directory, human_bytes
+from lit_kd.utils.io import human_bytes
 
 CACHE_FORMAT = 2  # 2: every file's content digest in the manifest
 MANIFEST = "manifest.json"
@@ -274,33 +274,6 @@ class TeacherCache:
 
 
 # -- writing ----------------------------------------------------------------------------------------
-
-
-def build_teacher_cache(
-    out: str | os.PathLike,
-    key: CacheKey,
-    head: OutputHead,
-    batches: dict[str, Callable[[], Iterable[dict[str, Tensor]]]],
-    sizes: dict[str, tuple[int, int]],
-    hidden_fn: Callable[[dict[str, Tensor]], Tensor],
-    dtype: str = "float32",
-    shard_bytes: int = 1 << 30,
-    progress: Optional[Callable[[str, int], None]] = None,
-) -> Path:
-    """Write a cache in one process: for each split, ``batches[split]()`` yields its examples in order (padded
-    batches with ``labels``), ``hidden_fn(batch)`` returns the teacher's final hidden states ``[B, T, d]``; the rows
-    at the response positions are stored. ``sizes[split] = (examples, rows)`` lets the size be checked first.
-    ``progress(split, examples_done)`` is called after each batch. (``lit_kd.teacher.build`` writes one with
-    several processes from the same pieces: ``write_head``, ``write_split`` and ``write_manifest``.)"""
-    check_dtype(dtype)
-    out = Path(out)
-    with atomic_directory(out, size_hint=cache_bytes(head, sizes, dtype)) as tmp:
-        shards = {
-            split: write_split(tmp, split, make(), hidden_fn, dtype, shard_bytes, progress=progress)
-            for split, make in batches.items()
-        }
-        write_manifest(tmp, key, dtype, head.hidden_size, write_head(tmp, head), shards, sizes)
-    return out
 
 
 def check_dtype(dtype: str) -> None:

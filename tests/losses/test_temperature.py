@@ -218,6 +218,18 @@ def test_chunked_rows_equal_full_rows_under_a_rule(rule, name):
     assert float(logs["tau_p10"]) <= float(logs["tau_mean"]) <= float(logs["tau_p90"]) or rule == "entropy_target"
 
 
+@pytest.mark.parametrize("rule, own", [("logit_standardization", True), ("sharpness_matching", True),
+                                       ("entropy_target", False)])  # fmt: skip
+def test_the_students_tau_is_logged_only_under_a_rule_that_gives_it_its_own(rule, own):
+    zs, zt, targets = rows(torch.float32)
+    config = LossConfig(name="fkl", tau=2.0, tau_rule=rule)
+    full = token_sums_from_logits(zs[[0, 3, 5]], zt[[0, 3, 5]], targets[[0, 3, 5]], config, 1.0)
+    logged = set(full.temperatures())
+    assert {"tau", "tau_mean", "tau_p10", "tau_p90"} <= logged
+    assert ({"tau_student_mean", "tau_student_p10", "tau_student_p90"} <= logged) == own
+    assert (full.tau is None) == (not own)
+
+
 def test_without_a_rule_only_the_steps_tau_is_logged():
     zs, zt, targets = rows(torch.float32)
     sums = token_sums_from_logits(zs[[0, 3]], zt[[0, 3]], targets[[0, 3]], LossConfig(name="fkl", tau=2.0), 1.0)

@@ -69,7 +69,8 @@ def micro_batches(tokenizer) -> list[dict[str, Any]]:
 def write_micro_batch_cache(module: DistillModule, folder) -> str:
     """A teacher cache of ``module``'s live teacher over ``micro_batches`` (split "train", examples in order)."""
     from lit_kd.models.head import final_hidden_states, output_head
-    from lit_kd.teacher.cache import CacheKey, build_teacher_cache
+    from lit_kd.teacher.build import build_teacher_cache
+    from lit_kd.teacher.cache import CacheKey
 
     teacher, batches = module.teacher, micro_batches(module.tokenizer)
     sizes = {"train": (sum(len(group) for group in MICRO_BATCHES), sum(response_tokens(b) for b in batches))}
