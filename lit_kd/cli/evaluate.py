@@ -47,6 +47,7 @@ def evaluate(
     device: str = "auto",
     references: Optional[dict[str, str]] = None,
     calibration: bool = True,
+    self_bleu_order: int = 4,
 ) -> Path:
     """Evaluate a model: ROUGE-L on benchmarks × seeds, as mean ± std over seeds.
 
@@ -66,11 +67,15 @@ def evaluate(
             string or a list) or FastChat's ``choices``.
         calibration: Also score the model's mean token entropy and expected calibration error on the reference
             responses (one teacher-forced pass per benchmark); Distinct-n and Self-BLEU always come with ROUGE-L.
+        self_bleu_order: The n-gram order of Self-BLEU (4, as Texygen; 2 still ranks students whose samples share
+            no 4-gram, where Self-BLEU-4 is 0 for all).
     """
     import torch
 
     if not seeds:
         raise ConfigError("--seeds needs at least one seed")
+    if not 1 <= self_bleu_order <= 4:
+        raise ConfigError(f"--self_bleu_order must be 1, 2, 3 or 4, got {self_bleu_order}")
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
@@ -83,7 +88,9 @@ def evaluate(
     directory = fresh_directory(target_dir)
     generations: list[dict] = []
     with new_progress() as progress:
-        result = evaluate_model(lm, tokenizer, loaded, seeds, generation, label, progress, generations, calibration)
+        result = evaluate_model(
+            lm, tokenizer, loaded, seeds, generation, label, progress, generations, calibration, self_bleu_order
+        )
     settings = {
         "source": ckpt,
         "model": model,
@@ -93,6 +100,7 @@ def evaluate(
         "generation": asdict(generation),
         "references": dict(references or {}),
         "calibration": calibration,
+        "self_bleu_order": self_bleu_order,
     }
     paths = write_results(directory, [result], generations, settings)
     print(results_markdown([result]))

@@ -3,10 +3,11 @@
 * **Distinct-n** (Li et al., NAACL 2016): over a set of responses, the number of distinct n-grams divided by the
   number of n-grams, n = 1..4; tokens are the responses' lower-cased whitespace-separated words. 1 = no n-gram
   repeats; a model that says the same thing to every prompt scores low.
-* **Self-BLEU** (Zhu et al., Texygen, SIGIR 2018), across the seeds' samples of each prompt: the corpus BLEU-4
-  (torchmetrics' ``BLEUScore``, ×100) of every sample against the other seeds' samples of the same prompt as its
-  references. High = the seeds give the same response; it needs at least two seeds. torchmetrics returns 0 when
-  some n-gram order has no match in the whole corpus.
+* **Self-BLEU-n** (Zhu et al., Texygen, SIGIR 2018), across the seeds' samples of each prompt: the corpus BLEU-n
+  (torchmetrics' ``BLEUScore``, ×100; n = 4 by default) of every sample against the other seeds' samples of the
+  same prompt as its references. High = the seeds give the same response; it needs at least two seeds.
+  torchmetrics returns 0 when some n-gram order up to n has no match in the whole corpus, as happens at n = 4 for
+  a weak student whose samples share no 4-gram; a lower order (``--self_bleu_order 2``) then still ranks models.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ def distinct_n(responses: Sequence[str], n: int) -> float:
     return len(seen) / total if total else 0.0
 
 
-def self_bleu(samples: Sequence[Sequence[str]]) -> Optional[float]:
-    """Self-BLEU ×100 of ``samples[prompt][seed]`` (see the module docstring); None with fewer than two seeds or
-    no non-empty pair to compare."""
+def self_bleu(samples: Sequence[Sequence[str]], order: int = 4) -> Optional[float]:
+    """Self-BLEU-``order`` ×100 of ``samples[prompt][seed]`` (see the module docstring); None with fewer than two
+    seeds or no non-empty pair to compare."""
     from torchmetrics.text import BLEUScore
 
-    metric = BLEUScore(n_gram=4)
+    if order < 1:
+        raise ValueError(f"self_bleu needs an n-gram order >= 1, got {order}")
+    metric = BLEUScore(n_gram=order)
     compared = 0
     for per_prompt in samples:
         texts = [text for text in per_prompt if text.split()]

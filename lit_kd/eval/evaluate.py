@@ -44,6 +44,7 @@ class EvalResult:
     distinct: dict[str, dict[int, dict[int, float]]] = field(default_factory=dict)
     """benchmark → seed → n → Distinct-n"""
     self_bleu: dict[str, Optional[float]] = field(default_factory=dict)
+    self_bleu_order: int = 4
     confidence: dict[str, dict[str, float]] = field(default_factory=dict)
     """benchmark → {"entropy", "ece"} on the reference responses"""
 
@@ -77,6 +78,7 @@ class EvalResult:
             "distinct": {b: {str(s): {str(n): v for n, v in orders.items()} for s, orders in per_seed.items()}
                          for b, per_seed in self.distinct.items()},  # fmt: skip
             "self_bleu": dict(self.self_bleu),
+            "self_bleu_order": self.self_bleu_order,
             "confidence": dict(self.confidence),
         }
 
@@ -101,9 +103,10 @@ def evaluate_model(
     progress: Optional[Progress] = None,
     generations: Optional[list[dict[str, Any]]] = None,
     calibration: bool = True,
+    self_bleu_order: int = 4,
 ) -> EvalResult:
     """Score ``model`` on every benchmark and seed; append each generation to ``generations`` if given."""
-    result = EvalResult(label)
+    result = EvalResult(label, self_bleu_order=self_bleu_order)
     for benchmark in benchmarks:
         result.scores[benchmark.name], result.distinct[benchmark.name] = {}, {}
         samples: list[list[str]] = [[] for _ in benchmark.records]  # per prompt, one sample per seed
@@ -134,7 +137,7 @@ def evaluate_model(
                             "output": output,
                         }
                     )
-        result.self_bleu[benchmark.name] = self_bleu(samples)
+        result.self_bleu[benchmark.name] = self_bleu(samples, self_bleu_order)
         if calibration:
             result.confidence[benchmark.name] = reference_confidence(
                 model, tokenizer, benchmark.records, settings.max_length, batch_size=min(settings.batch_size, 8)
@@ -163,6 +166,11 @@ QUALITY_COLUMNS = {**{f"distinct_{n}": f"Distinct-{n}" for n in DISTINCT_ORDERS}
                    "entropy": "entropy (nats)", "ece": "ECE"}  # fmt: skip
 
 
+def quality_header(key: str, self_bleu_order: int = 4) -> str:
+    """A quality column's header; Self-BLEU names its n-gram order (Self-BLEU-4 unless set otherwise)."""
+    return f"Self-BLEU-{self_bleu_order}" if key == "self_bleu" else QUALITY_COLUMNS[key]
+
+
 def quality_cell(key: str, mean: float, std: Optional[float] = None) -> str:
     """One diversity or calibration value as the tables print it: Self-BLEU (×100) with two decimals, Distinct-n,
     entropy and ECE with three; ``± std`` when there is one."""
@@ -175,8 +183,9 @@ def quality_markdown(results: Sequence[EvalResult]) -> str:
     seeds; Self-BLEU across the seeds; entropy and ECE on the references, seed-free)."""
     if not any(result.distinct for result in results):
         return ""
+    headers = [quality_header(key, results[0].self_bleu_order) for key in QUALITY_COLUMNS]
     lines = ["", "### Diversity and calibration", "",
-             "| model | benchmark | ROUGE-L | " + " | ".join(QUALITY_COLUMNS.values()) + " |",
+             "| model | benchmark | ROUGE-L | " + " | ".join(headers) + " |",
              "|---|---|" + "---:|" * (len(QUALITY_COLUMNS) + 1)]  # fmt: skip
     for result in results:
         for name in result.scores:

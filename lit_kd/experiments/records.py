@@ -149,6 +149,8 @@ class SweepEval:
     max_examples: Optional[int] = None
     max_new_tokens: int = 256
     batch_size: int = 32
+    self_bleu_order: int = 4
+    """The n-gram order of Self-BLEU (``evaluate --self_bleu_order``)."""
 
 
 @dataclass(frozen=True)

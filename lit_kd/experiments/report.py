@@ -17,12 +17,19 @@ from typing import Any, Optional
 
 from lit_kd.errors import ConfigError
 from lit_kd.eval.diversity import DISTINCT_ORDERS
-from lit_kd.eval.evaluate import QUALITY_COLUMNS, mean_std, quality_cell
+from lit_kd.eval.evaluate import QUALITY_COLUMNS, mean_std, quality_cell, quality_header
 from lit_kd.experiments.plan import load_plan, read_status
 from lit_kd.experiments.records import RunStatus, SweepPlan
 from lit_kd.utils.io import atomic_path, atomic_write_text
 
-DIAGNOSTICS = ("teacher_entropy", "teacher_nontarget_mass", "top1_agreement")
+DIAGNOSTICS = (
+    "teacher_entropy",
+    "teacher_nontarget_mass",
+    "top1_agreement",
+    "kd_grad_target_norm",
+    "kd_grad_nontarget_norm",
+)
+"""The ``diag/*`` metrics a report reads (``lit_kd/losses/diagnostics.py``), averaged over a run's logged steps"""
 
 
 @dataclass
@@ -46,6 +53,13 @@ def _fmt(values: list[float]) -> str:
         return "n/a"
     mean, std = mean_std(values)
     return f"{mean:.2f} ± {std:.2f}"
+
+
+def _fmt_diag(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    mean, std = mean_std(values)
+    return f"{mean:.3g} ± {std:.2g}"
 
 
 def _fmt_quality(key: str, values: list[float]) -> str:
@@ -199,17 +213,20 @@ class Report:
         lines = [
             "## KD diagnostics against τ",
             "",
-            "Teacher entropy H(p) and non-target mass 1 − p_t at τ, and student–teacher top-1 agreement, averaged",
-            "over each run's logged training steps (mean over seeds).",
+            "Teacher entropy H(p) and non-target mass 1 − p_t at τ, student–teacher top-1 agreement, and the KD term's",
+            "gradient on the student's target logit |∂d/∂z_t| and on its non-target logits ‖∂d/∂z_k≠t‖₂ (per token,",
+            "mean over tokens), averaged over each run's logged training steps; mean ± std over seeds.",
             *self.diagnostics_range(),
             "",
-            "| objective | τ | teacher entropy | non-target mass | top-1 agreement |",
-            "|---|---:|---:|---:|---:|",
+            "| objective | τ | teacher entropy | non-target mass | top-1 agreement | ‖∇ target‖ | ‖∇ non-target‖ |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for objective in self.objectives:
             for tau in self.taus:
                 runs = self.cell(objective, tau)
-                cells = [_fmt([r.diagnostics[n] for r in runs if n in r.diagnostics]) for n in DIAGNOSTICS]
+                if not runs:
+                    continue
+                cells = [_fmt_diag([r.diagnostics[n] for r in runs if n in r.diagnostics]) for n in DIAGNOSTICS]
                 lines.append(f"| {objective} | {tau:g} | " + " | ".join(cells) + " |")
         return lines
 
@@ -226,7 +243,7 @@ class Report:
             "responses to each prompt, and on the reference responses the student's mean token entropy (nats) and",
             "expected calibration error; each averaged over the benchmarks, then mean ± std over training seeds.",
             "",
-            "| objective | τ | " + " | ".join(QUALITY_COLUMNS[key] for key in present) + " |",
+            "| objective | τ | " + " | ".join(self.quality_header(key) for key in present) + " |",
             "|---|---:|" + "---:|" * len(present),
         ]
         for objective in self.objectives:
@@ -235,6 +252,9 @@ class Report:
                 cells = [_fmt_quality(key, [r.quality[key] for r in runs if key in r.quality]) for key in present]
                 lines.append(f"| {objective} | {tau:g} | " + " | ".join(cells) + " |")
         return lines
+
+    def quality_header(self, key: str) -> str:
+        return quality_header(key, self.plan.evaluation.self_bleu_order)
 
     def diagnostics_range(self) -> list[str]:
         """One measured sentence: the teacher's entropy and non-target mass at the lowest and the highest τ."""
@@ -332,7 +352,7 @@ class Report:
                 for objective, points in means.items():
                     ax.plot([t for t, _ in points], [m for _, m in points], marker="o", label=objective)
                 ax.set_xlabel("τ")
-                ax.set_title(QUALITY_COLUMNS[key])
+                ax.set_title(self.quality_header(key))
                 ax.grid(alpha=0.3)
             axes[0][0].legend(fontsize=7)
             fig.tight_layout()

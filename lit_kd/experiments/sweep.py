@@ -131,6 +131,8 @@ class Sweep:
         command += ["--generation.max_new_tokens", str(e.max_new_tokens), "--generation.batch_size", str(e.batch_size)]
         if e.max_examples is not None:
             command += ["--max_examples", str(e.max_examples)]
+        if e.self_bleu_order != 4:
+            command += ["--self_bleu_order", str(e.self_bleu_order)]
         return command
 
     # -- execution ------------------------------------------------------------------------------

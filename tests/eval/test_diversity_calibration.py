@@ -32,6 +32,18 @@ def test_self_bleu_is_100_for_identical_seeds_0_for_disjoint_and_none_for_one_se
     assert 0 < partial < 100
 
 
+def test_self_bleu_of_a_lower_order_ranks_samples_that_share_no_4_gram():
+    # no 4-gram is shared, so Self-BLEU-4 is 0 for both pairs; Self-BLEU-2 sees that the first pair is closer
+    close = [["red fox runs home fast", "red fox runs away slow"]]
+    far = [["red fox runs home fast", "red fox sleeps on mats"]]
+    assert self_bleu(close) == 0.0 and self_bleu(far) == 0.0
+    assert self_bleu(close, order=2) > self_bleu(far, order=2) > 0
+    # BLEU-2 of "red fox runs home fast" against "red fox runs away slow": p1 = 3/5, p2 = 2/4, equal lengths
+    assert self_bleu(close, order=2) == pytest.approx(100 * (3 / 5 * 2 / 4) ** 0.5, abs=1e-4)
+    with pytest.raises(ValueError, match="order"):
+        self_bleu(close, order=0)
+
+
 def brute_force(model, tokenizer, records, max_length):
     """Entropy and 15-bin ECE from the model's full logits, computed here by hand."""
     entropies, confidences, correct = [], [], []

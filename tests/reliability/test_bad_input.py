@@ -171,6 +171,12 @@ def test_a_missing_benchmark_file(workspace, capsys):
     assert snapshot(tmp_path / "logs") == before
 
 
+def test_a_self_bleu_order_outside_1_to_4(workspace, capsys):
+    tmp_path, _, before = workspace
+    fails_cleanly(capsys, ["evaluate", "--ckpt", "configs/tiny.yaml", "--self_bleu_order", "5"], "--self_bleu_order")
+    assert snapshot(tmp_path / "logs") == before
+
+
 def test_an_output_directory_that_is_not_writable(workspace, capsys):
     tmp_path, args, before = workspace
     (tmp_path / "a-file").write_text("not a folder")
