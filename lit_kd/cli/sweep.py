@@ -42,6 +42,8 @@ def sweep(
     objective_configs: Optional[str] = None,
     regimes: Optional[list[str]] = None,
     seqkd_args: CommandLineArgs = [],
+    workers: int = 1,
+    keep_last_checkpoints: bool = True,
 ) -> None:
     """Run (or prepare) a sweep of distillation runs.
 
@@ -68,9 +70,16 @@ def sweep(
             ``null``: the base configs' own regime.
         seqkd_args: Extra arguments of ``generate-data`` for regimes that require the teacher's data (seqkd; e.g.
             ``'[--sampling.max_new_tokens,64]'``).
+        workers: ``local``: how many runs go at once, each process with cpu_count // workers torch threads (unless
+            OMP_NUM_THREADS is set); on 2 cores, 2 single-thread runs finish sooner than 1 run on both.
+        keep_last_checkpoints: ``false``: once a run is evaluated, its ``last.ckpt`` (kept only to resume an
+            interrupted fit) is deleted and only the evaluated checkpoint stays; for sweeps too big for the disk.
     """
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
     if resume is not None:
         runner = Sweep.load(resume)
+        runner.keep_last_checkpoints = keep_last_checkpoints
         if index is not None:
             if not 0 <= index < len(runner.runs):
                 raise ConfigError(f"--index {index} is outside the sweep's {len(runner.runs)} runs")
@@ -79,7 +88,7 @@ def sweep(
             if status.state != "done":
                 raise SystemExit(1)
             return
-        runner.run()
+        runner.run(workers)
         return
     if index is not None:
         raise ConfigError("--index runs one run of an existing sweep: give it with --resume <sweep dir>")
@@ -100,12 +109,13 @@ def sweep(
         regimes=regimes,
         seqkd_args=as_command_line(seqkd_args),
     )
+    runner.keep_last_checkpoints = keep_last_checkpoints
     if launcher == "slurm":
         script = write_slurm_launcher(runner.out, runner.plan)
         print(f"wrote {len(runner.runs)} run configs under {runner.out / 'runs'} and {script}")
         print(f"submit with: sbatch {script}")
         return
-    results = runner.run()
+    results = runner.run(workers)
     failed = [r for r in results if r.state == "failed"]
     busy = [r for r in results if r.state == "busy"]
     print(

@@ -7,10 +7,13 @@ distribution given the prompt and the reference so far:
 * **mean token entropy** H(p) = −Σ_k p_k log p_k (nats), averaged over the tokens;
 * **expected calibration error** of the next-token confidence max_k p_k against whether argmax_k p_k = t:
   Σ_b (n_b / N)·|accuracy_b − confidence_b| over 15 equal-width confidence bins (Guo et al., ICML 2017), computed by
-  torchmetrics' ``MulticlassCalibrationError`` (l1 norm).
+  torchmetrics' ``BinaryCalibrationError`` (l1 norm) on the pairs (max_k p_k, 1[argmax_k p_k = t]): the same value as
+  its ``MulticlassCalibrationError`` on the full p, which bins exactly these pairs, without passing ``[rows, V]``
+  tensors through it.
 
 The logits come chunk by chunk from the model's hidden states and LM head (``lit_kd.models.head``), so at most
-``chunk_size`` rows of ``[rows, V]`` exist at a time.
+``chunk_size`` rows of ``[rows, V]`` exist at a time; examples are batched in order of length (less padding; both
+statistics are sums over tokens, so the order changes nothing).
 """
 
 from __future__ import annotations
@@ -38,12 +41,12 @@ def reference_confidence(
     chunk_size: int = 512,
 ) -> dict[str, float]:
     """``{"entropy", "ece"}`` of ``model`` on the first reference of each record (see the module docstring)."""
-    from torchmetrics.classification import MulticlassCalibrationError
+    from torchmetrics.classification import BinaryCalibrationError
 
     vocab = min(model.get_output_embeddings().weight.shape[0], len(tokenizer))  # a padded head's extra rows: no
     head = output_head(model, vocab)
     device = head.weight.device
-    ece = MulticlassCalibrationError(num_classes=vocab, n_bins=CALIBRATION_BINS, norm="l1").to(device)
+    ece = BinaryCalibrationError(n_bins=CALIBRATION_BINS, norm="l1").to(device)
     entropy_sum, tokens = 0.0, 0
     examples = []
     for record in records:
@@ -52,6 +55,7 @@ def reference_confidence(
         encoded = encode_example(tokenizer, record["instruction"], record.get("input", ""), reference, max_length)
         if not encoded["dropped"]:
             examples.append({"input_ids": encoded["input_ids"], "labels": encoded["labels"]})
+    examples.sort(key=lambda example: len(example["input_ids"]))
     collate = PadCollator(tokenizer.pad_token_id)
     was_training = model.training
     model.eval()
@@ -67,7 +71,8 @@ def reference_confidence(
                 log_p = torch.log_softmax(head.logits(hidden[first : first + chunk_size]).float(), dim=-1)
                 entropy_sum += float(entropy(log_p).sum())
                 tokens += log_p.shape[0]
-                ece.update(log_p.exp(), targets[first : first + chunk_size])
+                confidence, predicted = log_p.max(dim=-1)
+                ece.update(confidence.exp(), (predicted == targets[first : first + chunk_size]).long())
     finally:
         model.train(was_training)
     if tokens == 0:

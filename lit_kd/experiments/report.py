@@ -42,6 +42,9 @@ class RunRecord:
     diagnostics: dict[str, float] = field(default_factory=dict)
     quality: dict[str, float] = field(default_factory=dict)
     """diversity and calibration (``QUALITY``), each averaged over the benchmarks that have it"""
+    name: str = ""
+    """The registry objective (``objective`` is the run's label, which names its regime as well)"""
+    regime: Optional[str] = None
 
     @property
     def avg(self) -> float:
@@ -133,13 +136,25 @@ def collect(out: Path, plan: SweepPlan) -> tuple[list[RunRecord], list[str]]:
         summary = status.fit_summary
         val = summary.best_model_score if summary.monitor == "val/rougeL" else None
         diagnostics = read_diagnostics(Path(status.fit_dir))
-        records.append(RunRecord(spec.label, spec.tau, spec.seed, scores, val, diagnostics, run_quality(result)))
+        quality = run_quality(result)
+        records.append(
+            RunRecord(spec.label, spec.tau, spec.seed, scores, val, diagnostics, quality, spec.objective, spec.regime)
+        )
     return records, problems
 
 
 class Report:
-    def __init__(self, out: Path, plan: SweepPlan, records: list[RunRecord], problems: list[str]) -> None:
+    def __init__(
+        self,
+        out: Path,
+        plan: SweepPlan,
+        records: list[RunRecord],
+        problems: list[str],
+        variants: Optional[list[RunRecord]] = None,
+    ) -> None:
         self.out, self.plan, self.records, self.problems = Path(out), plan, records, problems
+        self.variants = variants or []
+        """Runs of the ``--variants`` sweeps (τ schedules and rules as regimes), compared with the constant τ"""
         self.objectives = list(dict.fromkeys(r.label for r in plan.runs))  # "<objective> [<regime>]" with regimes
         self.taus = sorted({r.tau for r in plan.runs})
         self.benchmarks = list(records[0].scores) if records else []
@@ -255,6 +270,43 @@ class Report:
 
     def quality_header(self, key: str) -> str:
         return quality_header(key, self.plan.evaluation.self_bleu_order)
+
+    def variants_table(self) -> list[str]:
+        """Each objective's best constant τ (and the constant τ the variants start from) against its τ schedules and
+        rules, the runs of the ``--variants`` sweeps: average ROUGE-L, then diversity and calibration, mean ± std
+        over training seeds."""
+        if not self.variants:
+            return []
+        plotted = ("distinct_2", "self_bleu", "entropy", "ece")
+        keys = [key for key in plotted if any(key in r.quality for r in self.records)]
+        lines = [
+            "## τ schedules and rules against a constant τ",
+            "",
+            "Each variant is a regime overlay (`configs/regimes/tau_*.yaml`) whose τ is the sweep's τ (a schedule's",
+            "start, a rule's base); the constant rows are this sweep's runs. Average ROUGE-L over the benchmarks and",
+            "diversity and calibration averaged over them, mean ± std over training seeds.",
+            "",
+            "| objective | τ | variant | avg ROUGE-L | " + " | ".join(self.quality_header(k) for k in keys) + " |",
+            "|---|---:|---|---:|" + "---:|" * len(keys),
+        ]
+
+        def row(objective: str, tau: float, variant: str, runs: list[RunRecord]) -> str:
+            cells = [_fmt_quality(key, [r.quality[key] for r in runs if key in r.quality]) for key in keys]
+            return f"| {objective} | {tau:g} | {variant} | {_fmt([r.avg for r in runs])} | " + " | ".join(cells) + " |"
+
+        for objective in dict.fromkeys(r.name for r in self.variants):
+            best = self.best_tau(objective)
+            taus = sorted({r.tau for r in self.variants if r.name == objective})
+            constant = ([best] if best is not None else []) + [t for t in taus if t != best]
+            for tau in constant:
+                variant = "constant (best τ)" if tau == best else "constant"
+                lines.append(row(objective, tau, variant, self.cell(objective, tau)))
+            for regime in dict.fromkeys(r.regime for r in self.variants if r.name == objective):
+                for tau in taus:
+                    runs = [r for r in self.variants if r.name == objective and r.regime == regime and r.tau == tau]
+                    if runs:
+                        lines.append(row(objective, tau, str(regime), runs))
+        return lines
 
     def diagnostics_range(self) -> list[str]:
         """One measured sentence: the teacher's entropy and non-target mass at the lowest and the highest τ."""
@@ -417,20 +469,44 @@ class Report:
             lines += [*quality, ""]
         if "quality" in figures:
             lines += [f"![diversity and calibration against τ]({figures['quality'].name})", ""]
+        variants = self.variants_table()
+        if variants:
+            lines += [*variants, ""]
         lines += [*self.diagnostics_table(), ""]
         if "diagnostics" in figures:
             lines += [f"![diagnostics against τ]({figures['diagnostics'].name})", ""]
         return "\n".join(lines)
 
 
-def write_report(sweep_dir: str) -> tuple[Path, dict[str, Path]]:
+def variant_records(plan: SweepPlan, variant_dirs: list[str]) -> tuple[list[RunRecord], list[str]]:
+    """The finished runs of sweeps of τ variants, checked comparable with ``plan``: the same base configs, fit
+    arguments and evaluation, and every run in a regime (the variant)."""
+    records, problems = [], []
+    for directory in variant_dirs:
+        variant_plan = load_plan(Path(directory))
+        for name in ("base", "fit_args", "evaluation"):
+            if getattr(variant_plan, name) != getattr(plan, name):
+                raise ConfigError(
+                    f"--variants {directory}: its {name} differs from the sweep's, so its runs are not comparable"
+                )
+        if any(spec.regime is None for spec in variant_plan.runs):
+            raise ConfigError(f"--variants {directory}: a variant sweep runs every run in a regime (--regimes)")
+        found, missing = collect(Path(directory), variant_plan)
+        records += found
+        problems += [f"{directory}: {line}" for line in missing]
+    return records, problems
+
+
+def write_report(sweep_dir: str, variant_dirs: Optional[list[str]] = None) -> tuple[Path, dict[str, Path]]:
     """Write ``report.md`` and its figures into the sweep directory; returns the report's path and the
-    figures written (the heatmap only when the sweep has τ = 1 runs)."""
+    figures written (the heatmap only when the sweep has τ = 1 runs). ``variant_dirs``: sweeps of τ schedules and
+    rules (regimes) on the same base, compared with the constant τ."""
     out = Path(sweep_dir)
     plan = load_plan(out)
+    variants, variant_problems = variant_records(plan, list(variant_dirs or []))
     records, problems = collect(out, plan)
     if not records:
         raise ConfigError(f"{sweep_dir}: no finished run to report on ({len(problems)} not done)")
-    report = Report(out, plan, records, problems)
+    report = Report(out, plan, records, problems + variant_problems, variants)
     figures = report.figures(out)
     return atomic_write_text(out / "report.md", report.markdown(figures)), figures

@@ -19,15 +19,17 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from lit_kd.errors import CacheError, LockedError
+from lit_kd.errors import CacheError, ConfigError, LockedError
 from lit_kd.experiments.plan import (
     TEACHER_DATA_DIR,
     load_plan,
@@ -61,6 +63,10 @@ class Sweep:
     plan: SweepPlan
     lock: Optional[DirectoryLock] = field(default=None, repr=False, compare=False)
     """The sweep directory's lock while this process owns it"""
+    keep_last_checkpoints: bool = field(default=True, repr=False, compare=False)
+    """False: a done run's ``last.ckpt`` files are deleted (a sweep of hundreds of runs keeps only the best)"""
+    threads: Optional[int] = field(default=None, repr=False, compare=False)
+    """``OMP_NUM_THREADS`` of the runs' processes when several run at once (``run(workers)``)"""
 
     @property
     def runs(self) -> list[RunSpec]:
@@ -158,9 +164,10 @@ class Sweep:
         with open(log, "a", encoding="utf-8") as stream:
             stream.write(f"\n$ {shlex.join(command)}\n")
             stream.flush()
-            return subprocess.call(
-                command, stdout=stream, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
-            )
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            if self.threads is not None:
+                env["OMP_NUM_THREADS"] = str(self.threads)
+            return subprocess.call(command, stdout=stream, stderr=subprocess.STDOUT, env=env)
 
     def _fail(self, spec: RunSpec, stage: str, code: int, log: Path) -> RunStatus:
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:] if log.is_file() else []
@@ -238,7 +245,7 @@ class Sweep:
         code = self._call(self.eval_command(spec, checkpoint, eval_dir), eval_log)
         if code != 0 or not (eval_dir / "results.json").is_file():
             return self._fail(spec, "evaluate", code, eval_log)
-        return self._write_status(
+        status = self._write_status(
             RunStatus(
                 "done",
                 spec,
@@ -249,21 +256,40 @@ class Sweep:
                 minutes=round((time.time() - started) / 60, 2),
             )
         )
+        if not self.keep_last_checkpoints:
+            self.remove_last_checkpoints(spec, keep=Path(checkpoint))
+        return status
 
-    def run(self) -> list[RunStatus]:
+    def remove_last_checkpoints(self, spec: RunSpec, keep: Path) -> None:
+        """Delete the ``last.ckpt`` of every fit attempt of a done run (it exists to resume an interrupted fit),
+        never the evaluated checkpoint ``keep``."""
+        for fit_dir in self.fit_dirs(spec):
+            last = fit_dir / "checkpoints" / "last.ckpt"
+            if last.exists() and last.resolve() != keep.resolve():
+                shutil.rmtree(last) if last.is_dir() else last.unlink()  # a sharded (FSDP2) checkpoint is a folder
+
+    def run(self, workers: int = 1) -> list[RunStatus]:
         """Every run in order, holding the sweep's lock; a failure is recorded and the sweep goes on; a run that
-        another process (an array task) is running is left to it (state ``busy``)."""
-        results = []
+        another process (an array task) is running is left to it (state ``busy``). ``workers`` > 1 runs that many
+        runs at once, each process with ``cpu_count // workers`` torch threads unless ``OMP_NUM_THREADS`` is set."""
+        if workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {workers}")
         with self.owned():
             self.ensure_teacher_cache()
-            for spec in self.runs:
-                previous = self.status(spec)
-                try:
-                    status = self.run_one(spec)
-                    done_before = previous is not None and previous.state == "done"
-                    word = "skipped (done)" if done_before else status.state
-                except LockedError as err:
-                    status, word = RunStatus("busy", spec, reason=str(err)), f"busy: {err}"
-                print(f"[{spec.index + 1}/{len(self.runs)}] {spec.run_id}: {word}", flush=True)
-                results.append(status)
-        return results
+            for spec in self.runs:  # built once, before runs start side by side
+                self.ensure_prerequisites(spec)
+            if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+                self.threads = max(1, (os.cpu_count() or 1) // workers)
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                return list(pool.map(self._run_and_say, self.runs))
+
+    def _run_and_say(self, spec: RunSpec) -> RunStatus:
+        previous = self.status(spec)
+        try:
+            status = self.run_one(spec)
+            done_before = previous is not None and previous.state == "done"
+            word = "skipped (done)" if done_before else status.state
+        except LockedError as err:
+            status, word = RunStatus("busy", spec, reason=str(err)), f"busy: {err}"
+        print(f"[{spec.index + 1}/{len(self.runs)}] {spec.run_id}: {word}", flush=True)
+        return status

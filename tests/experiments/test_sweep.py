@@ -12,7 +12,7 @@ import yaml
 from lit_kd.cli import main
 from lit_kd.errors import ConfigError
 from lit_kd.experiments.plan import load_plan
-from lit_kd.experiments.records import RunSpec, RunStatus, SweepEval, SweepPlan
+from lit_kd.experiments.records import RegimeLayer, RunSpec, RunStatus, SweepEval, SweepPlan
 from lit_kd.experiments.report import Report, RunRecord, collect
 from lit_kd.experiments.sweep import Sweep
 from tests.conftest import DEMO_DATA, ROOT, TINY_TOKENIZER, write_jsonl
@@ -53,9 +53,15 @@ def test_sweep_records_failures_skips_finished_runs_and_reports(tmp_path, monkey
         str(tmp_path / "sweep"), [str(base)], ["fkl", "rkl"], [1.0, 2.0], [10], evaluation(tmp_path),
         objective_configs=str(tmp_path / "objectives"),
     )  # fmt: skip
-    results = sweep.run()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    sweep.keep_last_checkpoints = False
+    results = sweep.run(workers=2)  # two runs at a time, each process on half the cores
+    assert sweep.threads == max(1, (os.cpu_count() or 1) // 2)
+    assert [r.spec for r in results] == sweep.runs
     states = {(r.spec.objective, r.spec.tau): r.state for r in results}
     assert states == {("fkl", 1.0): "done", ("fkl", 2.0): "done", ("rkl", 1.0): "failed", ("rkl", 2.0): "failed"}
+    checkpoints = tmp_path / "sweep" / "fkl" / "tau_1" / "seed_10" / "fit" / "version_0" / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir()] == [Path(results[0].checkpoint).name]  # last.ckpt deleted
     failed = RunStatus.read(tmp_path / "sweep" / "rkl" / "tau_1" / "seed_10" / "status.json")
     assert failed.stage == "fit" and any("skew_alpha must be in [0.0, 1.0]" in line for line in failed.log_tail)
     done = RunStatus.read(tmp_path / "sweep" / "fkl" / "tau_2" / "seed_10" / "status.json")
@@ -235,6 +241,9 @@ def test_sweep_plan_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["sweep", "--base", f"[{base}]", "--out", str(tmp_path / "v"), "--index", "0"])
     assert "--index runs one run of an existing sweep" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["sweep", "--resume", str(tmp_path / "s"), "--workers", "0"])
+    assert "--workers must be at least 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -385,3 +394,41 @@ def test_the_regime_is_a_grid_axis(tmp_path):
     assert Sweep.load(str(tmp_path / "s")).runs == sweep.runs
     with pytest.raises(ConfigError, match="--regimes: unknown regime 'offline'; the regimes are mixed, off_policy"):
         Sweep.create(str(tmp_path / "t"), [str(base)], ["fkl"], [2.0], [10], evaluation(tmp_path), regimes=["offline"])
+
+
+def test_the_report_sets_tau_schedules_and_rules_against_the_best_constant_tau(tmp_path):
+    from lit_kd.experiments.plan import sha256, write_plan
+    from lit_kd.experiments.report import variant_records
+
+    runs, records = [], []
+    for tau, values in ((1.0, [5.0, 5.4]), (2.0, [7.0, 7.2]), (4.0, [6.0, 6.0])):
+        for seed, value in zip((10, 20), values):
+            runs.append(RunSpec(len(runs), "fkl", tau, seed))
+            records.append(RunRecord("fkl", tau, seed, {"dolly": value}, value, quality={"distinct_2": 0.5}))
+    plan = SweepPlan(["base.yaml"], runs, SweepEval(benchmarks=["dolly"]))
+    variants = [
+        RunRecord(f"fkl [{regime}]", 4.0, seed, {"dolly": value}, value, {}, {"distinct_2": 0.7}, "fkl", regime)
+        for regime, values in (("tau_cosine", [8.0, 8.2]), ("tau_entropy", [4.0, 4.4]))
+        for seed, value in zip((10, 20), values)
+    ]
+    markdown = Report(tmp_path, plan, records, [], variants).markdown({})
+    assert "| fkl | 2 | constant (best τ) | 7.10 ± 0.14 | 0.500 ± 0.000 |" in markdown
+    assert "| fkl | 4 | constant | 6.00 ± 0.00 | 0.500 ± 0.000 |" in markdown  # the τ the variants start from
+    assert "| fkl | 4 | tau_cosine | 8.10 ± 0.14 | 0.700 ± 0.000 |" in markdown
+    assert "| fkl | 4 | tau_entropy | 4.20 ± 0.28 |" in markdown
+    assert "τ schedules and rules" not in Report(tmp_path, plan, records, []).markdown({})
+
+    other = tmp_path / "other"
+    other.mkdir()
+    overlay = tmp_path / "tau_cosine.yaml"
+    overlay.write_text("model: {loss: {tau_schedule: cosine, tau_end: 1.0}}\n")
+    regimes = {"tau_cosine": RegimeLayer(str(overlay), sha256(overlay), [])}
+    variant = [RunSpec(0, "fkl", 4.0, 10, "tau_cosine")]
+    write_plan(other, SweepPlan(["base.yaml"], variant, SweepEval(["vicuna"]), regime_configs=regimes))
+    with pytest.raises(ConfigError, match="its evaluation differs from the sweep's"):
+        variant_records(plan, [str(other)])
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    write_plan(plain, SweepPlan(["base.yaml"], [RunSpec(0, "fkl", 4.0, 10)], SweepEval(benchmarks=["dolly"])))
+    with pytest.raises(ConfigError, match="runs every run in a regime"):
+        variant_records(plan, [str(plain)])
