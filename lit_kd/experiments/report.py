@@ -18,7 +18,7 @@ from typing import Any, Optional
 from lit_kd.errors import ConfigError
 from lit_kd.eval.diversity import DISTINCT_ORDERS
 from lit_kd.eval.evaluate import QUALITY_COLUMNS, mean_std, quality_cell, quality_header
-from lit_kd.experiments.plan import load_plan, read_status
+from lit_kd.experiments.plan import load_plan, read_status, sha256
 from lit_kd.experiments.records import RunStatus, SweepPlan
 from lit_kd.utils.io import atomic_path, atomic_write_text
 
@@ -478,13 +478,20 @@ class Report:
         return "\n".join(lines)
 
 
+def file_digest(path: str) -> str:
+    """A base config's sha256 (its path where it is gone): sweeps planned from two checkouts compare equal."""
+    return sha256(Path(path)) if Path(path).is_file() else path
+
+
 def variant_records(plan: SweepPlan, variant_dirs: list[str]) -> tuple[list[RunRecord], list[str]]:
-    """The finished runs of sweeps of τ variants, checked comparable with ``plan``: the same base configs, fit
-    arguments and evaluation, and every run in a regime (the variant)."""
+    """The finished runs of sweeps of τ variants, checked comparable with ``plan``: base configs of the same content,
+    the same fit arguments and evaluation, and every run in a regime (the variant)."""
     records, problems = [], []
     for directory in variant_dirs:
         variant_plan = load_plan(Path(directory))
-        for name in ("base", "fit_args", "evaluation"):
+        if [file_digest(p) for p in variant_plan.base] != [file_digest(p) for p in plan.base]:
+            raise ConfigError(f"--variants {directory}: its base configs differ from the sweep's ({variant_plan.base})")
+        for name in ("fit_args", "evaluation"):
             if getattr(variant_plan, name) != getattr(plan, name):
                 raise ConfigError(
                     f"--variants {directory}: its {name} differs from the sweep's, so its runs are not comparable"

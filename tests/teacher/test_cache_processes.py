@@ -99,7 +99,7 @@ def running(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the second process in /proc")
-@pytest.mark.parametrize("victim", [0, 1])
+@pytest.mark.parametrize("victim", [0, pytest.param(1, marks=pytest.mark.slow)])  # rank 1: -m slow
 def test_a_kill_of_either_process_leaves_no_cache_and_the_next_build_completes(one_process_cache, tmp_path, victim):
     """One shard file per example (batches of 1, ``--shard_bytes 1``): the kill comes once the second process has
     written its first shard, long before the build can end."""

@@ -1,0 +1,147 @@
+"""Aligning two tokenizations of the same response text: the groups of teacher and student tokens that cover the
+same bytes, for distillation across vocabularies.
+
+Only the response is aligned: KD is taken on response tokens, and each side encodes its prompt (its own template,
+BOS or chat format) however its tokenizer does. Each side tokenizes the response text alone, without special
+tokens (as ``lit_kd.data.tokenize.encode_example`` does), so the two token sequences spell the same string.
+
+A tokenization can be **cut** at text position c when every token before ends at or before c and every token after
+starts at or after c (offsets from the fast tokenizer's ``offset_mapping``; a character position, converted to its
+UTF-8 byte position). Tokens that split one multi-byte character (an emoji as four byte tokens) share that
+character's offsets, so no cut falls inside a character. Leading whitespace trimmed from a token's offsets is given
+to that token (the cut sits where the previous tokens end), as both byte-level BPE (``Ġ``) and SentencePiece
+(``▁``) attach a space to the token after it. A **group** is the run of tokens between two consecutive cuts that
+both sides share: 1:1 where the tokenizations agree, 1:N or N:M where one splits digits, words or characters
+differently. Within a group whose two sides are the same tokens (same strings, same spans) each token is its own
+group, so identical tokenizers align 1:1 everywhere, split characters included.
+
+The end of the sequence (each side's EOS, appended after the response) is a last 1:1 group when both sides kept it.
+A response truncated on one side (``max_length``) keeps the groups that lie wholly within both sides' kept tokens.
+Tokens in no group (past a truncation, or text one normalizer drops and the other keeps at the very end) take no
+part in the cross-vocabulary KD term.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from transformers import PreTrainedTokenizerBase
+
+from lit_kd.errors import ConfigError
+
+Span = tuple[int, int]
+"""A token range ``[start, end)`` of a side's response tokens."""
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    """A side's tokens of a response: ids, their token strings and their byte spans in the text's UTF-8 bytes."""
+
+    ids: list[int]
+    tokens: list[str]
+    spans: list[tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """``groups[g] = (teacher tokens, student tokens)``: the token ranges covering the same text, in order."""
+
+    groups: list[tuple[Span, Span]]
+
+    @property
+    def teacher_tokens(self) -> int:
+        return self.groups[-1][0][1] if self.groups else 0
+
+    @property
+    def student_tokens(self) -> int:
+        return self.groups[-1][1][1] if self.groups else 0
+
+    def shape_counts(self) -> dict[str, int]:
+        """How many groups are 1:1, 1:N (one teacher token), N:1 (one student token) and N:M."""
+        counts = {"1:1": 0, "1:N": 0, "N:1": 0, "N:M": 0}
+        for (t0, t1), (s0, s1) in self.groups:
+            one_teacher, one_student = t1 - t0 == 1, s1 - s0 == 1
+            key = "1:1" if one_teacher and one_student else "1:N" if one_teacher else "N:1" if one_student else "N:M"
+            counts[key] += 1
+        return counts
+
+
+def require_offsets(tokenizer: PreTrainedTokenizerBase, side: str) -> None:
+    """One clear error for a tokenizer that cannot give offsets (no fast backend): no positional fallback."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConfigError(
+            f"the {side} tokenizer ({type(tokenizer).__name__}) has no fast backend, so it gives no byte offsets; "
+            "cross-tokenizer alignment needs them (load it with use_fast=True, or convert it to a tokenizers "
+            "tokenizer.json)"
+        )
+
+
+def tokenize_with_spans(tokenizer: PreTrainedTokenizerBase, text: str) -> Tokenized:
+    """The tokens of ``text`` (no special tokens) with their UTF-8 byte spans."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    byte_at = [0]  # byte_at[c] = the UTF-8 byte position of character c
+    for char in text:
+        byte_at.append(byte_at[-1] + len(char.encode("utf-8")))
+    spans = [(byte_at[start], byte_at[end]) for start, end in encoded["offset_mapping"]]
+    ids = list(encoded["input_ids"])
+    return Tokenized(ids, tokenizer.convert_ids_to_tokens(ids), spans)
+
+
+def cuts(spans: Sequence[tuple[int, int]]) -> dict[int, int]:
+    """Byte position → the number of tokens before it, at every position where the tokenization can be cut (see
+    the module docstring); the start (0) and the end are cuts."""
+    positions = {0: 0}
+    reached = 0  # the furthest end of the tokens so far
+    for index, (start, end) in enumerate(spans):
+        if index > 0 and start >= reached:
+            positions.setdefault(reached, index)  # a zero-width token joins the group after it
+        reached = max(reached, end)
+    if spans:
+        positions[reached] = len(spans)
+    return positions
+
+
+def align_tokens(teacher: Tokenized, student: Tokenized) -> Alignment:
+    """The groups of two tokenizations of the same text (see the module docstring)."""
+    teacher_cuts, student_cuts = cuts(teacher.spans), cuts(student.spans)
+    shared = sorted(set(teacher_cuts) & set(student_cuts))
+    groups: list[tuple[Span, Span]] = []
+    for before, after in zip(shared, shared[1:]):
+        t = (teacher_cuts[before], teacher_cuts[after])
+        s = (student_cuts[before], student_cuts[after])
+        if t[0] == t[1] or s[0] == s[1]:
+            continue  # text one side has no token for (cannot happen for the same string; kept safe)
+        same = t[1] - t[0] == s[1] - s[0] and all(
+            teacher.tokens[t[0] + k] == student.tokens[s[0] + k] and teacher.spans[t[0] + k] == student.spans[s[0] + k]
+            for k in range(t[1] - t[0])
+        )
+        if same and t[1] - t[0] > 1:
+            groups += [((t[0] + k, t[0] + k + 1), (s[0] + k, s[0] + k + 1)) for k in range(t[1] - t[0])]
+        else:
+            groups.append((t, s))
+    return Alignment(groups)
+
+
+def response_alignment(
+    teacher_tokenizer: PreTrainedTokenizerBase,
+    student_tokenizer: PreTrainedTokenizerBase,
+    response: str,
+    teacher_kept: int,
+    student_kept: int,
+) -> Alignment:
+    """The groups of one example's response tokens, counted from each side's first response token.
+
+    ``*_kept``: how many response tokens each side kept after truncation, its EOS included when it was kept (a
+    side keeps its EOS exactly when it kept every token of the response). Groups beyond either side's kept tokens
+    are dropped; the EOS pair is the last group when both sides kept their EOS.
+    """
+    require_offsets(teacher_tokenizer, "teacher")
+    require_offsets(student_tokenizer, "student")
+    teacher = tokenize_with_spans(teacher_tokenizer, response)
+    student = tokenize_with_spans(student_tokenizer, response)
+    alignment = align_tokens(teacher, student)
+    groups = [(t, s) for t, s in alignment.groups if t[1] <= teacher_kept and s[1] <= student_kept]  # a prefix
+    if teacher_kept > len(teacher.ids) and student_kept > len(student.ids):  # both kept their EOS
+        groups.append(((len(teacher.ids), len(teacher.ids) + 1), (len(student.ids), len(student.ids) + 1)))
+    return Alignment(groups)
