@@ -1,0 +1,175 @@
+"""Distillation across vocabularies: any of the objectives, with τ, between a teacher and a student that do not
+share a tokenizer, on the groups of ``lit_kd.data.alignment`` and the map of ``lit_kd.models.vocab_map``.
+
+At the start of a group both models have read the same text, so their next-token distributions there are comparable,
+each over its own vocabulary: p = softmax(z_t/τ_t) (teacher) and q = softmax(z_s/τ_s) (student) at the group's first
+row. A group spells the same string s on both sides, as tokens y_1..y_n (teacher) and y'_1..y'_m (student); by the
+chain rule each side gives s the probability of its own path,
+
+    P(s) = Π_i p_i(y_i),   Q(s) = Π_j q_j(y'_j)      (each p_i, q_j softened at its row's τ),
+
+exact for the realized tokenization, not the marginal over every tokenization of s (a lower bound of it). Each side's
+distribution at the group start is then read on M + 2 buckets, the same on both sides:
+
+* the matched pairs k of the vocabulary map (entries spelling the same bytes), p(t_k) and q(s_k), except the pair
+  holding y_1 and the pair holding y'_1 (their mass belongs to the next two buckets);
+* the group's string: P(s) and Q(s);
+* the rest: every other entry's probability, plus p(y_1) − P(s) (continuations after y_1 other than the group's),
+  and likewise for the student.
+
+Each side's buckets sum to 1, so the selected objective (``per_token_divergence``, its own hyperparameters; DRKL's
+label is the group bucket) compares them as distributions, at τ = 1 since p and q are already softened; with
+``tau_squared_scaling`` the value is multiplied by τ_s·τ_t of the first rows. Where the two vocabularies coincide
+(a relabeling, 1:1 groups) the buckets are the full distributions in another order and the value is the
+same-vocabulary objective's (tested). What the buckets cannot see, the shape of the unmatched mass, gets ULD's term
+(Boizard et al. 2024): the L1 distance between each side's unmatched probabilities sorted in decreasing order (the
+shorter side padded with zeros), weighted by ``uld_weight``. Rows are processed ``chunk_size`` groups at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from lit_kd.losses.core import Temperature, log1mexp, log_softmax_at
+from lit_kd.losses.registry import LossConfig, per_token_divergence
+from lit_kd.models.vocab_map import VocabularyMap
+
+
+@dataclass(frozen=True)
+class GroupRows:
+    """Aligned groups as row ranges of each side's response rows (``[G]`` long tensors): group g is teacher rows
+    ``[teacher_start[g], teacher_end[g])`` and student rows ``[student_start[g], student_end[g])``; row r holds the
+    logits that predict the side's response token r (its target)."""
+
+    teacher_start: Tensor
+    teacher_end: Tensor
+    student_start: Tensor
+    student_end: Tensor
+
+    @classmethod
+    def from_groups(cls, groups: list[tuple[tuple[int, int], tuple[int, int]]], device=None) -> "GroupRows":
+        columns = list(zip(*[(t0, t1, s0, s1) for (t0, t1), (s0, s1) in groups])) or [[], [], [], []]
+        return cls(*(torch.tensor(column, dtype=torch.long, device=device) for column in columns))
+
+    def __len__(self) -> int:
+        return int(self.teacher_start.numel())
+
+
+@dataclass
+class CrossVocabTerm:
+    """Per group: ``values`` (the objective on the buckets + uld_weight × ULD), ``matched_mass`` (the teacher's
+    probability on the matched and group buckets: how much of its distribution the comparison sees)."""
+
+    values: Tensor
+    matched_mass: Tensor
+
+
+def rows_tau(tau: Temperature, rows: Tensor) -> Temperature:
+    """The temperatures of ``rows``: a number as it is, a per-row ``[N]`` tensor indexed."""
+    return tau[rows] if isinstance(tau, Tensor) else tau
+
+
+def realized_log_probs(logits: Tensor, targets: Tensor, tau: Temperature, chunk_size: int) -> Tensor:
+    """log softmax(z_r/τ_r)[target_r] of every row, ``chunk_size`` rows at a time (``[N]``)."""
+    out = []
+    for first in range(0, logits.shape[0], chunk_size):
+        rows = torch.arange(first, min(first + chunk_size, logits.shape[0]), device=logits.device)
+        log_p = log_softmax_at(logits[rows], rows_tau(tau, rows))
+        out.append(log_p.gather(-1, targets[rows].long()[:, None]).squeeze(-1))
+    return torch.cat(out) if out else logits.new_zeros(0)
+
+
+def group_sums(values: Tensor, start: Tensor, end: Tensor) -> Tensor:
+    """Σ_{r ∈ [start_g, end_g)} values_r for every group (exact sums, no cumulative rounding)."""
+    lengths = end - start
+    group_of_row = torch.repeat_interleave(torch.arange(start.numel(), device=values.device), lengths)
+    rows = torch.cat([torch.arange(s, e, device=values.device) for s, e in zip(start.tolist(), end.tolist())]) \
+        if start.numel() else start  # fmt: skip
+    return values.new_zeros(start.numel()).index_add(0, group_of_row, values[rows])
+
+
+def pair_lookup(ids: Tensor, size: int) -> Tensor:
+    """``[size]``: the pair index of each vocabulary entry, −1 where it has none."""
+    lookup = torch.full((size,), -1, dtype=torch.long, device=ids.device)
+    lookup[ids] = torch.arange(ids.numel(), device=ids.device)
+    return lookup
+
+
+def buckets(log_p: Tensor, first: Tensor, chain: Tensor, side_ids: Tensor, removed: Tensor) -> tuple[Tensor, Tensor]:
+    """One side's ``[G, M + 2]`` bucket log-probabilities (matched pairs, group, rest; see the module docstring) and
+    its ``[G, V]`` unmatched probabilities (the rest's entries one by one, p(y_1) − P(s) in y_1's place)."""
+    neg_inf = torch.tensor(float("-inf"), dtype=log_p.dtype, device=log_p.device)
+    matched = log_p[:, side_ids].masked_fill(removed, neg_inf)
+    log_first = log_p.gather(-1, first[:, None]).squeeze(-1)
+    tail = chain - log_first  # Σ over the group's later rows of log p (0 for a one-token group)
+    multi = tail < 0
+    leftover = torch.where(multi, log_first + log1mexp(torch.where(multi, tail, -torch.ones_like(tail))), neg_inf)
+    seen = torch.zeros_like(log_p, dtype=torch.bool)
+    seen[:, side_ids] = ~removed
+    seen.scatter_(-1, first[:, None], True)
+    unmatched = log_p.masked_fill(seen, neg_inf).scatter(-1, first[:, None], leftover[:, None])
+    rest = torch.logsumexp(unmatched, dim=-1)
+    return torch.cat([matched, chain[:, None], rest[:, None]], dim=-1), unmatched.exp()
+
+
+def sorted_l1(a: Tensor, b: Tensor) -> Tensor:
+    """ULD's distance: Σ_k |sort↓(a)_k − sort↓(b)_k| per row, the narrower side padded with zeros."""
+    width = max(a.shape[-1], b.shape[-1])
+    a = torch.nn.functional.pad(a, (0, width - a.shape[-1]))
+    b = torch.nn.functional.pad(b, (0, width - b.shape[-1]))
+    return (a.sort(dim=-1, descending=True).values - b.sort(dim=-1, descending=True).values).abs().sum(-1)
+
+
+def cross_vocab_term(
+    config: LossConfig,
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    student_targets: Tensor,
+    teacher_targets: Tensor,
+    groups: GroupRows,
+    vocabulary: VocabularyMap,
+    uld_weight: float = 1.0,
+    tau: Optional[Temperature] = None,
+    teacher_tau: Optional[Temperature] = None,
+    chunk_size: int = 512,
+) -> CrossVocabTerm:
+    """The KD term of every group (see the module docstring). Logits are each side's response rows (``[N_s, V_s]``,
+    ``[N_t, V_t]``, real vocabulary entries only), targets its response tokens; ``tau``/``teacher_tau``: numbers or
+    per-row tensors (default ``config.tau``)."""
+    tau_s = config.tau if tau is None else tau
+    tau_t = tau_s if teacher_tau is None else teacher_tau
+    chain_t = group_sums(
+        realized_log_probs(teacher_logits, teacher_targets, tau_t, chunk_size), groups.teacher_start, groups.teacher_end
+    )
+    chain_s = group_sums(
+        realized_log_probs(student_logits, student_targets, tau_s, chunk_size), groups.student_start, groups.student_end
+    )
+    pair_of_teacher = pair_lookup(vocabulary.teacher_ids.to(teacher_logits.device), teacher_logits.shape[-1])
+    pair_of_student = pair_lookup(vocabulary.student_ids.to(student_logits.device), student_logits.shape[-1])
+    values, matched_mass = [], []
+    for first in range(0, len(groups), chunk_size):
+        chunk = slice(first, min(first + chunk_size, len(groups)))
+        rows_t, rows_s = groups.teacher_start[chunk], groups.student_start[chunk]
+        y_t, y_s = teacher_targets[rows_t].long(), student_targets[rows_s].long()
+        removed = torch.zeros(rows_t.numel(), vocabulary.matched, dtype=torch.bool, device=teacher_logits.device)
+        for pair in (pair_of_teacher[y_t], pair_of_student[y_s]):
+            hit = pair >= 0
+            removed[hit.nonzero().squeeze(-1), pair[hit]] = True
+        log_p = log_softmax_at(teacher_logits[rows_t], rows_tau(tau_t, rows_t))
+        log_q = log_softmax_at(student_logits[rows_s], rows_tau(tau_s, rows_s))
+        p_buckets, p_unmatched = buckets(log_p, y_t, chain_t[chunk], vocabulary.teacher_ids, removed)
+        q_buckets, q_unmatched = buckets(log_q, y_s, chain_s[chunk], vocabulary.student_ids, removed)
+        label = torch.full_like(y_t, vocabulary.matched)  # the group bucket (DRKL's target)
+        divergence = per_token_divergence(config, q_buckets, p_buckets, label, tau=1.0)
+        if config.tau_squared_scaling:
+            divergence = divergence * (torch.as_tensor(rows_tau(tau_s, rows_s)) * rows_tau(tau_t, rows_t)).detach()
+        if uld_weight:
+            divergence = divergence + uld_weight * sorted_l1(p_unmatched, q_unmatched)
+        values.append(divergence)
+        matched_mass.append(1.0 - p_buckets[:, -1].exp().detach())
+    empty = student_logits.new_zeros(0)
+    return CrossVocabTerm(torch.cat(values) if values else empty, torch.cat(matched_mass) if matched_mass else empty)
