@@ -24,10 +24,14 @@ part in the cross-vocabulary KD term.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
 
 from transformers import PreTrainedTokenizerBase
 
+from lit_kd.data.tokenize import IGNORE_INDEX, encode_example
 from lit_kd.errors import ConfigError
 
 Span = tuple[int, int]
@@ -65,6 +69,38 @@ class Alignment:
             key = "1:1" if one_teacher and one_student else "1:N" if one_teacher else "N:1" if one_student else "N:M"
             counts[key] += 1
         return counts
+
+
+@dataclass(frozen=True)
+class GroupRows:
+    """Aligned groups as row ranges of each side's response rows (``[G]`` long tensors): group g is teacher rows
+    ``[teacher_start[g], teacher_end[g])`` and student rows ``[student_start[g], student_end[g])``; row r holds the
+    logits that predict the side's response token r (its target)."""
+
+    teacher_start: Tensor
+    teacher_end: Tensor
+    student_start: Tensor
+    student_end: Tensor
+
+    @classmethod
+    def from_groups(cls, groups: list[tuple[tuple[int, int], tuple[int, int]]], device=None) -> "GroupRows":
+        columns = list(zip(*[(t0, t1, s0, s1) for (t0, t1), (s0, s1) in groups])) or [[], [], [], []]
+        return cls(*(torch.tensor(column, dtype=torch.long, device=device) for column in columns))
+
+    def __len__(self) -> int:
+        return int(self.teacher_start.numel())
+
+    @classmethod
+    def of_batch(cls, examples: Sequence[dict[str, Any]]) -> "GroupRows":
+        """The groups of a batch's examples as rows of its flattened response rows (row-major, as the module gathers
+        them: each example's response tokens, EOS included, after the previous examples')."""
+        groups, offset_t, offset_s = [], 0, 0
+        for example in examples:
+            groups += [((t0 + offset_t, t1 + offset_t), (s0 + offset_s, s1 + offset_s)) for t0, t1, s0, s1 in
+                       example["groups"]]  # fmt: skip
+            offset_t += sum(label != IGNORE_INDEX for label in example["teacher_labels"])
+            offset_s += sum(label != IGNORE_INDEX for label in example["labels"])
+        return cls.from_groups(groups)
 
 
 def require_offsets(tokenizer: PreTrainedTokenizerBase, side: str) -> None:
@@ -141,7 +177,38 @@ def response_alignment(
     teacher = tokenize_with_spans(teacher_tokenizer, response)
     student = tokenize_with_spans(student_tokenizer, response)
     alignment = align_tokens(teacher, student)
+    for side, tokenized, kept in (("teacher", teacher, teacher_kept), ("student", student, student_kept)):
+        if kept > len(tokenized.ids) + 1:
+            raise ValueError(f"{side}: {kept} response tokens kept, but the response has {len(tokenized.ids)} + EOS")
     groups = [(t, s) for t, s in alignment.groups if t[1] <= teacher_kept and s[1] <= student_kept]  # a prefix
     if teacher_kept > len(teacher.ids) and student_kept > len(student.ids):  # both kept their EOS
         groups.append(((len(teacher.ids), len(teacher.ids) + 1), (len(student.ids), len(student.ids) + 1)))
     return Alignment(groups)
+
+
+def encode_pair_example(
+    teacher_tokenizer: PreTrainedTokenizerBase,
+    student_tokenizer: PreTrainedTokenizerBase,
+    instruction: str,
+    input: str,
+    output: str,
+    max_length: int,
+) -> dict[str, Any]:
+    """One example for a cross-tokenizer pair: the student's ``input_ids``/``labels`` (``encode_example``), the
+    teacher's as ``teacher_input_ids``/``teacher_labels`` (each side its own prompt encoding and truncation), and
+    ``groups``: ``[teacher start, teacher end, student start, student end]`` per group, indices into each side's
+    response tokens (EOS included). Dropped on either side: dropped."""
+    student = encode_example(student_tokenizer, instruction, input, output, max_length)
+    teacher = encode_example(teacher_tokenizer, instruction, input, output, max_length)
+    if student["dropped"] or teacher["dropped"]:
+        return {**student, "dropped": True, "teacher_input_ids": [], "teacher_labels": [], "groups": []}
+    kept_s = sum(label != IGNORE_INDEX for label in student["labels"])
+    kept_t = sum(label != IGNORE_INDEX for label in teacher["labels"])
+    alignment = response_alignment(teacher_tokenizer, student_tokenizer, output, kept_t, kept_s)
+    return {
+        **student,
+        "truncated": student["truncated"] or teacher["truncated"],
+        "teacher_input_ids": teacher["input_ids"],
+        "teacher_labels": teacher["labels"],
+        "groups": [[t0, t1, s0, s1] for (t0, t1), (s0, s1) in alignment.groups],
+    }

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
+from lit_kd.data.alignment import GroupRows
 from lit_kd.data.tokenize import IGNORE_INDEX
 
 
@@ -24,24 +26,40 @@ class IndexedExamples(Dataset):
         return {**self.examples[index], "index": index}
 
 
+def pad(sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, ...]:
+    """(input_ids, attention_mask, labels) right-padded to the longest sequence."""
+    width = max(len(ids) for ids in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    padded_labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, (ids, row_labels) in enumerate(zip(sequences, labels)):
+        input_ids[row, : len(ids)] = torch.as_tensor(ids)
+        padded_labels[row, : len(ids)] = torch.as_tensor(row_labels)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask, padded_labels
+
+
 class PadCollator:
     """Right-pads ``input_ids`` with ``pad_id`` and ``labels`` with -100; builds the attention mask.
-    A ``reference`` (the response text) passes through as the list ``references``, an ``index`` as a tensor."""
+    A ``reference`` (the response text) passes through as the list ``references``, an ``index`` as a tensor.
+    Examples of a cross-tokenizer pair (``lit_kd.data.alignment.encode_pair_example``) also give the teacher's
+    ``teacher_input_ids``/``teacher_attention_mask``/``teacher_labels`` (padded with ``teacher_pad_id``) and their
+    aligned ``groups`` as rows of the batch's flattened response rows (``GroupRows``)."""
 
-    def __init__(self, pad_id: int) -> None:
+    def __init__(self, pad_id: int, teacher_pad_id: Optional[int] = None) -> None:
         self.pad_id = pad_id
+        self.teacher_pad_id = pad_id if teacher_pad_id is None else teacher_pad_id
 
     def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        width = max(len(example["input_ids"]) for example in examples)
-        input_ids = torch.full((len(examples), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-        attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
-        for row, example in enumerate(examples):
-            n = len(example["input_ids"])
-            input_ids[row, :n] = torch.as_tensor(example["input_ids"])
-            labels[row, :n] = torch.as_tensor(example["labels"])
-            attention_mask[row, :n] = 1
+        input_ids, attention_mask, labels = pad(
+            [e["input_ids"] for e in examples], [e["labels"] for e in examples], self.pad_id
+        )
         batch: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if "teacher_input_ids" in examples[0]:
+            teacher = pad([e["teacher_input_ids"] for e in examples], [e["teacher_labels"] for e in examples],
+                          self.teacher_pad_id)  # fmt: skip
+            batch.update(zip(("teacher_input_ids", "teacher_attention_mask", "teacher_labels"), teacher))
+            batch["groups"] = GroupRows.of_batch(examples)
         if "reference" in examples[0]:
             batch["references"] = [example["reference"] for example in examples]
         if "index" in examples[0]:  # the examples' positions in their split (the teacher cache's keys)

@@ -34,29 +34,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from lit_kd.data.alignment import GroupRows
 from lit_kd.losses.core import Temperature, log1mexp, log_softmax_at
 from lit_kd.losses.registry import LossConfig, per_token_divergence
 from lit_kd.models.vocab_map import VocabularyMap
-
-
-@dataclass(frozen=True)
-class GroupRows:
-    """Aligned groups as row ranges of each side's response rows (``[G]`` long tensors): group g is teacher rows
-    ``[teacher_start[g], teacher_end[g])`` and student rows ``[student_start[g], student_end[g])``; row r holds the
-    logits that predict the side's response token r (its target)."""
-
-    teacher_start: Tensor
-    teacher_end: Tensor
-    student_start: Tensor
-    student_end: Tensor
-
-    @classmethod
-    def from_groups(cls, groups: list[tuple[tuple[int, int], tuple[int, int]]], device=None) -> "GroupRows":
-        columns = list(zip(*[(t0, t1, s0, s1) for (t0, t1), (s0, s1) in groups])) or [[], [], [], []]
-        return cls(*(torch.tensor(column, dtype=torch.long, device=device) for column in columns))
-
-    def __len__(self) -> int:
-        return int(self.teacher_start.numel())
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -194,3 +195,39 @@ def test_shape_counts(sides):
     t, s = tokenize_with_spans(sides["byte_level"], text), tokenize_with_spans(sides["digits"], text)
     counts = align_tokens(t, s).shape_counts()
     assert counts["1:N"] + counts["N:M"] >= 2 and sum(counts.values()) == len(align_tokens(t, s).groups)
+
+
+def test_pair_examples_collate_into_groups_of_the_flattened_response_rows(sides):
+    """Each group's rows, read back from the batch the way the module gathers response rows, spell the same text on
+    both sides; truncation and EOS as ``response_alignment`` says."""
+    from lit_kd.data.alignment import encode_pair_example
+    from lit_kd.data.collate import PadCollator
+    from lit_kd.losses.cross_vocab import cross_vocab_term
+    from lit_kd.losses.registry import LossConfig
+    from lit_kd.models.vocab_map import build_vocabulary_map
+
+    teacher, student = sides["byte_level"], sides["digits"]
+    records = [("Count.", "", "in 2024 we sold 12345 apples 😀"), ("Say hi", "to me", "hi there, naïve café"),
+               ("Long one", "", "word " * 300)]  # fmt: skip  (the last is truncated at max_length 256)
+    examples = [encode_pair_example(teacher, student, i, x, o, 256) for i, x, o in records]
+    assert not any(e["dropped"] for e in examples) and examples[2]["truncated"]
+    batch = PadCollator(teacher.pad_token_id or 0, student.pad_token_id or 0)(examples)
+    rows_s = batch["labels"][:, 1:] != -100
+    rows_t = batch["teacher_labels"][:, 1:] != -100
+    targets_s, targets_t = batch["labels"][:, 1:][rows_s], batch["teacher_labels"][:, 1:][rows_t]
+    groups = batch["groups"]
+    assert len(groups) == sum(len(e["groups"]) for e in examples)
+    for g in range(len(groups)):
+        t = teacher.decode(targets_t[groups.teacher_start[g] : groups.teacher_end[g]], skip_special_tokens=True)
+        s = student.decode(targets_s[groups.student_start[g] : groups.student_end[g]], skip_special_tokens=True)
+        assert t.strip() == s.strip(), (g, t, s)
+    eos_groups = [g for g in range(len(groups)) if targets_t[groups.teacher_start[g]] == teacher.eos_token_id]
+    assert len(eos_groups) == 2  # the two responses kept whole end in an EOS pair; the truncated one does not
+    torch.manual_seed(0)
+    z_t = torch.randn(int(rows_t.sum()), len(teacher))
+    z_s = torch.randn(int(rows_s.sum()), len(student), requires_grad=True)
+    vocabulary = build_vocabulary_map(teacher, student)
+    term = cross_vocab_term(LossConfig(name="fkl", tau=2.0), z_s, z_t, targets_s, targets_t, groups, vocabulary)
+    assert term.values.shape == (len(groups),) and torch.isfinite(term.values).all()
+    term.values.mean().backward()
+    assert torch.isfinite(z_s.grad).all()
