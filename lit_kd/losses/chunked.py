@@ -20,6 +20,8 @@ FLOPs as the full-logits one (the approach of Liger's fused linear cross-entropy
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -94,8 +96,11 @@ def token_terms(
     kd_ratio: float,
 ) -> tuple[Tensor, Tensor, Optional[KDTerm]]:
     """Per-token ``(ℓ, CE, KD term)`` of rows ``[n, V]``; the KD term (s·d and its temperatures, ``kd_term``) is None
-    without teacher logits or weight."""
-    ce = F.cross_entropy(upcast(student_logits), targets, reduction="none")
+    without teacher logits or weight. With ``kd_ratio`` 1 the CE is only logged: computed without an autograd graph,
+    so its ``[n, V]`` log-probabilities are not kept for a backward that never uses them."""
+    logged_only = teacher_logits is not None and kd_ratio == 1
+    with torch.no_grad() if logged_only else nullcontext():
+        ce = F.cross_entropy(upcast(student_logits), targets, reduction="none")
     if teacher_logits is None or kd_ratio == 0:
         return ce, ce, None
     term = kd_term(config, student_logits, teacher_logits, targets)

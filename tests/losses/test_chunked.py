@@ -87,3 +87,18 @@ def test_nonfinite_logits_are_reported_per_model():
     teacher_hidden[3, 0] = float("nan")
     sums = chunked_token_sums(hidden, head, targets, LossConfig("rkl"), 1.0, 8, teacher_hidden, teacher_head)
     assert sums.problems == ["NaN in teacher logits"]
+
+
+def test_the_ce_only_logged_at_kd_ratio_1_carries_no_graph():
+    from lit_kd.losses.chunked import token_terms
+
+    torch.manual_seed(0)
+    student = torch.randn(4, 9, requires_grad=True)
+    teacher, targets = torch.randn(4, 9), torch.randint(0, 9, (4,))
+    config = LossConfig(name="fkl", tau=2.0)
+    combined, ce, kd = token_terms(student, teacher, targets, config, 1.0)
+    assert ce.grad_fn is None and combined.grad_fn is not None  # CE is logged, not differentiated
+    torch.testing.assert_close(ce, torch.nn.functional.cross_entropy(student.detach(), targets, reduction="none"))
+    mixed, ce_mixed, _ = token_terms(student, teacher, targets, config, 0.5)
+    assert ce_mixed.grad_fn is not None
+    torch.testing.assert_close(mixed, 0.5 * ce_mixed + 0.5 * kd.values)
