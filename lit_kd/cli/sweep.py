@@ -111,7 +111,7 @@ def sweep(
     )
     runner.keep_last_checkpoints = keep_last_checkpoints
     if launcher == "slurm":
-        script = write_slurm_launcher(runner.out, runner.plan)
+        script = write_slurm_launcher(runner.out, runner.plan, keep_last_checkpoints=keep_last_checkpoints)
         print(f"wrote {len(runner.runs)} run configs under {runner.out / 'runs'} and {script}")
         print(f"submit with: sbatch {script}")
         return

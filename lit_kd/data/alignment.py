@@ -71,11 +71,12 @@ class Alignment:
         return counts
 
 
-@dataclass(frozen=True)
+@dataclass
 class GroupRows:
     """Aligned groups as row ranges of each side's response rows (``[G]`` long tensors): group g is teacher rows
     ``[teacher_start[g], teacher_end[g])`` and student rows ``[student_start[g], student_end[g])``; row r holds the
-    logits that predict the side's response token r (its target)."""
+    logits that predict the side's response token r (its target). Not frozen: Lightning moves a batch's
+    dataclasses to the device by rebuilding them."""
 
     teacher_start: Tensor
     teacher_end: Tensor

@@ -124,6 +124,8 @@ def make_plan(
     seqkd_args: Optional[list[str]] = None,
 ) -> SweepPlan:
     """The plan of a new sweep into ``out``, every input checked; nothing is written."""
+    if not 1 <= evaluation.self_bleu_order <= 4:  # evaluate would refuse it after every run's fit
+        raise ConfigError(f"--evaluation.self_bleu_order must be 1, 2, 3 or 4, got {evaluation.self_bleu_order}")
     for path in base:
         load_yaml_file(path, "base config")  # missing or not YAML: an error naming the file, before any write
     runs = plan_runs(objectives, taus, seeds, regimes)
@@ -212,9 +214,15 @@ def write_plan(out: Path, plan: SweepPlan) -> None:
 
 
 def write_slurm_launcher(
-    out: Path, plan: SweepPlan, partition: Optional[str] = None, gpus: int = 1, hours: int = 24
+    out: Path,
+    plan: SweepPlan,
+    partition: Optional[str] = None,
+    gpus: int = 1,
+    hours: int = 24,
+    keep_last_checkpoints: bool = True,
 ) -> Path:
-    """A job-array script: task i runs ``python -m lit_kd sweep --resume <out> --index i``."""
+    """A job-array script: task i runs ``python -m lit_kd sweep --resume <out> --index i`` (with
+    ``--keep_last_checkpoints false`` when asked)."""
     out = Path(out)
     lines = [
         "#!/usr/bin/env bash",
@@ -232,7 +240,7 @@ def write_slurm_launcher(
         'index="${SLURM_ARRAY_TASK_ID:-${1:?give a run index}}"',
         f"cd {shlex.quote(os.getcwd())}",
         f"{shlex.quote(sys.executable)} -m lit_kd sweep --resume {shlex.quote(str(out.resolve()))}"
-        ' --index "$index"',
+        ' --index "$index"' + ("" if keep_last_checkpoints else " --keep_last_checkpoints false"),
     ]
     path = atomic_write_text(out / "launch_slurm.sh", "\n".join(lines) + "\n")
     path.chmod(0o755)

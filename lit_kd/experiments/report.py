@@ -376,10 +376,15 @@ class Report:
             _save_figure(fig, paths["heatmap"])
             plt.close(fig)
 
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-        for ax, name, title in zip(
-            axes, DIAGNOSTICS[:2], ("teacher entropy H(p) at τ", "teacher non-target mass at τ")
-        ):
+        panels = {
+            "teacher_entropy": "teacher entropy H(p) at τ",
+            "teacher_nontarget_mass": "teacher non-target mass at τ",
+            "kd_grad_target_norm": "KD gradient on the target logit",
+            "kd_grad_nontarget_norm": "KD gradient on the non-target logits",
+        }
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4))
+        for ax, (name, title) in zip(axes, panels.items()):
+            plotted_values = []
             for objective in self.objectives:
                 taus = [t for t in self.taus if any(name in r.diagnostics for r in self.cell(objective, t))]
                 means = [
@@ -387,6 +392,9 @@ class Report:
                     for t in taus
                 ]
                 ax.plot(taus, means, marker="o", label=objective)
+                plotted_values += means
+            if name.startswith("kd_grad") and plotted_values and min(plotted_values) > 0:
+                ax.set_yscale("log")  # gradients shrink by orders of magnitude as τ grows
             ax.set_xlabel("τ")
             ax.set_title(title)
             ax.grid(alpha=0.3)
@@ -442,6 +450,32 @@ class Report:
             verdict = f"{first} is ahead at τ = {ahead[0][0]:g} and {switch[1]} from τ = {switch[0]:g} (the crossover)"
         return ["## FKL vs RKL across τ", "", f"{verdict}. Average ROUGE-L, mean ± std over training seeds: {listing}."]
 
+    def against_the_paper(self) -> list[str]:
+        """The paper's claims (Luong & Chen 2026) set against this sweep: FKL ahead of RKL when each has its tuned
+        τ, and τ lifting Sym-KL, JS, SFKL, SRKL and AKL over τ = 1; each stated as measured, with its spread, and
+        whether its direction is the paper's."""
+        lines = []
+        best = {o: self.best_tau(o) for o in ("fkl", "rkl") if o in self.objectives}
+        if len(best) == 2 and None not in best.values():
+            (f, f_std), (r, r_std) = (mean_std([x.avg for x in self.cell(o, best[o])]) for o in ("fkl", "rkl"))
+            direction = "FKL ahead, the paper's direction" if f > r else "RKL ahead or level, not the paper's direction"
+            spread = "within" if abs(f - r) <= max(f_std, r_std) else "beyond"
+            lines.append(
+                f"- FKL at its best τ = {best['fkl']:g} vs RKL at its best τ = {best['rkl']:g}: {f:.2f} ± {f_std:.2f} "
+                f"vs {r:.2f} ± {r_std:.2f} ({direction}; the difference {f - r:+.2f} is {spread} one std)."
+            )
+        family = [o for o in ("sym_kl", "js", "sfkl", "srkl", "akl") if o in self.objectives]
+        gains = {o: (t, self.gain(o, t)) for o in family if (t := self.best_tau(o)) is not None}
+        gains = {o: (t, g) for o, (t, g) in gains.items() if g is not None}
+        if gains:
+            lifted = [o for o, (t, g) in gains.items() if t != 1.0 and g > 0]
+            listing = ", ".join(f"{o} {g:+.2f} at τ = {t:g}" for o, (t, g) in gains.items())
+            lines.append(
+                f"- τ lifts {len(lifted)} of {len(gains)} of Sym-KL, JS, SFKL, SRKL and AKL over τ = 1 at their best "
+                f"τ (the paper: all of them): {listing}."
+            )
+        return ["## Against the paper", "", *lines] if lines else []
+
     def markdown(self, figures: dict[str, Path]) -> str:
         done, evaluation = len(self.records), self.plan.evaluation
         lines = [
@@ -464,6 +498,9 @@ class Report:
         crossover = self.crossover()
         if crossover:
             lines += [*crossover, ""]
+        paper = self.against_the_paper()
+        if paper:
+            lines += [*paper, ""]
         quality = self.quality_table()
         if quality:
             lines += [*quality, ""]
@@ -487,8 +524,13 @@ def variant_records(plan: SweepPlan, variant_dirs: list[str]) -> tuple[list[RunR
     """The finished runs of sweeps of τ variants, checked comparable with ``plan``: base configs of the same content,
     the same fit arguments and evaluation, and every run in a regime (the variant)."""
     records, problems = [], []
+    if variant_dirs and any(spec.regime is not None for spec in plan.runs):
+        raise ConfigError("--variants: the sweep compared with must run the base configs' own regime (no --regimes)")
     for directory in variant_dirs:
         variant_plan = load_plan(Path(directory))
+        digests = ({n: layer.sha256 for n, layer in p.objective_configs.items()} for p in (variant_plan, plan))
+        if next(digests) != next(digests):
+            raise ConfigError(f"--variants {directory}: its objective configs differ from the sweep's")
         if [file_digest(p) for p in variant_plan.base] != [file_digest(p) for p in plan.base]:
             raise ConfigError(f"--variants {directory}: its base configs differ from the sweep's ({variant_plan.base})")
         for name in ("fit_args", "evaluation"):

@@ -22,6 +22,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -66,6 +67,9 @@ class Sweep:
     keep_last_checkpoints: bool = field(default=True, repr=False, compare=False)
     """False: a done run's ``last.ckpt`` files are deleted (a sweep of hundreds of runs keeps only the best)"""
     threads: Optional[int] = field(default=None, repr=False, compare=False)
+    children: set = field(default_factory=set, repr=False, compare=False)
+    """The fit/evaluate processes running now (killed on an interrupt)"""
+    interrupted: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
     """``OMP_NUM_THREADS`` of the runs' processes when several run at once (``run(workers)``)"""
 
     @property
@@ -167,7 +171,18 @@ class Sweep:
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             if self.threads is not None:
                 env["OMP_NUM_THREADS"] = str(self.threads)
-            return subprocess.call(command, stdout=stream, stderr=subprocess.STDOUT, env=env)
+            with subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env) as child:
+                self.children.add(child)
+                try:
+                    code = child.wait()
+                except BaseException:  # Ctrl-C in this thread (one worker): the child goes with it
+                    child.kill()
+                    raise
+                finally:
+                    self.children.discard(child)
+            if self.interrupted.is_set():  # stopped by an interrupt of the sweep: the run stays "running", resumable
+                raise KeyboardInterrupt
+            return code
 
     def _fail(self, spec: RunSpec, stage: str, code: int, log: Path) -> RunStatus:
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:] if log.is_file() else []
@@ -222,6 +237,8 @@ class Sweep:
     def _run_one(self, spec: RunSpec) -> RunStatus:
         previous = self.status(spec)
         if previous is not None and previous.state == "done":
+            if not self.keep_last_checkpoints and previous.checkpoint:
+                self.remove_last_checkpoints(spec, keep=Path(previous.checkpoint))
             return previous
         run_dir = self.run_dir(spec)
         started = time.time()
@@ -271,17 +288,28 @@ class Sweep:
     def run(self, workers: int = 1) -> list[RunStatus]:
         """Every run in order, holding the sweep's lock; a failure is recorded and the sweep goes on; a run that
         another process (an array task) is running is left to it (state ``busy``). ``workers`` > 1 runs that many
-        runs at once, each process with ``cpu_count // workers`` torch threads unless ``OMP_NUM_THREADS`` is set."""
+        runs at once, each process with cpu_count // workers torch threads unless ``OMP_NUM_THREADS`` is set.
+        An interrupt (Ctrl-C) stops the runs in progress and leaves them ``running``: ``--resume`` continues them."""
         if workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {workers}")
         with self.owned():
             self.ensure_teacher_cache()
             for spec in self.runs:  # built once, before runs start side by side
                 self.ensure_prerequisites(spec)
-            if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
-                self.threads = max(1, (os.cpu_count() or 1) // workers)
-            with ThreadPoolExecutor(max_workers=workers) as pool:
+            if workers == 1:
+                return [self._run_and_say(spec) for spec in self.runs]
+            if "OMP_NUM_THREADS" not in os.environ:
+                self.threads = max(1, len(os.sched_getaffinity(0)) // workers)
+            pool = ThreadPoolExecutor(max_workers=workers)
+            try:
                 return list(pool.map(self._run_and_say, self.runs))
+            except BaseException:
+                self.interrupted.set()
+                for child in list(self.children):
+                    child.kill()
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _run_and_say(self, spec: RunSpec) -> RunStatus:
         previous = self.status(spec)

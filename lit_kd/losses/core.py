@@ -98,7 +98,11 @@ def safe_logaddexp(a: Tensor, b: Tensor) -> Tensor:
 
 def log1mexp(x: Tensor) -> Tensor:
     """log(1 − e^x) for x ≤ 0, stable at both ends (Mächler 2012): log(−expm1(x)) near 0, log1p(−e^x) below −log 2."""
-    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    near = x > -math.log(2.0)
+    # each branch gets an input it is safe at (both are evaluated, and a NaN gradient of the unused one would leak)
+    small = torch.log(-torch.expm1(torch.where(near, x, -1.0)))
+    large = torch.log1p(-torch.exp(torch.where(near, -1.0, x)))
+    return torch.where(near, small, large)
 
 
 def kl_from_log_probs(log_a: Tensor, log_b: Tensor) -> Tensor:

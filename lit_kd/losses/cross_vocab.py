@@ -68,8 +68,9 @@ def group_sums(values: Tensor, start: Tensor, end: Tensor) -> Tensor:
     """Σ_{r ∈ [start_g, end_g)} values_r for every group (exact sums, no cumulative rounding)."""
     lengths = end - start
     group_of_row = torch.repeat_interleave(torch.arange(start.numel(), device=values.device), lengths)
-    rows = torch.cat([torch.arange(s, e, device=values.device) for s, e in zip(start.tolist(), end.tolist())]) \
-        if start.numel() else start  # fmt: skip
+    first_of_group = torch.cumsum(lengths, 0) - lengths  # where each group's rows begin among all gathered rows
+    rows = torch.repeat_interleave(start - first_of_group, lengths) + torch.arange(group_of_row.numel(),
+                                                                                  device=values.device)  # fmt: skip
     return values.new_zeros(start.numel()).index_add(0, group_of_row, values[rows])
 
 

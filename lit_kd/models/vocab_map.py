@@ -9,8 +9,9 @@ into the bytes it stands for, after normalizing the two common markers:
 * any other scheme: the token's characters as UTF-8 (WordPiece's ``##`` continuation marks are not undone, so
   such a vocabulary matches less than it could).
 
-Teacher and student entries with equal bytes are matched (the first id of each side where several spell the same
-bytes); special tokens are matched only as the pair EOS ↔ EOS. The map is built once per pair.
+Teacher and student entries with equal bytes are matched (where several entries of a side spell the same bytes, its
+first regular entry, byte-fallback entries last); special tokens are matched only as the pair EOS ↔ EOS. The map is
+built once per pair.
 """
 
 from __future__ import annotations
@@ -94,21 +95,28 @@ def token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[Optional[bytes]]:
     return spelled
 
 
+def matchable_entries(tokenizer: PreTrainedTokenizerBase) -> list[tuple[int, bytes]]:
+    """(id, bytes) of the entries matching considers, regular entries before ``<0xNN>`` byte-fallback ones, so a
+    character's own token wins over its byte spelling (Llama 2 and Mistral number their byte tokens first)."""
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    entries = [(index, spelled) for index, spelled in enumerate(token_bytes(tokenizer)) if spelled is not None]
+    return sorted(entries, key=lambda entry: BYTE_FALLBACK.match(tokens[entry[0]] or "") is not None)
+
+
 def build_vocabulary_map(
     teacher: PreTrainedTokenizerBase, student: PreTrainedTokenizerBase, min_share: float = MIN_MATCHED_SHARE
 ) -> VocabularyMap:
     """Match the two vocabularies by the bytes of their entries; a pair whose entries barely overlap (less than
     ``min_share`` of the teacher's) is one error naming the share."""
     student_index: dict[bytes, int] = {}
-    for index, spelled in enumerate(token_bytes(student)):
-        if spelled is not None:
-            student_index.setdefault(spelled, index)
+    for index, spelled in matchable_entries(student):
+        student_index.setdefault(spelled, index)
     pairs: dict[int, int] = {}
     if teacher.eos_token_id is not None and student.eos_token_id is not None:
         pairs[teacher.eos_token_id] = student.eos_token_id
     taken = set(pairs.values())
-    for index, spelled in enumerate(token_bytes(teacher)):
-        match = student_index.get(spelled) if spelled is not None else None
+    for index, spelled in matchable_entries(teacher):
+        match = student_index.get(spelled)
         if match is not None and match not in taken and index not in pairs:
             pairs[index] = match
             taken.add(match)

@@ -231,3 +231,13 @@ def test_pair_examples_collate_into_groups_of_the_flattened_response_rows(sides)
     assert term.values.shape == (len(groups),) and torch.isfinite(term.values).all()
     term.values.mean().backward()
     assert torch.isfinite(z_s.grad).all()
+
+
+def test_group_rows_move_with_the_batch_to_a_device():
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    from lit_kd.data.alignment import GroupRows
+
+    batch = {"groups": GroupRows.from_groups([((0, 1), (0, 2)), ((1, 3), (2, 3))]), "x": torch.zeros(2)}
+    moved = move_data_to_device(batch, torch.device("cpu"))
+    assert isinstance(moved["groups"], GroupRows) and moved["groups"].student_end.tolist() == [2, 3]

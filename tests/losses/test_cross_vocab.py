@@ -118,3 +118,13 @@ def test_sorted_l1_by_hand():
     b = torch.tensor([[0.2, 0.3]])
     # sorted: (0.5, 0.1, 0) vs (0.3, 0.2, 0): |0.2| + |−0.1| + 0
     torch.testing.assert_close(sorted_l1(a, b), torch.tensor([0.3]))
+
+
+def test_log1mexp_is_finite_with_finite_gradients_at_both_ends():
+    from lit_kd.losses.core import log1mexp
+
+    x = torch.tensor([-1e-8, -1e-3, -0.5, -0.7, -5.0, -80.0], requires_grad=True)
+    value = log1mexp(x)
+    torch.testing.assert_close(value, torch.log(-torch.expm1(x.detach().double())).float(), rtol=1e-5, atol=1e-6)
+    (grad,) = torch.autograd.grad(value.sum(), x)
+    assert torch.isfinite(grad).all()  # the unused branch's NaN (log1p(−1) near 0) does not leak into the gradient

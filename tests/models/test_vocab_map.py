@@ -50,3 +50,20 @@ def test_a_byte_level_and_a_sentencepiece_vocabulary_match_on_shared_strings():
 def test_a_pair_sharing_almost_no_strings_is_one_error_naming_the_share():
     with pytest.raises(VocabularyMismatchError, match=r"share almost no token strings: \d+ of [\d,]+ teacher entries"):
         build_vocabulary_map(byte_level(), CharacterTokenizer(), min_share=0.5)
+
+
+def test_a_character_token_wins_over_its_byte_fallback_spelling_numbered_first():
+    """Llama 2 and Mistral number <0x00>..<0xFF> before the characters: "a" must still pair with "a"."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "</s>": 1, **{f"<0x{b:02X}>": 2 + b for b in range(256)}, "a": 258, "b": 259, "▁a": 260}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    backend.pre_tokenizer, backend.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    student = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>")
+    teacher = byte_level()
+    vocabulary = build_vocabulary_map(teacher, student, min_share=0.0)
+    pairs = dict(zip(vocabulary.teacher_ids.tolist(), vocabulary.student_ids.tolist()))
+    t_vocab = teacher.get_vocab()
+    assert pairs[t_vocab["a"]] == 258 and pairs[t_vocab["b"]] == 259 and pairs[t_vocab["Ġa"]] == 260
+    assert pairs[t_vocab["c"]] == 2 + ord("c")  # a character the student spells only as a byte: its byte token
