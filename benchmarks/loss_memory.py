@@ -10,7 +10,14 @@ then the objective, then backward); "chunked" is ``chunked_token_sums`` with ``-
 Each measurement runs in a fresh child process; its peak memory is the growth of the process's peak
 resident set (``ru_maxrss``) over its resident set once the inputs exist, so it covers the logits, the
 objective's temporaries and the gradients. Time is the wall time of forward + backward (best of
-``--repeats``). The gradients of the two paths are compared (max relative difference). A full-logits run
+``--repeats``, after one untimed warm-up). The gradients of the two paths are compared (max relative difference).
+JS is measured at β = 0.5 (the peers' JSD), every objective at τ = 2, KD only.
+
+Peers (``--peers auto``: those installed; ``pip install -e '.[bench]'``), in a second table, each against the
+full path in the same run and the same way, for the objectives they cover (FKL, RKL, JS as generalized-JSD
+β = 0, 1, 0.5): Liger-Kernel's ``LigerFusedLinearJSDLoss`` eager and ``torch.compile``d, and TRL's
+``ChunkedDivergenceFunction`` (its DistillationTrainer's chunked divergence); the time ratio's median and range
+over the repeats, and the loss and gradient against the full path's. A full-logits run
 that the machine cannot hold is retried with half the rows until it fits, and reported as such.
 Whether PyTorch's huge-page allocation (``THP_MEM_ALLOC_ENABLE=1``) is set is printed: it halves the page
 faults of large tensors on this CPU.
@@ -23,6 +30,7 @@ import json
 import multiprocessing as mp
 import os
 import resource
+import statistics
 import time
 
 import torch
@@ -43,34 +51,67 @@ def rss_bytes() -> int:
 
 
 def measure(objective: str, vocab: int, rows: int, path: str, chunk: int, repeats: int, out: str) -> None:
-    """Child process: build the problem, run it ``repeats`` times, write {peak, seconds, grads} to ``out``."""
+    """Child process: build the problem, run it once untimed and ``repeats`` times timed, write {peak, seconds,
+    all_seconds, loss, grads} to ``out``."""
     torch.manual_seed(0)
     hidden = (torch.randn(rows, STUDENT_HIDDEN) * 0.5).requires_grad_(True)
     weight = (torch.randn(vocab, STUDENT_HIDDEN) * 0.05).requires_grad_(True)
     teacher_hidden = torch.randn(rows, TEACHER_HIDDEN) * 0.5
     teacher_weight = torch.randn(vocab, TEACHER_HIDDEN) * 0.05
     targets = torch.randint(0, vocab, (rows,))
-    config = LossConfig(objective, tau=2.0)
+    config = LossConfig(objective, tau=2.0, **({"js_beta": 0.5} if objective == "js" else {}))  # the peers' JS
     head, teacher_head = OutputHead(weight), OutputHead(teacher_weight)
     baseline = rss_bytes()
     seconds = []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):  # the first is a warm-up (and a peer's torch.compile), not timed
         hidden.grad = weight.grad = None
         started = time.perf_counter()
         if path == "full":
             with torch.no_grad():
                 teacher_logits = teacher_head.logits(teacher_hidden)
-            sums = token_sums_from_logits(head.logits(hidden), teacher_logits, targets, config, 1.0)
+            loss = token_sums_from_logits(head.logits(hidden), teacher_logits, targets, config, 1.0).loss / rows
             del teacher_logits
+        elif path == "chunked":
+            loss = chunked_token_sums(hidden, head, targets, config, 1.0, chunk, teacher_hidden, teacher_head).loss / rows
         else:
-            sums = chunked_token_sums(hidden, head, targets, config, 1.0, chunk, teacher_hidden, teacher_head)
-        (sums.loss / rows).backward()
+            loss = peer_loss(path, objective, hidden, weight, teacher_hidden, teacher_weight, targets, chunk)
+        loss.backward()
         seconds.append(time.perf_counter() - started)
-        del sums
+        value = loss.detach().item()
+        del loss
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
-    torch.save(
-        {"peak": peak, "seconds": min(seconds), "grads": (hidden.grad[:64].clone(), weight.grad[:512].clone())}, out
-    )
+    seconds = seconds[1:]
+    torch.save({"peak": peak, "seconds": min(seconds), "all_seconds": seconds, "loss": value,
+                "grads": (hidden.grad[:64].clone(), weight.grad[:512].clone())}, out)  # fmt: skip
+
+
+PEER_BETA = {"fkl": 0.0, "rkl": 1.0, "js": 0.5}
+"""The objectives the peers cover, as their generalized-JSD β (0: KL(p‖q), 1: KL(q‖p)); lit_kd's js is β = 0.5."""
+PEERS = {"liger": "liger_kernel", "liger-compiled": "liger_kernel", "trl": "trl"}
+
+
+def peer_loss(path, objective, hidden, weight, teacher_hidden, teacher_weight, targets, chunk):
+    """The mean KD loss over the rows by a peer's fused-linear path, at τ = 2, KD only: Liger's
+    ``LigerFusedLinearJSDLoss`` (eager or ``torch.compile``d chunks) or TRL's ``ChunkedDivergenceFunction`` (the
+    DistillationTrainer's token-chunked divergence)."""
+    beta = PEER_BETA[objective]
+    if path.startswith("liger"):
+        from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
+
+        loss = LigerFusedLinearJSDLoss(weight_hard_loss=0.0, weight_soft_loss=1.0, beta=beta, temperature=2.0,
+                                       compiled=path == "liger-compiled", chunk_size=chunk)  # fmt: skip
+        return loss(hidden, weight, teacher_hidden, teacher_weight, targets)
+    from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
+
+    divergence, _ = ChunkedDivergenceFunction.apply(hidden, weight, None, teacher_hidden, teacher_weight, None, beta,
+                                                    2.0, 1.0, None, 1.0, None)  # fmt: skip
+    return divergence.mean()
+
+
+def installed_peers() -> list[str]:
+    import importlib.util
+
+    return [path for path, package in PEERS.items() if importlib.util.find_spec(package) is not None]
 
 
 def run_child(*args) -> dict | None:
@@ -129,6 +170,8 @@ def main() -> None:
         "--rows-sweep", default="", help="also measure the chunked peak of the first objective at these rows"
     )
     parser.add_argument("--json", default="", help="write the results here too")
+    parser.add_argument("--peers", default="auto", help="auto (every installed one), none, or a list of "
+                        + ",".join(PEERS))  # fmt: skip
     args = parser.parse_args()
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "unset")
     print(f"THP_MEM_ALLOC_ENABLE={thp}, torch threads {torch.get_num_threads()}, rows {args.rows}, chunk {args.chunk}, "
@@ -140,6 +183,29 @@ def main() -> None:
     for vocab in (int(v) for v in args.vocab.split(",")):
         for objective in args.objectives.split(","):
             records.append(compare(objective, vocab, args))
+    peers = installed_peers() if args.peers == "auto" else [p for p in args.peers.split(",") if p]
+    covered = [o for o in args.objectives.split(",") if o in PEER_BETA]
+    print(f"\npeers found: {', '.join(peers) or 'none'} (pip install -e '.[bench]' installs liger-kernel and trl)")
+    if peers and covered:
+        print(f"\n| V | objective | path | peak × full | time × full (median; min–max of {args.repeats}) "
+              "| loss − full | grad diff |")  # fmt: skip
+        print("|---:|---|---|---:|---:|---:|---:|")
+        for vocab in (int(v) for v in args.vocab.split(",")):
+            for objective in covered:
+                full = run_child(objective, vocab, args.rows, "full", args.chunk, args.repeats)
+                if full is None:
+                    print(f"| {vocab:,} | {objective} | (the full path does not fit at {args.rows:,} rows) | | | | |")
+                    continue
+                for path in ["chunked", *peers]:
+                    result = run_child(objective, vocab, args.rows, path, args.chunk, args.repeats)
+                    if result is None:
+                        print(f"| {vocab:,} | {objective} | {path} | (did not run) | | | |", flush=True)
+                        continue
+                    ratios = sorted(t / full["seconds"] for t in result["all_seconds"])
+                    print(f"| {vocab:,} | {objective} | {'lit_kd chunked' if path == 'chunked' else path} | "
+                          f"{result['peak'] / full['peak']:.3f} | {statistics.median(ratios):.2f} "
+                          f"({ratios[0]:.2f}–{ratios[-1]:.2f}) | {result['loss'] - full['loss']:+.1e} | "
+                          f"{relative_difference(result['grads'], full['grads']):.1e} |", flush=True)  # fmt: skip
     if args.rows_sweep:
         objective, vocab = args.objectives.split(",")[0], int(args.vocab.split(",")[0])
         print(f"\nchunked peak vs rows ({objective}, V = {vocab:,}, chunk {args.chunk}):")
