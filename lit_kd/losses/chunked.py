@@ -10,7 +10,10 @@ with d the configured objective from the registry, called as it is (``per_token_
 **Chunked, fused-head path** (``chunked_token_sums``): the rows are taken ``chunk_size`` at a time; for each
 chunk the student's logits ``h_s W_sᵀ`` and the teacher's ``h_t W_tᵀ`` (live hidden states or cached ones)
 are formed, ℓ and its gradient with respect to the chunk's student hidden rows and the student head are
-computed at once (``torch.autograd.grad`` on the chunk), and the chunk's logits are freed. At most one
+computed at once, and the chunk's logits are freed. The gradient ∂ℓ/∂z_s comes in closed form where the objective
+has one (``closed_form``: FKL, RKL, Sym-KL, JS, TVD, SFKL, SRKL, and the LM loss alone; no autograd graph, so none of
+the objective's ``[chunk, V]`` intermediates is kept), then flows into the hidden rows and the head by two matmuls;
+the other objectives (AKL, AB, DRKL, the logit-standardization rule) take ``torch.autograd.grad`` on the chunk. At most one
 ``[chunk, V]`` block of each model's logits exists at a time and the full ``[B, T, V]`` logits never do.
 The gradients are kept (``[N, d]`` for the hidden rows, ``[V, d]`` for the head) and handed to autograd by
 ``_PrecomputedGradient``, whose backward scales them by the incoming gradient: the loss is linear in Σ ℓ
@@ -29,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lit_kd.losses.closed_form import has_closed_form, kd_term_and_gradient
 from lit_kd.losses.core import detached, upcast
 from lit_kd.losses.diagnostics import kd_diagnostics
 from lit_kd.losses.registry import KDTerm, LossConfig, kd_term
@@ -187,6 +191,49 @@ class _PrecomputedGradient(torch.autograd.Function):
         )
 
 
+def closed_form_terms(
+    logits: Tensor, teacher_logits: Optional[Tensor], targets: Tensor, config: LossConfig, kd_ratio: float
+) -> tuple[Tensor, Tensor, Optional[KDTerm], Tensor]:
+    """``token_terms`` of a chunk and ∂ℓ/∂z_s in closed form (CE: softmax(z_s) − onehot(t); the KD term's from
+    ``closed_form.kd_term_and_gradient``), for objectives that have one; no autograd graph."""
+    ce = F.cross_entropy(upcast(logits), targets, reduction="none")
+    if teacher_logits is None or kd_ratio == 0:
+        return ce, ce, None, _ce_gradient(logits, targets)
+    term, grad_kd = kd_term_and_gradient(config, logits, teacher_logits)  # type: ignore[misc]
+    if kd_ratio == 1:
+        return term.values, ce, term, grad_kd
+    combined = (1.0 - kd_ratio) * ce + kd_ratio * term.values
+    return combined, ce, term, (1.0 - kd_ratio) * _ce_gradient(logits, targets) + kd_ratio * grad_kd
+
+
+def _ce_gradient(logits: Tensor, targets: Tensor) -> Tensor:
+    """∂CE/∂z = softmax(z) − onehot(t), row by row."""
+    gradient = torch.softmax(upcast(logits), dim=-1)
+    gradient[torch.arange(targets.numel(), device=targets.device), targets] -= 1.0
+    return gradient
+
+
+def _autograd_chunk(hidden, student_head, targets, teacher_logits, config, kd_ratio, needs_grad, grads, start):
+    """One chunk by autograd (objectives without a closed form): its loss terms, with the gradients of its hidden
+    rows and of the head accumulated into ``grads`` = (hidden, weight, bias)."""
+    grad_hidden, grad_weight, grad_bias = grads
+    with torch.enable_grad() if needs_grad else torch.no_grad():
+        hidden = hidden.detach().requires_grad_(needs_grad)
+        leaf_weight = student_head.weight.detach().requires_grad_(needs_grad)
+        leaf_bias = student_head.bias.detach().requires_grad_(needs_grad) if student_head.bias is not None else None
+        logits = OutputHead(leaf_weight, leaf_bias, student_head.vocab_size).logits(hidden)
+        combined, ce, kd = token_terms(logits, teacher_logits, targets, config, kd_ratio)
+        chunk_total = combined.sum()
+        if needs_grad:
+            inputs = [hidden, leaf_weight] + ([leaf_bias] if leaf_bias is not None else [])
+            computed = torch.autograd.grad(chunk_total, inputs)
+            grad_hidden[start : start + hidden.shape[0]] = computed[0]
+            grad_weight += computed[1]
+            if leaf_bias is not None:
+                grad_bias += computed[2]
+    return chunk_total, logits, combined, ce, kd
+
+
 def chunked_token_sums(
     student_hidden: Tensor,
     student_head: OutputHead,
@@ -217,25 +264,29 @@ def chunked_token_sums(
     diag_sums: dict[str, Tensor] = {}
     terms: list[KDTerm] = []
 
+    closed_form = needs_grad and (not with_teacher or has_closed_form(config))
     for start in range(0, rows, chunk_size):
         end = min(start + chunk_size, rows)
         with torch.no_grad():
             teacher_logits = teacher_head.logits(teacher_hidden[start:end]) if with_teacher else None
-        with torch.enable_grad() if needs_grad else torch.no_grad():
-            hidden = student_hidden[start:end].detach().requires_grad_(needs_grad)
-            leaf_weight = weight.detach().requires_grad_(needs_grad)
-            leaf_bias = bias.detach().requires_grad_(needs_grad) if bias is not None else None
-            head = OutputHead(leaf_weight, leaf_bias, student_head.vocab_size)
-            logits = head.logits(hidden)
-            combined, ce, kd = token_terms(logits, teacher_logits, targets[start:end], config, kd_ratio)
-            chunk_total = combined.sum()
-            if needs_grad:
-                inputs = [hidden, leaf_weight] + ([leaf_bias] if leaf_bias is not None else [])
-                grads = torch.autograd.grad(chunk_total, inputs)
-                grad_hidden[start:end] = grads[0]
-                grad_weight += grads[1]
-                if leaf_bias is not None:
-                    grad_bias += grads[2]
+        if closed_form:  # the chunk's value and gradient in one pass, no autograd graph (``closed_form``)
+            with torch.no_grad():
+                hidden = student_hidden[start:end]
+                logits = student_head.logits(hidden)
+                combined, ce, kd, grad_logits = closed_form_terms(logits, teacher_logits, targets[start:end], config,
+                                                                  kd_ratio)  # fmt: skip
+                chunk_total = combined.sum()
+                vocab = logits.shape[-1]
+                grad_logits = grad_logits.to(weight.dtype)
+                grad_hidden[start:end] = (grad_logits @ weight[:vocab]).to(grad_hidden.dtype)
+                grad_weight[:vocab] += grad_logits.T @ hidden.to(weight.dtype)
+                if grad_bias is not None:
+                    grad_bias[:vocab] += grad_logits.sum(0)
+                del grad_logits
+        else:
+            chunk_total, logits, combined, ce, kd = _autograd_chunk(
+                student_hidden[start:end], student_head, targets[start:end], teacher_logits, config, kd_ratio,
+                needs_grad, (grad_hidden, grad_weight, grad_bias), start)  # fmt: skip
         total += chunk_total.detach()
         lm_sum += ce.detach().sum()
         if kd is not None:
