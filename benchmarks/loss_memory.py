@@ -173,6 +173,10 @@ def main() -> None:
     parser.add_argument("--peers", default="auto", help="auto (every installed one), none, or a list of "
                         + ",".join(PEERS))  # fmt: skip
     args = parser.parse_args()
+    peers = installed_peers() if args.peers == "auto" else [p for p in args.peers.split(",") if p and p != "none"]
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        parser.error(f"--peers: unknown {', '.join(unknown)}; choose auto, none or from {', '.join(PEERS)}")
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "unset")
     print(f"THP_MEM_ALLOC_ENABLE={thp}, torch threads {torch.get_num_threads()}, rows {args.rows}, chunk {args.chunk}, "
           f"student d={STUDENT_HIDDEN}, teacher d={TEACHER_HIDDEN}", flush=True)  # fmt: skip
@@ -183,7 +187,6 @@ def main() -> None:
     for vocab in (int(v) for v in args.vocab.split(",")):
         for objective in args.objectives.split(","):
             records.append(compare(objective, vocab, args))
-    peers = installed_peers() if args.peers == "auto" else [p for p in args.peers.split(",") if p]
     covered = [o for o in args.objectives.split(",") if o in PEER_BETA]
     print(f"\npeers found: {', '.join(peers) or 'none'} (pip install -e '.[bench]' installs liger-kernel and trl)")
     if peers and covered:
