@@ -13,7 +13,9 @@ from lit_kd.training import build
 from lit_kd.losses import OBJECTIVES
 from tests.conftest import DEMO_DATA, ROOT
 
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.name != "base.yaml")
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.name != "base.yaml" and p.parent.name != "studies")
+STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
+"""``sweep`` options, not fit configs (``test_every_shipped_study_plans``)"""
 
 
 def config_stack(config):
@@ -41,6 +43,18 @@ def test_every_shipped_config_parses(config, capsys):
         assert config_dict["model"]["loss"]["name"] == config.stem
         written = yaml.safe_load(config.read_text())["model"]["loss"]
         assert {k: config_dict["model"]["loss"][k] for k in written} == written
+
+
+@pytest.mark.parametrize("study, runs", [(p, {"tau_grid": 60, "tau_variants": 16}[p.stem]) for p in STUDIES],
+                         ids=lambda v: getattr(v, "name", str(v)))  # fmt: skip
+def test_every_shipped_study_plans(study, runs, tmp_path, monkeypatch):
+    from lit_kd.experiments.plan import load_plan
+
+    monkeypatch.chdir(ROOT)
+    main(["sweep", "--config", str(study), "--out", str(tmp_path / "s"), "--launcher", "slurm"])
+    plan = load_plan(tmp_path / "s")
+    assert len(plan.runs) == runs and plan.evaluation.self_bleu_order == 2
+    assert (tmp_path / "s" / "launch_slurm.sh").read_text().count("--keep_last_checkpoints false") == 1
 
 
 def test_the_shared_base_is_the_cli_default_and_no_config_restates_it(capsys):

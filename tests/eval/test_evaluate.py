@@ -59,7 +59,7 @@ def test_five_benchmarks_by_five_seeds_end_to_end(tmp_path, benchmark_dir, tiny_
     table = (out / "results.md").read_text()
     assert "| model | dolly | self_inst | vicuna | sinst | uinst | avg |" in table and " ± " in table
     # diversity and calibration, beside ROUGE-L, from the same generations
-    assert "| model | benchmark | ROUGE-L | Distinct-1 | Distinct-2 | Distinct-3 | Distinct-4 | Self-BLEU |" in table
+    assert "| model | benchmark | ROUGE-L | Distinct-1 | Distinct-2 | Distinct-3 | Distinct-4 | Self-BLEU-4 |" in table
     assert set(result["distinct"]) == set(PAPER_BENCHMARKS) and set(result["self_bleu"]) == set(PAPER_BENCHMARKS)
     assert all(set(per_seed) == {str(s) for s in SEEDS} for per_seed in result["distinct"].values())
     for name, scores in result["confidence"].items():
