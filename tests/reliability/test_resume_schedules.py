@@ -58,7 +58,11 @@ def assert_same(got: dict, expected: dict) -> None:
         torch.testing.assert_close(got["weights"][key], value, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("schedule", list(VALIDATION_SCHEDULES), ids=list(VALIDATION_SCHEDULES))
+@pytest.mark.parametrize(
+    "schedule",  # the step-count schedule in the default run; the fractional and timed ones under -m slow
+    [pytest.param(name, marks=[] if name == "every 2 batches" else pytest.mark.slow) for name in VALIDATION_SCHEDULES],
+    ids=list(VALIDATION_SCHEDULES),
+)
 def test_kills_during_and_right_after_validation_resume_exactly(tmp_path, schedule):
     arguments, first_kill_epoch = VALIDATION_SCHEDULES[schedule]
     extra = [*SHORT, *EVERY_STEP, *arguments]
