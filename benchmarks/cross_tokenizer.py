@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from lit_kd.data.alignment import GroupRows, encode_pair_example
+from lit_kd.data.alignment import Alignment, GroupRows, encode_pair_example
 from lit_kd.data.tokenize import IGNORE_INDEX, encode_example
 from lit_kd.losses import LossConfig
 from lit_kd.losses.cross_vocab import cross_vocab_term
@@ -141,11 +141,7 @@ def main() -> None:
     pair_rate, pairs = rate(lambda f: encode_pair_example(teacher, student, *f, args.max_length), fields,
                             args.repeats)  # fmt: skip
     pairs = [p for p in pairs if not p["dropped"]]
-    shapes = {"1:1": 0, "1:N": 0, "N:1": 0, "N:M": 0}
-    for p in pairs:
-        for t0, t1, s0, s1 in p["groups"]:
-            one_t, one_s = t1 - t0 == 1, s1 - s0 == 1
-            shapes["1:1" if one_t and one_s else "1:N" if one_t else "N:1" if one_s else "N:M"] += 1
+    shapes = Alignment([((t0, t1), (s0, s1)) for p in pairs for t0, t1, s0, s1 in p["groups"]]).shape_counts()
     total = sum(shapes.values())
     print(f"\n| data ({len(fields)} Dolly examples, max length {args.max_length}) | examples/s | × same |")
     print("|---|---:|---:|")

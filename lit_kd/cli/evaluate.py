@@ -17,6 +17,7 @@ from typing import Optional
 
 from lit_kd.errors import ConfigError
 from lit_kd.eval.benchmarks import PAPER_BENCHMARKS, load_benchmarks
+from lit_kd.eval.diversity import check_self_bleu_order
 from lit_kd.eval.evaluate import evaluate_model, new_progress, results_markdown, write_results
 from lit_kd.eval.generate import SamplingConfig
 from lit_kd.modules.loading import model_from_source, source_label
@@ -74,8 +75,7 @@ def evaluate(
 
     if not seeds:
         raise ConfigError("--seeds needs at least one seed")
-    if not 1 <= self_bleu_order <= 4:
-        raise ConfigError(f"--self_bleu_order must be 1, 2, 3 or 4, got {self_bleu_order}")
+    check_self_bleu_order(self_bleu_order, "--self_bleu_order")
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from transformers import PreTrainedTokenizerBase
 
-from lit_kd.data.tokenize import IGNORE_INDEX, encode_example
+from lit_kd.data.tokenize import encode_example, response_length
 from lit_kd.errors import ConfigError
 
 Span = tuple[int, int]
@@ -99,8 +99,8 @@ class GroupRows:
         for example in examples:
             groups += [((t0 + offset_t, t1 + offset_t), (s0 + offset_s, s1 + offset_s)) for t0, t1, s0, s1 in
                        example["groups"]]  # fmt: skip
-            offset_t += sum(label != IGNORE_INDEX for label in example["teacher_labels"])
-            offset_s += sum(label != IGNORE_INDEX for label in example["labels"])
+            offset_t += response_length(example["teacher_labels"])
+            offset_s += response_length(example["labels"])
         return cls.from_groups(groups)
 
 
@@ -177,10 +177,10 @@ def response_alignment(
     require_offsets(student_tokenizer, "student")
     teacher = tokenize_with_spans(teacher_tokenizer, response)
     student = tokenize_with_spans(student_tokenizer, response)
-    alignment = align_tokens(teacher, student)
     for side, tokenized, kept in (("teacher", teacher, teacher_kept), ("student", student, student_kept)):
         if kept > len(tokenized.ids) + 1:
             raise ValueError(f"{side}: {kept} response tokens kept, but the response has {len(tokenized.ids)} + EOS")
+    alignment = align_tokens(teacher, student)
     groups = [(t, s) for t, s in alignment.groups if t[1] <= teacher_kept and s[1] <= student_kept]  # a prefix
     if teacher_kept > len(teacher.ids) and student_kept > len(student.ids):  # both kept their EOS
         groups.append(((len(teacher.ids), len(teacher.ids) + 1), (len(student.ids), len(student.ids) + 1)))
@@ -203,8 +203,7 @@ def encode_pair_example(
     teacher = encode_example(teacher_tokenizer, instruction, input, output, max_length)
     if student["dropped"] or teacher["dropped"]:
         return {**student, "dropped": True, "teacher_input_ids": [], "teacher_labels": [], "groups": []}
-    kept_s = sum(label != IGNORE_INDEX for label in student["labels"])
-    kept_t = sum(label != IGNORE_INDEX for label in teacher["labels"])
+    kept_s, kept_t = response_length(student["labels"]), response_length(teacher["labels"])
     alignment = response_alignment(teacher_tokenizer, student_tokenizer, output, kept_t, kept_s)
     return {
         **student,

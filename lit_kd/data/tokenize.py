@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
@@ -28,6 +28,11 @@ IGNORE_INDEX = -100
 def response_mask(labels: Tensor) -> Tensor:
     """``[B, T-1]``: the positions whose next token is a response token (position t predicts token t + 1)."""
     return labels[:, 1:] != IGNORE_INDEX
+
+
+def response_length(labels: Sequence[int]) -> int:
+    """How many tokens of an encoded example are supervised: its response, EOS included."""
+    return sum(label != IGNORE_INDEX for label in labels)
 
 
 def prompt_end(labels: Tensor) -> int:

@@ -14,7 +14,16 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from lit_kd.errors import ConfigError
+
 DISTINCT_ORDERS = (1, 2, 3, 4)
+SELF_BLEU_ORDERS = (1, 2, 3, 4)
+
+
+def check_self_bleu_order(order: int, option: str) -> None:
+    """One error naming ``option`` for an order BLEU does not have here."""
+    if order not in SELF_BLEU_ORDERS:
+        raise ConfigError(f"{option} must be 1, 2, 3 or 4, got {order}")
 
 
 def distinct_n(responses: Sequence[str], n: int) -> float:

@@ -34,6 +34,7 @@ import yaml
 from lit_kd.data.dolly import SPLITS
 from lit_kd.data.generated import generated_split_paths
 from lit_kd.errors import ConfigError
+from lit_kd.eval.diversity import check_self_bleu_order
 from lit_kd.experiments.records import (
     PLAN_FILE,
     PREREQUISITES,
@@ -124,8 +125,7 @@ def make_plan(
     seqkd_args: Optional[list[str]] = None,
 ) -> SweepPlan:
     """The plan of a new sweep into ``out``, every input checked; nothing is written."""
-    if not 1 <= evaluation.self_bleu_order <= 4:  # evaluate would refuse it after every run's fit
-        raise ConfigError(f"--evaluation.self_bleu_order must be 1, 2, 3 or 4, got {evaluation.self_bleu_order}")
+    check_self_bleu_order(evaluation.self_bleu_order, "--evaluation.self_bleu_order")  # not after every run's fit
     for path in base:
         load_yaml_file(path, "base config")  # missing or not YAML: an error naming the file, before any write
     runs = plan_runs(objectives, taus, seeds, regimes)

@@ -30,6 +30,8 @@ DIAGNOSTICS = (
     "kd_grad_nontarget_norm",
 )
 """The ``diag/*`` metrics a report reads (``lit_kd/losses/diagnostics.py``), averaged over a run's logged steps"""
+SUMMARY_QUALITY = ("distinct_2", "self_bleu", "entropy", "ece")
+"""The diversity and calibration columns of the figure and of the variants table (Distinct-2 standing for n)"""
 
 
 @dataclass
@@ -277,8 +279,7 @@ class Report:
         over training seeds."""
         if not self.variants:
             return []
-        plotted = ("distinct_2", "self_bleu", "entropy", "ece")
-        keys = [key for key in plotted if any(key in r.quality for r in self.records)]
+        keys = [key for key in SUMMARY_QUALITY if any(key in r.quality for r in self.records)]
         lines = [
             "## τ schedules and rules against a constant τ",
             "",
@@ -404,7 +405,7 @@ class Report:
         _save_figure(fig, paths["diagnostics"])
         plt.close(fig)
 
-        plotted = {key: self.quality_means(key) for key in ("distinct_2", "self_bleu", "entropy", "ece")}
+        plotted = {key: self.quality_means(key) for key in SUMMARY_QUALITY}
         measured = {key: means for key, means in plotted.items() if means}
         if measured:
             fig, axes = plt.subplots(1, len(measured), figsize=(4.5 * len(measured), 4), squeeze=False)

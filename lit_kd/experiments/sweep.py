@@ -67,10 +67,11 @@ class Sweep:
     keep_last_checkpoints: bool = field(default=True, repr=False, compare=False)
     """False: a done run's ``last.ckpt`` files are deleted (a sweep of hundreds of runs keeps only the best)"""
     threads: Optional[int] = field(default=None, repr=False, compare=False)
+    """``OMP_NUM_THREADS`` of the runs' processes when several run at once (``run(workers)``)"""
     children: set = field(default_factory=set, repr=False, compare=False)
     """The fit/evaluate processes running now (killed on an interrupt)"""
     interrupted: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
-    """``OMP_NUM_THREADS`` of the runs' processes when several run at once (``run(workers)``)"""
+    """Set by an interrupt of ``run``: a run whose process ends then stays ``running``"""
 
     @property
     def runs(self) -> list[RunSpec]:

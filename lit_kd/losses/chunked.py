@@ -13,8 +13,8 @@ are formed, ℓ and its gradient with respect to the chunk's student hidden rows
 computed at once, and the chunk's logits are freed. The gradient ∂ℓ/∂z_s comes in closed form where the objective
 has one (``closed_form``: FKL, RKL, Sym-KL, JS, TVD, SFKL, SRKL, and the LM loss alone; no autograd graph, so none of
 the objective's ``[chunk, V]`` intermediates is kept), then flows into the hidden rows and the head by two matmuls;
-the other objectives (AKL, AB, DRKL, the logit-standardization rule) take ``torch.autograd.grad`` on the chunk. At most one
-``[chunk, V]`` block of each model's logits exists at a time and the full ``[B, T, V]`` logits never do.
+the other objectives (AKL, AB, DRKL, the logit-standardization rule) take ``torch.autograd.grad`` on the chunk. At
+most one ``[chunk, V]`` block of each model's logits exists at a time and the full ``[B, T, V]`` logits never do.
 The gradients are kept (``[N, d]`` for the hidden rows, ``[V, d]`` for the head) and handed to autograd by
 ``_PrecomputedGradient``, whose backward scales them by the incoming gradient: the loss is linear in Σ ℓ
 (it is divided by the step's token count), so nothing is recomputed — the chunked step costs the same
@@ -24,7 +24,6 @@ FLOPs as the full-logits one (the approach of Liger's fused linear cross-entropy
 from __future__ import annotations
 
 from contextlib import nullcontext
-
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -196,24 +195,35 @@ def closed_form_terms(
 ) -> tuple[Tensor, Tensor, Optional[KDTerm], Tensor]:
     """``token_terms`` of a chunk and ∂ℓ/∂z_s in closed form (CE: softmax(z_s) − onehot(t); the KD term's from
     ``closed_form.kd_term_and_gradient``), for objectives that have one; no autograd graph."""
-    ce = F.cross_entropy(upcast(logits), targets, reduction="none")
+    log_probs = torch.log_softmax(upcast(logits), dim=-1)
+    ce = F.nll_loss(log_probs, targets, reduction="none")  # F.cross_entropy's own two steps, so the same values
     if teacher_logits is None or kd_ratio == 0:
-        return ce, ce, None, _ce_gradient(logits, targets)
+        return ce, ce, None, _ce_gradient(log_probs, targets)
     term, grad_kd = kd_term_and_gradient(config, logits, teacher_logits)  # type: ignore[misc]
     if kd_ratio == 1:
         return term.values, ce, term, grad_kd
     combined = (1.0 - kd_ratio) * ce + kd_ratio * term.values
-    return combined, ce, term, (1.0 - kd_ratio) * _ce_gradient(logits, targets) + kd_ratio * grad_kd
+    return combined, ce, term, (1.0 - kd_ratio) * _ce_gradient(log_probs, targets) + kd_ratio * grad_kd
 
 
-def _ce_gradient(logits: Tensor, targets: Tensor) -> Tensor:
-    """∂CE/∂z = softmax(z) − onehot(t), row by row."""
-    gradient = torch.softmax(upcast(logits), dim=-1)
+def _ce_gradient(log_probs: Tensor, targets: Tensor) -> Tensor:
+    """∂CE/∂z = softmax(z) − onehot(t), row by row, from the CE's own log-probabilities."""
+    gradient = log_probs.exp()
     gradient[torch.arange(targets.numel(), device=targets.device), targets] -= 1.0
     return gradient
 
 
-def _autograd_chunk(hidden, student_head, targets, teacher_logits, config, kd_ratio, needs_grad, grads, start):
+def _autograd_chunk(
+    hidden: Tensor,
+    student_head: OutputHead,
+    targets: Tensor,
+    teacher_logits: Optional[Tensor],
+    config: LossConfig,
+    kd_ratio: float,
+    needs_grad: bool,
+    grads: tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]],
+    start: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Optional[KDTerm]]:
     """One chunk by autograd (objectives without a closed form): its loss terms, with the gradients of its hidden
     rows and of the head accumulated into ``grads`` = (hidden, weight, bias)."""
     grad_hidden, grad_weight, grad_bias = grads

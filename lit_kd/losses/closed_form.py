@@ -26,8 +26,7 @@ from torch import Tensor
 
 from lit_kd.losses.core import Temperature, kl_from_log_probs, softened
 from lit_kd.losses.mixtures import _log_mixture
-from lit_kd.losses.registry import KDTerm, LossConfig
-from lit_kd.losses.temperature import rule_temperatures
+from lit_kd.losses.registry import KDTerm, LossConfig, squared_factor, term_temperatures
 
 ValueAndDual = Callable[..., tuple[Tensor, Tensor]]
 
@@ -98,19 +97,13 @@ def kd_term_and_gradient(
     if not has_closed_form(config):
         return None
     with torch.no_grad():
-        tau_s: Temperature
-        tau_t: Temperature
-        if config.tau_rule == "none":
-            tau_s = tau_t = config.tau
-        else:
-            tau_s, tau_t = rule_temperatures(config.tau_rule, student_logits, teacher_logits, config.tau,
-                                             config.tau_min, config.tau_max, config.tau_target_entropy)  # fmt: skip
+        tau_s, tau_t = term_temperatures(config, student_logits, teacher_logits)
         log_p, log_q = softened(student_logits, teacher_logits, tau_s, tau_t)
         values, u = CLOSED_FORMS[config.name](log_p, log_q, **config.hparam_values())
         q = log_q.exp()
         gradient = (u - q * u.sum(-1, keepdim=True)) / _column(tau_s, log_q)
         if config.tau_squared_scaling:
-            scale = (tau_s * tau_t) if isinstance(tau_s, Tensor) or isinstance(tau_t, Tensor) else config.tau**2
+            scale = squared_factor(tau_s, tau_t, values.dtype)
             values = values * scale
             gradient = gradient * _column(scale, log_q)
     return KDTerm(values, tau_s, tau_t), gradient

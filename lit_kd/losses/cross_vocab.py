@@ -36,7 +36,7 @@ from torch import Tensor
 
 from lit_kd.data.alignment import GroupRows
 from lit_kd.losses.core import Temperature, log1mexp, log_softmax_at
-from lit_kd.losses.registry import LossConfig, per_token_divergence
+from lit_kd.losses.registry import LossConfig, per_token_divergence, squared_factor
 from lit_kd.models.vocab_map import VocabularyMap
 
 
@@ -148,7 +148,7 @@ def cross_vocab_term(
         label = torch.full_like(y_t, vocabulary.matched)  # the group bucket (DRKL's target)
         divergence = per_token_divergence(config, q_buckets, p_buckets, label, tau=1.0)
         if config.tau_squared_scaling:
-            divergence = divergence * (torch.as_tensor(rows_tau(tau_s, rows_s)) * rows_tau(tau_t, rows_t)).detach()
+            divergence = divergence * squared_factor(rows_tau(tau_s, rows_s), rows_tau(tau_t, rows_t), divergence.dtype)
         if uld_weight:
             divergence = divergence + uld_weight * sorted_l1(p_unmatched, q_unmatched)
         values.append(divergence)

@@ -423,17 +423,32 @@ def kd_term(
 ) -> KDTerm:
     """The configured objective on ``[N, V]`` rows at ``config.tau``, or at the per-token temperatures of its
     ``tau_rule`` (``lit_kd.losses.temperature``); without a rule it is the plain call, bit for bit."""
-    if config.tau_rule == "none":
+    tau_s, tau_t = term_temperatures(config, student_logits, teacher_logits)
+    if config.tau_rule == "none":  # the objective's plain call (a plugin may not take teacher_tau)
         values = per_token_divergence(config, student_logits, teacher_logits, targets)
-        if config.tau_squared_scaling:
-            values = values * config.tau**2
-        return KDTerm(values, config.tau, config.tau)
-    tau_s, tau_t = rule_temperatures(config.tau_rule, student_logits, teacher_logits, config.tau, config.tau_min,
-                                     config.tau_max, config.tau_target_entropy)  # fmt: skip
-    values = per_token_divergence(config, student_logits, teacher_logits, targets, tau_s, tau_t)
+    else:
+        values = per_token_divergence(config, student_logits, teacher_logits, targets, tau_s, tau_t)
     if config.tau_squared_scaling:
-        values = values * (tau_s * tau_t).detach().to(values.dtype)
+        values = values * squared_factor(tau_s, tau_t, values.dtype)
     return KDTerm(values, tau_s, tau_t)
+
+
+def term_temperatures(
+    config: LossConfig, student_logits: Tensor, teacher_logits: Tensor
+) -> tuple[Temperature, Temperature]:
+    """(τ_s, τ_t) of the KD term on rows ``[N, V]``: ``config.tau`` for both without a rule, else the rule's
+    per-row temperatures (``lit_kd.losses.temperature.rule_temperatures``)."""
+    if config.tau_rule == "none":
+        return config.tau, config.tau
+    return rule_temperatures(config.tau_rule, student_logits, teacher_logits, config.tau, config.tau_min,
+                             config.tau_max, config.tau_target_entropy)  # fmt: skip
+
+
+def squared_factor(tau_s: Temperature, tau_t: Temperature, dtype: torch.dtype) -> Temperature:
+    """s of ``tau_squared_scaling``'s s·d: τ² for one number, τ_s,i·τ_t,i per row (detached, in ``dtype``)."""
+    if isinstance(tau_s, Tensor) or isinstance(tau_t, Tensor):
+        return (tau_s * tau_t).detach().to(dtype)  # type: ignore[union-attr]
+    return tau_s**2 if tau_s == tau_t else tau_s * tau_t
 
 
 def distillation_loss(

@@ -72,14 +72,20 @@ def decoder_types(tokenizer: PreTrainedTokenizerBase) -> set[str]:
     return found
 
 
-def token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[Optional[bytes]]:
-    """The bytes of every real entry (see the module docstring); None for special tokens."""
+def entries(tokenizer: PreTrainedTokenizerBase) -> list[Optional[str]]:
+    """The token string of every real entry, by id."""
+    return tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+
+
+def token_bytes(tokenizer: PreTrainedTokenizerBase, tokens: Optional[list] = None) -> list[Optional[bytes]]:
+    """The bytes of every real entry (see the module docstring; ``tokens``: its ``entries`` when already read); None
+    for special tokens."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     byte_level = "ByteLevel" in decoder_types(tokenizer)
     byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
     special = set(tokenizer.all_special_ids)
-    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    tokens = entries(tokenizer) if tokens is None else tokens
     spelled: list[Optional[bytes]] = []
     for index, token in enumerate(tokens):
         if index in special or token is None:
@@ -98,9 +104,9 @@ def token_bytes(tokenizer: PreTrainedTokenizerBase) -> list[Optional[bytes]]:
 def matchable_entries(tokenizer: PreTrainedTokenizerBase) -> list[tuple[int, bytes]]:
     """(id, bytes) of the entries matching considers, regular entries before ``<0xNN>`` byte-fallback ones, so a
     character's own token wins over its byte spelling (Llama 2 and Mistral number their byte tokens first)."""
-    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-    entries = [(index, spelled) for index, spelled in enumerate(token_bytes(tokenizer)) if spelled is not None]
-    return sorted(entries, key=lambda entry: BYTE_FALLBACK.match(tokens[entry[0]] or "") is not None)
+    tokens = entries(tokenizer)
+    spelled = [(index, value) for index, value in enumerate(token_bytes(tokenizer, tokens)) if value is not None]
+    return sorted(spelled, key=lambda entry: BYTE_FALLBACK.match(tokens[entry[0]] or "") is not None)
 
 
 def build_vocabulary_map(
