@@ -72,7 +72,7 @@ def main(args: list[str]) -> Path:
     }
 
     def generate(batch: list[dict[str, Any]], seed: int) -> list[str]:
-        return generate_responses(teacher, module.tokenizer, batch, settings, seed)
+        return generate_responses(teacher, module.teacher_tokenizer or module.tokenizer, batch, settings, seed)
 
     generated = {name: len(rows) for name, rows in records.items() if name in options.splits}
     targets = generated_split_paths(out, records)

@@ -129,14 +129,19 @@ class DollyDataModule(L.LightningDataModule):
                     f"data.max_examples: expected {{train|val|test: a positive count}}, got {name}: {count}"
                 )
         self.tokenizer: Optional[PreTrainedTokenizerBase] = None
+        self.teacher_tokenizer: Optional[PreTrainedTokenizerBase] = None
         self.data_fingerprints: Optional[DataFingerprints] = None
         self.records: dict[str, list[dict[str, Any]]] = {}
         self.splits: dict[str, TokenizedSplit] = {}
 
-    def connect(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        """Give the data module the model's tokenizer (LightningCLI does this after instantiation)."""
-        self.tokenizer = tokenizer
+    def connect(
+        self, tokenizer: PreTrainedTokenizerBase, teacher_tokenizer: Optional[PreTrainedTokenizerBase] = None
+    ) -> None:
+        """Give the data module the model's tokenizer (LightningCLI does this after instantiation), and the
+        teacher's when it has one of its own (``model.cross_tokenizer``: examples then hold both tokenizations)."""
+        self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer
         self.data_fingerprints = None
+        self.splits = {}
 
     def fingerprints(self) -> DataFingerprints:
         """The tokenizer's and each split's content hashes, computed once (after ``connect``)."""
@@ -182,7 +187,7 @@ class DollyDataModule(L.LightningDataModule):
                 continue
             split = tokenize_records(
                 records[name], self.tokenizer, self.max_length, self.cache_dir, desc=f"Tokenizing {name}",
-                fingerprints=(hashes.splits[name], hashes.tokenizer),
+                fingerprints=(hashes.splits[name], hashes.tokenizer), teacher_tokenizer=self.teacher_tokenizer,
             )  # fmt: skip
             if len(split.dataset) == 0:
                 raise DataFormatError(f"{name} split: every example was dropped (prompts longer than max_length)")
@@ -195,7 +200,9 @@ class DollyDataModule(L.LightningDataModule):
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         if name not in self.splits:
             raise ConfigError(f"data: no {name!r} split is configured (set `data.{name}` or `data.raw`)")
-        dataset, collate = IndexedExamples(self.splits[name].dataset), PadCollator(self.tokenizer.pad_token_id)
+        teacher_pad = self.teacher_tokenizer.pad_token_id if self.teacher_tokenizer is not None else None
+        dataset = IndexedExamples(self.splits[name].dataset)
+        collate = PadCollator(self.tokenizer.pad_token_id, teacher_pad)
         seed = self.shuffle_seed if self.shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         # a loader's own generator: each new iterator draws its workers' base seed from it, not from the global
         # RNG, so building loaders (a resumed run builds them at another moment) never shifts the RNG stream that

@@ -137,11 +137,16 @@ def tokenize_records(
     cache_dir: Optional[str] = None,
     desc: str = "Tokenizing",
     fingerprints: Optional[tuple[str, str]] = None,
+    teacher_tokenizer: Optional[PreTrainedTokenizerBase] = None,
 ) -> TokenizedSplit:
     """Tokenize records with ``Dataset.map``; the result is cached in an Arrow file keyed by the
     records' content, the tokenizer, the template and ``max_length``, and reused on the next run.
-    ``fingerprints``: the records' and the tokenizer's hashes when already computed."""
+    ``fingerprints``: the records' and the tokenizer's hashes when already computed. A ``teacher_tokenizer`` of its
+    own (a cross-tokenizer pair): each example also holds the teacher's tokens and the aligned groups
+    (``lit_kd.data.alignment.encode_pair_example``), and the key holds the teacher tokenizer's hash too."""
     import datasets
+
+    from lit_kd.data.alignment import encode_pair_example
 
     records_hash, tokenizer_hash = fingerprints or (records_fingerprint(records), tokenizer_fingerprint(tokenizer))
     key = hashlib.sha256()
@@ -152,6 +157,7 @@ def tokenize_records(
         PROMPT_NO_INPUT,
         PROMPT_WITH_INPUT,
         str(max_length),
+        *(("pair", tokenizer_fingerprint(teacher_tokenizer)) if teacher_tokenizer is not None else ()),
     ):
         key.update(part.encode())
     fingerprint = key.hexdigest()[:32]
@@ -159,7 +165,11 @@ def tokenize_records(
     directory.mkdir(parents=True, exist_ok=True)
 
     def encode(row: dict[str, Any]) -> dict[str, Any]:
-        encoded = encode_example(tokenizer, row["instruction"], row["input"], row["output"], max_length)
+        texts = (row["instruction"], row["input"], row["output"], max_length)
+        if teacher_tokenizer is None:
+            encoded = encode_example(tokenizer, *texts)
+        else:
+            encoded = encode_pair_example(teacher_tokenizer, tokenizer, *texts)
         return encoded | {"reference": row["output"]}  # the untruncated response, for ROUGE-L
 
     table = datasets.Dataset.from_dict({k: [r[k] for r in records] for k in ("instruction", "input", "output")})
@@ -171,8 +181,11 @@ def tokenize_records(
         desc=desc,
     )
     kept = [i for i, dropped in enumerate(encoded["dropped"]) if not dropped]
+    columns = ["input_ids", "labels", "reference"]
+    if teacher_tokenizer is not None:
+        columns += ["teacher_input_ids", "teacher_labels", "groups"]
     return TokenizedSplit(
-        dataset=encoded.select(kept).with_format(columns=["input_ids", "labels", "reference"]),
+        dataset=encoded.select(kept).with_format(columns=columns),
         examples=len(encoded),
         truncated=sum(encoded["truncated"]),
         dropped=len(encoded) - len(kept),

@@ -28,14 +28,17 @@ shorter side padded with zeros), weighted by ``uld_weight``. Rows are processed 
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from lit_kd.data.alignment import GroupRows
-from lit_kd.losses.core import Temperature, log1mexp, log_softmax_at
+from lit_kd.losses.chunked import TokenSums, nonfinite_flags
+from lit_kd.losses.core import Temperature, log1mexp, log_softmax_at, upcast
 from lit_kd.losses.registry import LossConfig, per_token_divergence, squared_factor
 from lit_kd.models.vocab_map import VocabularyMap
 
@@ -155,3 +158,45 @@ def cross_vocab_term(
         matched_mass.append(1.0 - p_buckets[:, -1].exp().detach())
     empty = student_logits.new_zeros(0)
     return CrossVocabTerm(torch.cat(values) if values else empty, torch.cat(matched_mass) if matched_mass else empty)
+
+
+def cross_vocab_token_sums(
+    config: LossConfig,
+    student_logits: Tensor,
+    teacher_logits: Optional[Tensor],
+    student_targets: Tensor,
+    teacher_targets: Optional[Tensor],
+    groups: Optional[GroupRows],
+    vocabulary: Optional[VocabularyMap],
+    kd_ratio: float,
+    uld_weight: float = 1.0,
+    chunk_size: int = 512,
+    diagnostics: bool = False,
+) -> TokenSums:
+    """A micro-batch's sums for a cross-tokenizer pair: Σ_i (1 − r)·CE_i over the student's response tokens plus
+    r·Σ_g d_g over the aligned groups (``cross_vocab_term``), counted in student tokens (the step divides by them).
+    With identical tokenizers every group is one token and the sums are ``token_sums_from_logits``'s (tested).
+    ``diagnostics``: ``matched_mass``, the teacher's probability on the buckets the comparison sees, per group."""
+    kd_on = teacher_logits is not None and kd_ratio > 0
+    with torch.no_grad() if kd_on and kd_ratio == 1 else nullcontext():  # CE only logged: no graph
+        ce = F.cross_entropy(upcast(student_logits), student_targets, reduction="none")
+    kd_loss, diag = None, None
+    loss = ce.sum()
+    if kd_on:
+        assert groups is not None and vocabulary is not None and teacher_targets is not None
+        term = cross_vocab_term(config, student_logits, teacher_logits, student_targets, teacher_targets, groups,
+                                vocabulary, uld_weight, chunk_size=chunk_size)  # fmt: skip
+        kd_loss = term.values.sum()
+        loss = kd_loss if kd_ratio == 1 else (1.0 - kd_ratio) * loss + kd_ratio * kd_loss
+        kd_loss = kd_loss.detach()
+        if diagnostics:
+            diag = {"matched_mass": term.matched_mass.mean() if len(groups) else term.matched_mass.new_zeros(())}
+    return TokenSums(
+        loss=loss,
+        lm_loss=ce.detach().sum(),
+        kd_loss=kd_loss,
+        tokens=int(student_targets.numel()),
+        nonfinite=nonfinite_flags(student_logits.detach(), teacher_logits),
+        diagnostics=diag,
+        step_tau=config.tau if kd_on else None,
+    )

@@ -15,13 +15,23 @@ from lit_kd.models.vocab import check_same_tokenizer, shared_vocab_size
 
 def pair_tokenizer(student: StudentConfig, teacher: Optional[ModelConfig]) -> PreTrainedTokenizerBase:
     """The teacher's tokenizer (the student's when there is no teacher); a student with a tokenizer of its own
-    must match it exactly."""
+    must match it exactly (``model.cross_tokenizer`` distills across tokenizers: ``pair_tokenizers``)."""
     if teacher is None:
         return load_tokenizer(student, "student")
     tokenizer = load_tokenizer(teacher, "teacher")
     if student.tokenizer is not None or (student.has_source and student.config is None):
         check_same_tokenizer(tokenizer, load_tokenizer(student, "student"), teacher.describe(), student.describe())
     return tokenizer
+
+
+def pair_tokenizers(
+    student: StudentConfig, teacher: Optional[ModelConfig], cross: bool
+) -> tuple[PreTrainedTokenizerBase, Optional[PreTrainedTokenizerBase]]:
+    """(the tokenizer of the data, generation and evaluation; the teacher's own when it differs). With ``cross``
+    the student reads the text with its own tokenizer and the teacher with its own; otherwise one shared one."""
+    if not cross or teacher is None:
+        return pair_tokenizer(student, teacher), None
+    return load_tokenizer(student, "student"), load_tokenizer(teacher, "teacher")
 
 
 def check_student_layers(student: StudentConfig, teacher: Optional[ModelConfig]) -> None:

@@ -18,7 +18,8 @@ def check_same_tokenizer(
     example = ", ".join(f"{tok!r}→{idx}" for tok, idx in differing)
     raise VocabularyMismatchError(
         f"teacher {teacher_name!r} ({len(teacher_vocab)} tokens) and student {student_name!r} "
-        f"({len(student_vocab)} tokens) use different tokenizers (first differences: {example})"
+        f"({len(student_vocab)} tokens) use different tokenizers (first differences: {example}); to distill "
+        "across tokenizers set model.cross_tokenizer (see python -m lit_kd objectives)"
     )
 
 
@@ -35,5 +36,16 @@ def shared_vocab_size(
         raise VocabularyMismatchError(
             f"teacher {teacher_name!r} has {teacher_width} output logits and student {student_name!r} has "
             f"{student_width}, but their shared tokenizer has {real} tokens: both must be at least {real}"
+        )
+    return real
+
+
+def real_vocab_size(tokenizer: PreTrainedTokenizerBase, width: int, role: str, name: str) -> int:
+    """A model's real vocabulary (``len(tokenizer)``) when its head has ``width`` rows, at least that many (rows
+    beyond it are padding); used for each side of a cross-tokenizer pair."""
+    real = len(tokenizer)
+    if width < real:
+        raise VocabularyMismatchError(
+            f"{role} {name!r} has {width} output logits, but its tokenizer has {real} tokens: it cannot score them all"
         )
     return real

@@ -50,6 +50,13 @@ class VocabularyMap:
         """Matched entries / the teacher's real vocabulary."""
         return self.matched / self.teacher_size if self.teacher_size else 0.0
 
+    def to(self, device: torch.device | str) -> "VocabularyMap":
+        """The map with its id tensors on ``device`` (itself when they are there already)."""
+        if self.teacher_ids.device == torch.device(device):
+            return self
+        return VocabularyMap(self.teacher_ids.to(device), self.student_ids.to(device), self.teacher_size,
+                             self.student_size)  # fmt: skip
+
     def describe(self) -> str:
         return (
             f"{self.matched:,} of {self.teacher_size:,} teacher entries ({100 * self.matched_share:.1f}%) matched to "

@@ -8,6 +8,7 @@ from typing import Optional
 from lit_kd.errors import ConfigError
 from lit_kd.losses import LossConfig
 from lit_kd.models import ModelConfig, StudentConfig
+from lit_kd.modules.cross_tokenizer import CrossTokenizerConfig, check_cross_tokenizer
 from lit_kd.modules.policy import PolicyConfig
 
 TEACHER_SHARDING = ("replicate", "shard")
@@ -22,6 +23,7 @@ def check_module_arguments(
     policy: Optional[PolicyConfig],
     teacher_sharding: str = "replicate",
     loss: Optional[LossConfig] = None,
+    cross_tokenizer: Optional[CrossTokenizerConfig] = None,
 ) -> None:
     """One ``ConfigError`` naming the setting, for a combination that cannot run."""
     if not 0.0 <= kd_ratio <= 1.0:
@@ -56,6 +58,7 @@ def check_module_arguments(
             f"model.loss.{key} sets the KD temperature, but this run has no KD term (no model.teacher or "
             "model.kd_ratio 0): remove it or give the run a teacher and kd_ratio > 0"
         )
+    check_cross_tokenizer(cross_tokenizer, student, teacher, teacher_cache, samples_students_outputs(policy), loss)
 
 
 def samples_students_outputs(policy: Optional[PolicyConfig]) -> bool:

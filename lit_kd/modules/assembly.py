@@ -11,6 +11,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lit_kd.models import ModelConfig, StudentConfig
 from lit_kd.models.head import verify_head
 from lit_kd.models.pair import build_pair, pair_vocab_size
+from lit_kd.models.vocab import real_vocab_size
 from lit_kd.teacher import TeacherCache, TeacherSource, teacher_source
 
 
@@ -20,11 +21,15 @@ class Assembly:
     teacher_source: Optional[TeacherSource]
     vocab_size: int
     student_parameters: int
+    teacher_vocab_size: Optional[int] = None
+    """the teacher's real vocabulary when it has a tokenizer of its own (``model.cross_tokenizer``)"""
 
     def describe(self) -> str:
         """One line for the log: the student's parameters, the teacher and the vocabulary compared over."""
         teacher = f"; {self.teacher_source.describe()}" if self.teacher_source is not None else ""
         compared = f"compared over {self.vocab_size:,} vocabulary entries"
+        if self.teacher_vocab_size is not None:
+            compared = f"vocabularies of {self.vocab_size:,} (student) and {self.teacher_vocab_size:,} (teacher) entries"
         return f"student: {self.student_parameters:,} trainable parameters{teacher}; {compared}"
 
 
@@ -34,16 +39,24 @@ def assemble(
     tokenizer: PreTrainedTokenizerBase,
     cache: Optional[TeacherCache] = None,
     chunked: bool = True,
+    teacher_tokenizer: Optional[PreTrainedTokenizerBase] = None,
 ) -> Assembly:
     """Load (or cut) the student and the teacher; with a teacher ``cache`` the teacher's body is loaded only to cut
-    the student from it. ``chunked``: check that ``logits = head(hidden)`` holds exactly for both models."""
+    the student from it. ``chunked``: check that ``logits = head(hidden)`` holds exactly for both models. A
+    ``teacher_tokenizer`` of its own (a cross-tokenizer pair): each model is read over its own real vocabulary."""
     pair = build_pair(student, teacher, keep_teacher=cache is None)
     teacher_head = cache.head if cache is not None else pair.teacher and pair.teacher.get_output_embeddings()
     teacher_width = teacher_head.weight.shape[0] if teacher_head is not None else None
-    vocab_size = pair_vocab_size(tokenizer, pair.student, teacher_width, student, teacher)
+    if teacher_tokenizer is not None and teacher is not None and teacher_width is not None:
+        student_width = pair.student.get_output_embeddings().weight.shape[0]
+        vocab_size = real_vocab_size(tokenizer, student_width, "student", student.describe())
+        teacher_size = real_vocab_size(teacher_tokenizer, teacher_width, "teacher", teacher.describe())
+    else:
+        vocab_size = teacher_size = pair_vocab_size(tokenizer, pair.student, teacher_width, student, teacher)
     if chunked:
         verify_head(pair.student, "student", vocab_size)
         if pair.teacher is not None:
-            verify_head(pair.teacher, "teacher", vocab_size)
+            verify_head(pair.teacher, "teacher", teacher_size)
     parameters = sum(p.numel() for p in pair.student.parameters())
-    return Assembly(pair.student, teacher_source(pair.teacher, cache, vocab_size), vocab_size, parameters)
+    source = teacher_source(pair.teacher, cache, teacher_size)
+    return Assembly(pair.student, source, vocab_size, parameters, teacher_size if teacher_tokenizer else None)

@@ -2,13 +2,12 @@
 
     L = Σ_i [(1 − kd_ratio) · CE_i + kd_ratio · d_i(student, teacher; τ)] / N_step
 
-over the response positions i (``response_mask``) of the whole optimizer step (every micro-batch of the
-accumulation window, on every process). The module is the step; ``assemble`` builds the models and the
-``TeacherSource`` (live, or a cache of its hidden states), ``lit_kd.losses.chunked`` computes the token sums,
-``StepNormalizer`` divides by the step's tokens, ``NonFinitePolicy`` decides what a NaN does, and the callbacks of
-``configure_callbacks`` score ROUGE-L and adapt λ. The teacher is never a registered child: never in the optimizer,
-in ``state_dict`` or wrapped by DDP/FSDP. With ``teacher: null`` and ``kd_ratio: 0`` the module fine-tunes with the
-LM loss only (the teacher-SFT stage).
+over the response positions i (``response_mask``) of the whole optimizer step (every micro-batch, every process).
+The module is the step; ``assemble`` builds the models and the ``TeacherSource`` (live, or a cache of its hidden
+states), ``lit_kd.losses.chunked`` (or, across tokenizers, ``lit_kd.modules.cross_tokenizer``) the token sums,
+``StepNormalizer`` divides by the step's tokens, ``NonFinitePolicy`` decides what a NaN does, and the callbacks
+score ROUGE-L and adapt λ. The teacher is never a registered child (not in the optimizer, ``state_dict``, DDP or
+FSDP). With ``teacher: null`` and ``kd_ratio: 0`` it fine-tunes with the LM loss only (the teacher-SFT stage).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
 from lit_kd.data.tokenize import response_mask
 from lit_kd.eval.val_rouge import GenerationRouge, ValidationRouge
@@ -29,9 +28,10 @@ from lit_kd.losses import LossConfig
 from lit_kd.losses.chunked import TokenSums, chunked_token_sums, token_sums_from_logits
 from lit_kd.models import ModelConfig, StudentConfig
 from lit_kd.models.head import final_hidden_states, output_head
-from lit_kd.models.pair import check_student_layers, pair_tokenizer
+from lit_kd.models.pair import check_student_layers
 from lit_kd.modules.arguments import check_module_arguments, samples_students_outputs
 from lit_kd.modules.assembly import assemble
+from lit_kd.modules.cross_tokenizer import CrossTokenizerConfig, cross_token_sums, pair_tokenizers
 from lit_kd.modules.fsdp import check_teacher_sharding, shard_models
 from lit_kd.modules.nonfinite import NonFinitePolicy
 from lit_kd.modules.normalization import StepNormalizer
@@ -59,6 +59,7 @@ class DistillModule(L.LightningModule):
         policy: Optional[PolicyConfig] = None,
         max_length: Optional[int] = None,
         teacher_sharding: str = "replicate",
+        cross_tokenizer: Optional[CrossTokenizerConfig] = None,
     ) -> None:
         """
         Args:
@@ -70,8 +71,7 @@ class DistillModule(L.LightningModule):
             lr_scheduler: LR schedule factory, stepped every optimizer step (``null``: constant LR).
             diagnostics: Log the KD diagnostics every ``log_every_n_steps`` (``diag/*``: teacher entropy and
                 non-target mass at τ, top-1 agreement, KD gradient norms on the target and non-target logits).
-            val_rouge: Generate on part of the validation/test split each epoch and log ROUGE-L
-                (``val/rougeL``, ``test/rougeL``); ``null`` turns it off.
+            val_rouge: Generate on the validation/test split, log ROUGE-L (``val/rougeL``, ``test/rougeL``); or null.
             nonfinite: What a NaN or +inf in the logits or the loss does: ``raise`` (an error naming the step and
                 batch) or ``skip`` (the batch is dropped, counted in ``train/skipped_batches``; under DDP it gives
                 a zero gradient and the optimizer still steps: AdamW's moments decay, weight decay applies).
@@ -81,24 +81,25 @@ class DistillModule(L.LightningModule):
             chunk_size: Response rows per chunk of the fused-head loss: at most one ``[chunk_size, V]`` block
                 of each model's logits exists at a time. ``null`` computes the full logits (the former path).
             policy: Student-generated outputs (``lit_kd.modules.policy``): ``student_fraction`` λ of each batch
-                gets responses sampled by the current student, scored by the live teacher; ``null`` (or λ = 0):
-                off-policy, the data's responses.
-            max_length: The longest sequence, prompt and response (the CLI links ``data.max_length`` here):
-                responses the student samples are cut to it like the data's.
+                gets responses sampled by the current student, scored by the live teacher; null: the data's.
+            max_length: The longest sequence (the CLI links ``data.max_length``): the student's samples are cut to it.
             teacher_sharding: ``replicate`` (a whole teacher on every process) or ``shard`` (FSDP2 only: each
                 process holds 1/W of the frozen teacher, gathered block by block for its forward).
+            cross_tokenizer: Teacher and student read the text with tokenizers of their own, compared over aligned
+                token groups (``lit_kd.modules.cross_tokenizer``); null: one shared tokenizer.
         """
         super().__init__()
-        check_module_arguments(student, teacher, kd_ratio, teacher_cache, chunk_size, policy, teacher_sharding, loss)
+        check_module_arguments(student, teacher, kd_ratio, teacher_cache, chunk_size, policy, teacher_sharding, loss,
+                               cross_tokenizer)  # fmt: skip
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], logger=False)
         self.teacher_config, self.student_config, self.loss_config = teacher, student, loss
         self.kd_ratio, self.chunk_size, self.diagnostics = kd_ratio, chunk_size, diagnostics
         self.val_rouge, self.policy, self.teacher_cache_path = val_rouge, policy, teacher_cache
         self.teacher_sharding, self.nonfinite = teacher_sharding, NonFinitePolicy(nonfinite)
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
-        self.normalizer = StepNormalizer()
+        self.normalizer, self.cross_tokenizer = StepNormalizer(), cross_tokenizer
         self.batch_size_seen: tuple[Tensor | int, int] = (0, 0)  # (tokens, response rows) of the last batch
-        self.tokenizer: PreTrainedTokenizerBase = pair_tokenizer(student, teacher)
+        self.tokenizer, self.teacher_tokenizer, self.vocabulary = pair_tokenizers(student, teacher, cross_tokenizer)
         check_student_layers(student, teacher)  # before any data is tokenized
         sampling = samples_students_outputs(policy)
         self.student_policy = StudentPolicy(policy, self.tokenizer.pad_token_id, max_length) if sampling else None
@@ -110,8 +111,7 @@ class DistillModule(L.LightningModule):
 
     @property
     def flops_per_batch(self) -> float:
-        """Training FLOPs of the last batch (read by Lightning's ThroughputMonitor: MFU on a GPU): 6·P_student per
-        token plus the teacher source's forward FLOPs. Computed when read, so the step itself never syncs."""
+        """FLOPs of the last batch for ThroughputMonitor (MFU): 6·P_student per token + the teacher's forward."""
         tokens, rows = self.batch_size_seen
         teacher = self.teacher_source.flops(float(tokens), rows) if self.teacher_source is not None else 0.0
         return 6.0 * self.student_parameters * float(tokens) + teacher
@@ -121,8 +121,7 @@ class DistillModule(L.LightningModule):
         return self.teacher_source.model if self.teacher_source is not None else None
 
     def use_teacher_cache(self, cache: TeacherCache) -> None:
-        """Read the teacher from ``cache``, already opened and checked for this run's teacher, tokenizer and data
-        (``lit_kd.training.build`` does both once); otherwise ``configure_model`` opens ``teacher_cache`` as is."""
+        """Read the teacher from ``cache``, opened and checked by ``lit_kd.training.build`` (else configure_model)."""
         self.teacher_cache = cache
 
     def configure_model(self) -> None:
@@ -132,7 +131,7 @@ class DistillModule(L.LightningModule):
             if self.teacher_cache_path is not None and self.teacher_cache is None:
                 self.teacher_cache = TeacherCache.open(self.teacher_cache_path)
             built = assemble(self.student_config, self.teacher_config, self.tokenizer, self.teacher_cache,
-                             chunked=self.chunk_size is not None)  # fmt: skip
+                             self.chunk_size is not None, self.teacher_tokenizer)  # fmt: skip
             self.student, self.teacher_source, self.vocab_size = built.student, built.teacher_source, built.vocab_size
             self.student_parameters = built.student_parameters
             self.student.to(device=self.device)
@@ -166,6 +165,8 @@ class DistillModule(L.LightningModule):
     def compute_losses(self, batch: dict[str, Tensor], stage: str = "train", diagnostics: bool = False) -> TokenSums:
         """Token sums of ℓ_i = (1 − r)·CE_i + r·d_i over the batch's response positions (``losses.chunked``),
         chunked through the LM heads (``chunk_size``) or from full logits (``chunk_size: null``)."""
+        if self.cross_tokenizer is not None:
+            return cross_token_sums(self, batch, stage, diagnostics)
         mask = response_mask(batch["labels"])
         targets = batch["labels"][:, 1:][mask]
         source, loss, ratio = self.teacher_source if self.kd_ratio > 0 else None, scheduled_loss(self), self.kd_ratio
@@ -232,8 +233,7 @@ class DistillModule(L.LightningModule):
         for name in ("loss", "kd_loss", "lm_loss"):
             value = sums.mean(name)
             if value is not None:
-                # weighting each batch mean by its token count makes the epoch value a token mean over
-                # the whole split; sync_dist sums values and weights over processes
+                # weighted by its tokens: the epoch value is a token mean (sync_dist: over processes too)
                 self.log(f"{stage}/{name}", value, prog_bar=name == "loss", batch_size=sums.tokens, sync_dist=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -46,7 +46,7 @@ def build_module(section: dict[str, Any], source: str, need_teacher: bool = True
     }
     student = section.get("student") or {}
     if not need_teacher and (student.get("path") or student.get("gguf_file")):
-        section = {**section, "teacher": None, "kd_ratio": 0.0}
+        section = {**section, "teacher": None, "kd_ratio": 0.0, "cross_tokenizer": None}
     parser = ArgumentParser(exit_on_error=False)
     parser.add_class_arguments(DistillModule, "model", skip={"optimizer", "lr_scheduler"})
     try:
@@ -152,6 +152,7 @@ def model_from_source(source: str, which: str = "student"):
         model = module.student if which == "student" else module.teacher
         if model is None:
             raise ConfigError(f"{source} has no teacher")
-        return model, module.tokenizer, label
+        own = module.teacher_tokenizer if which == "teacher" else None  # a cross-tokenizer teacher reads its own
+        return model, own or module.tokenizer, label
     config = ModelConfig(path=source)
     return load_model(config, "model"), load_tokenizer(config, "model"), label

@@ -288,7 +288,7 @@ class LitKDCLI(LightningCLI):
 
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
-        self.datamodule.connect(self.model.tokenizer)
+        self.datamodule.connect(self.model.tokenizer, self.model.teacher_tokenizer)
         records = self.datamodule.load_split_records()  # bad data files fail here, before any trainer or model work
         self.check_checkpoint_student()
         if self.model.teacher_cache_path is not None and self.open_cache:

@@ -1,0 +1,121 @@
+"""The KD step across tokenizers (``model.cross_tokenizer``): a teacher and a student that read the same text with
+tokenizers of their own.
+
+The data module encodes each example twice (``lit_kd.data.alignment.encode_pair_example``): the student's tokens
+(``input_ids``/``labels``: what it trains, generates and is evaluated on) and the teacher's (``teacher_*``), with
+the groups of response tokens that cover the same bytes. The step runs each model on its own tokens and compares
+them group by group over the vocabulary map built once per pair (``lit_kd.losses.cross_vocab``: the selected
+objective with τ on the matched part, ULD's sorted L1 on the rest).
+
+Supported today: off-policy distillation from the data (live teacher), with any of the ten objectives, a τ schedule
+and ``tau_squared_scaling``; sequence-level KD, since ``generate-data`` samples with the teacher's own tokenizer and
+writes text. Not yet: the teacher cache, student-sampled responses (``model.policy``) and per-token τ rules, each
+refused with one error naming the setting; and the logits are formed in full for a micro-batch's response rows
+(``[N_s, V_s]`` and ``[N_t, V_t]``), not chunk by chunk through the heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from lightning.pytorch.utilities import rank_zero_info
+from transformers import PreTrainedTokenizerBase
+
+from lit_kd.data.tokenize import response_mask
+from lit_kd.errors import ConfigError
+from lit_kd.losses import LossConfig
+from lit_kd.losses.chunked import TokenSums
+from lit_kd.losses.cross_vocab import cross_vocab_token_sums
+from lit_kd.models import ModelConfig, StudentConfig
+from lit_kd.models.pair import pair_tokenizers as models_pair_tokenizers
+from lit_kd.models.vocab_map import MIN_MATCHED_SHARE, VocabularyMap, build_vocabulary_map
+from lit_kd.modules.temperature import scheduled_loss
+
+
+@dataclass
+class CrossTokenizerConfig:
+    """``model.cross_tokenizer``: distill between models that do not share a tokenizer (``{}`` for the defaults)."""
+
+    uld_weight: float = 1.0
+    """Weight of ULD's sorted-L1 term on the probability mass the vocabulary map cannot match (0: none)."""
+    min_matched_share: float = MIN_MATCHED_SHARE
+    """The least share of the teacher's vocabulary the map must match; a pair below it is refused."""
+
+    def __post_init__(self) -> None:
+        if not self.uld_weight >= 0:
+            raise ConfigError(f"model.cross_tokenizer.uld_weight must be ≥ 0, got {self.uld_weight}")
+        if not 0 < self.min_matched_share <= 1:
+            raise ConfigError(
+                f"model.cross_tokenizer.min_matched_share must be in (0, 1], got {self.min_matched_share}"
+            )
+
+
+def check_cross_tokenizer(
+    cross: Optional[CrossTokenizerConfig],
+    student: StudentConfig,
+    teacher: Optional[ModelConfig],
+    teacher_cache: Optional[str],
+    samples_students_outputs: bool,
+    loss: Optional[LossConfig],
+) -> None:
+    """One ``ConfigError`` naming the setting a cross-tokenizer run cannot (yet) combine with."""
+    if cross is None:
+        return
+    if teacher is None:
+        raise ConfigError("model.cross_tokenizer needs model.teacher: it distills between two tokenizers")
+    if not student.has_source:
+        raise ConfigError(
+            "model.cross_tokenizer needs a student with a source and tokenizer of its own; a student cut from the "
+            "teacher's layers shares the teacher's vocabulary (drop model.cross_tokenizer)"
+        )
+    unsupported = {
+        "model.teacher_cache": teacher_cache is not None,
+        "model.policy (student-sampled responses)": samples_students_outputs,
+        f"model.loss.tau_rule {loss and loss.tau_rule}": loss is not None and loss.tau_rule != "none",
+    }
+    for setting, used in unsupported.items():
+        if used:
+            raise ConfigError(
+                f"model.cross_tokenizer cannot be combined with {setting} yet: cross-tokenizer distillation runs "
+                "off-policy from the data with a live teacher (a τ schedule works); drop one of the two"
+            )
+
+
+def pair_tokenizers(
+    student: StudentConfig, teacher: Optional[ModelConfig], cross: Optional[CrossTokenizerConfig]
+) -> tuple[PreTrainedTokenizerBase, Optional[PreTrainedTokenizerBase], Optional[VocabularyMap]]:
+    """(the tokenizer of the data, generation and evaluation; the teacher's own and the pair's vocabulary map, with
+    ``cross``). The map is built once, before any model loads; its matched share goes to the log."""
+    tokenizer, teacher_tokenizer = models_pair_tokenizers(student, teacher, cross is not None)
+    if cross is None or teacher_tokenizer is None:
+        return tokenizer, None, None
+    vocabulary = build_vocabulary_map(teacher_tokenizer, tokenizer, cross.min_matched_share)
+    rank_zero_info(f"cross-tokenizer pair: {vocabulary.describe()}")
+    return tokenizer, teacher_tokenizer, vocabulary
+
+
+def cross_token_sums(module: Any, batch: dict[str, Any], stage: str, diagnostics: bool = False) -> TokenSums:
+    """The step's token sums for a cross-tokenizer ``DistillModule``: the student on its tokens, the teacher on
+    its own (``teacher_input_ids``), compared over the batch's aligned ``groups``."""
+    mask = response_mask(batch["labels"])
+    targets = batch["labels"][:, 1:][mask]
+    student_rows = module(batch["input_ids"], batch["attention_mask"])[:, :-1, : module.vocab_size][mask]
+    source = module.teacher_source if module.kd_ratio > 0 else None
+    teacher_rows = teacher_targets = None
+    if source is not None:
+        if "teacher_input_ids" not in batch:
+            raise ConfigError(
+                "model.cross_tokenizer: the batch has no teacher tokens; connect the data module with the teacher's "
+                "tokenizer too (DollyDataModule.connect(module.tokenizer, module.teacher_tokenizer))"
+            )
+        teacher_mask = response_mask(batch["teacher_labels"])
+        teacher_batch = {"input_ids": batch["teacher_input_ids"], "attention_mask": batch["teacher_attention_mask"]}
+        teacher_rows = source.logits_rows(teacher_batch, teacher_mask, stage)
+        teacher_targets = batch["teacher_labels"][:, 1:][teacher_mask]
+        source.release()
+        module.vocabulary = module.vocabulary.to(student_rows.device)
+    return cross_vocab_token_sums(
+        scheduled_loss(module), student_rows, teacher_rows, targets, teacher_targets, batch.get("groups"),
+        module.vocabulary, module.kd_ratio, module.cross_tokenizer.uld_weight, module.chunk_size or 512, diagnostics,
+    )  # fmt: skip

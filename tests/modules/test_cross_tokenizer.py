@@ -1,0 +1,149 @@
+"""The KD step across tokenizers (``model.cross_tokenizer``): identical tokenizers give today's loss and gradients,
+a real pair of different tokenizers trains, and what it cannot combine with is refused before any model loads."""
+
+from __future__ import annotations
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from lit_kd.data import DollyDataModule
+from lit_kd.errors import ConfigError
+from lit_kd.losses import LossConfig
+from lit_kd.losses.registry import OBJECTIVES
+from lit_kd.models import ModelConfig, StudentConfig, VocabularyMismatchError
+from lit_kd.models.tokenizer_training import save_tokenizer, train_bpe_tokenizer
+from lit_kd.modules import DistillModule
+from lit_kd.modules.cross_tokenizer import CrossTokenizerConfig
+from lit_kd.modules.policy import PolicyConfig
+from tests.conftest import DEMO_DATA, TINY_TOKENIZER, tiny_llama_config
+
+TEACHER = ModelConfig(config=tiny_llama_config(4), tokenizer=str(TINY_TOKENIZER))
+
+
+@pytest.fixture(scope="module")
+def student_tokenizer_dir(tmp_path_factory):
+    """A SentencePiece-style tokenizer of 600 entries trained on the demo data: another vocabulary than the
+    teacher's byte-level 1,000."""
+    rows = [json.loads(line) for line in DEMO_DATA.read_text().splitlines()]
+    texts = [row.get("instruction", "") + " " + row.get("output", row.get("response", "")) for row in rows]
+    return str(save_tokenizer(train_bpe_tokenizer(texts, 600), tmp_path_factory.mktemp("student_tokenizer")))
+
+
+def cross_student(tokenizer_dir: str) -> StudentConfig:
+    return StudentConfig(config=tiny_llama_config(2, vocab_size=600, eos_token_id=1, pad_token_id=2),
+                         tokenizer=tokenizer_dir)  # fmt: skip
+
+
+def first_batch(tmp_path, module: DistillModule) -> dict:
+    data = DollyDataModule(raw=str(DEMO_DATA), split_sizes=(40, 8, 8), max_length=128, batch_size=4,
+                           cache_dir=str(tmp_path))  # fmt: skip
+    data.connect(module.tokenizer, module.teacher_tokenizer)
+    data.setup("fit")
+    return next(iter(data.train_dataloader()))
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_identical_tokenizers_give_todays_loss_and_gradients(tmp_path, name):
+    student = StudentConfig(config=tiny_llama_config(2), tokenizer=str(TINY_TOKENIZER))
+    loss = LossConfig(name, tau=2.0)
+    plain = DistillModule(student=student, teacher=TEACHER, loss=loss, chunk_size=None, kd_ratio=0.7)
+    cross = DistillModule(student=student, teacher=TEACHER, loss=loss, chunk_size=None, kd_ratio=0.7,
+                          cross_tokenizer=CrossTokenizerConfig(uld_weight=0.0))  # fmt: skip
+    for module in (plain, cross):
+        module.configure_model()
+    cross.student.load_state_dict(plain.student.state_dict())
+    batch = first_batch(tmp_path, cross)
+    assert len(batch["groups"]) == int((batch["labels"] != -100).sum())  # one group per response token
+    sums = {}
+    for label, module in (("plain", plain), ("cross", cross)):
+        module.student.zero_grad()
+        sums[label] = module.compute_losses(batch)
+        sums[label].loss.backward()
+    for field in ("loss", "kd_loss", "lm_loss"):
+        torch.testing.assert_close(getattr(sums["cross"], field), getattr(sums["plain"], field), rtol=2e-5, atol=2e-5)
+    assert sums["cross"].tokens == sums["plain"].tokens
+    for (key, a), b in zip(plain.student.named_parameters(), cross.student.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=5e-6, msg=key)
+
+
+def test_a_pair_of_different_tokenizers_distills(tmp_path, student_tokenizer_dir):
+    module = DistillModule(student=cross_student(student_tokenizer_dir), teacher=TEACHER,
+                           loss=LossConfig("fkl", tau=2.0), cross_tokenizer=CrossTokenizerConfig())  # fmt: skip
+    assert module.tokenizer.eos_token == "</s>" and module.teacher_tokenizer.eos_token == "<|endoftext|>"
+    assert 0.05 < module.vocabulary.matched_share < 1.0
+    module.configure_model()
+    batch = first_batch(tmp_path, module)
+    assert batch["input_ids"].max() < 600 and batch["teacher_input_ids"].shape[0] == batch["input_ids"].shape[0]
+    assert 0 < len(batch["groups"]) < int((batch["labels"] != -100).sum())  # groups of several student tokens
+    optimizer = torch.optim.AdamW(module.student.parameters(), lr=1e-2)
+    kd = []
+    for _ in range(12):  # the same batch: the KD term must fall
+        optimizer.zero_grad()
+        sums = module.compute_losses(batch, diagnostics=True)
+        (sums.loss / sums.tokens).backward()
+        optimizer.step()
+        kd.append(float(sums.kd_loss) / sums.tokens)
+        assert 0 < float(sums.diagnostics["matched_mass"]) <= 1
+    assert kd[-1] < 0.8 * kd[0], kd
+    assert module.teacher.lm_head.weight.grad is None
+
+
+def test_a_cross_tokenizer_fit_runs_with_lightning_and_logs_the_matched_mass(tmp_path, student_tokenizer_dir):
+    module = DistillModule(student=cross_student(student_tokenizer_dir), teacher=TEACHER,
+                           loss=LossConfig("rkl", tau=1.5), cross_tokenizer=CrossTokenizerConfig())  # fmt: skip
+    data = DollyDataModule(raw=str(DEMO_DATA), split_sizes=(40, 8, 8), max_length=128, batch_size=4,
+                           cache_dir=str(tmp_path))  # fmt: skip
+    data.connect(module.tokenizer, module.teacher_tokenizer)
+    trainer = L.Trainer(accelerator="cpu", max_steps=3, limit_val_batches=1, logger=False, log_every_n_steps=1,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(module, datamodule=data)
+    metrics = dict(trainer.callback_metrics)
+    assert trainer.global_step == 3
+    assert torch.isfinite(metrics["train/kd_loss"]) and 0 < float(metrics["diag/matched_mass"]) <= 1
+    (validated,) = trainer.validate(module, datamodule=data, verbose=False)
+    assert validated["val/kd_loss"] > 0 and validated["val/lm_loss"] > 0
+
+
+def test_tokenization_is_cached_per_tokenizer_pair(tmp_path, student_tokenizer_dir):
+    module = DistillModule(student=cross_student(student_tokenizer_dir), teacher=TEACHER,
+                           cross_tokenizer=CrossTokenizerConfig())  # fmt: skip
+    data = DollyDataModule(raw=str(DEMO_DATA), split_sizes=(40, 8, 8), max_length=128, cache_dir=str(tmp_path))
+    data.connect(module.tokenizer)
+    data.setup("fit")
+    assert "groups" not in data.splits["train"].dataset[0]
+    data.connect(module.tokenizer, module.teacher_tokenizer)  # another tokenization: not the cached one
+    data.setup("fit")
+    example = data.splits["train"].dataset[0]
+    assert example["teacher_input_ids"] and example["groups"]
+    assert len(list(tmp_path.glob("*.arrow"))) == 6  # every split, for each tokenization
+
+
+def test_different_tokenizers_without_cross_tokenizer_name_the_option(student_tokenizer_dir):
+    with pytest.raises(VocabularyMismatchError, match="model.cross_tokenizer"):
+        DistillModule(student=cross_student(student_tokenizer_dir), teacher=TEACHER)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"teacher_cache": "some/cache"}, "model.teacher_cache"),
+        ({"policy": PolicyConfig(student_fraction=0.5)}, "model.policy"),
+        ({"loss": LossConfig("fkl", tau_rule="logit_standardization")}, "tau_rule"),
+        ({"teacher": None, "kd_ratio": 0.0}, "needs model.teacher"),
+        ({"student": StudentConfig(layers=[0, 3])}, "shares the teacher's vocabulary"),
+    ],
+)
+def test_what_cross_tokenizer_cannot_combine_with_is_one_error(student_tokenizer_dir, overrides, match):
+    arguments = dict(student=cross_student(student_tokenizer_dir), teacher=TEACHER,
+                     cross_tokenizer=CrossTokenizerConfig()) | overrides  # fmt: skip
+    with pytest.raises(ConfigError, match=match):
+        DistillModule(**arguments)
+
+
+@pytest.mark.parametrize("field, value", [("uld_weight", -1.0), ("min_matched_share", 0.0), ("min_matched_share", 2)])
+def test_bad_cross_tokenizer_settings_are_refused(field, value):
+    with pytest.raises(ConfigError, match=field):
+        CrossTokenizerConfig(**{field: value})
