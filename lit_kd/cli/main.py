@@ -28,6 +28,7 @@ from lit_kd.cli.export import export
 from lit_kd.cli.objectives import objectives
 from lit_kd.cli.report import report
 from lit_kd.cli.sweep import sweep
+from lit_kd.cli.train_tokenizer import train_tokenizer
 from lit_kd.errors import LitKDError
 from lit_kd.training import build
 from lit_kd.utils.io import is_out_of_space, out_of_space_error
@@ -73,6 +74,7 @@ COMMANDS: dict[str, Command] = {
     "sweep": Command(sweep, first_line(sweep)),
     "report": Command(report, first_line(report), positional=True),
     "objectives": Command(objectives, first_line(objectives)),
+    "train-tokenizer": Command(train_tokenizer, first_line(train_tokenizer)),
 }
 
 

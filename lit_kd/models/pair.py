@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -50,9 +50,15 @@ class Pair:
     """None without a teacher, or when ``keep_teacher`` was false (its body only served to cut the student)"""
 
 
-def build_pair(student: StudentConfig, teacher: Optional[ModelConfig], keep_teacher: bool = True) -> Pair:
+def build_pair(
+    student: StudentConfig,
+    teacher: Optional[ModelConfig],
+    keep_teacher: bool = True,
+    new_vocabulary: Optional[Callable[[PreTrainedModel], PreTrainedModel]] = None,
+) -> Pair:
     """Load the teacher (frozen, eval mode) and load or cut the student. With ``keep_teacher=False`` the
-    teacher's body is loaded only when the student is cut from it, and released at once."""
+    teacher's body is loaded only when the student is cut from it, and released at once. ``new_vocabulary``: what
+    gives a student cut from the teacher its own vocabulary (``lit_kd.models.vocab_transplant``)."""
     needs_teacher = teacher is not None and (keep_teacher or not student.has_source)
     teacher_model = load_model(teacher, "teacher").requires_grad_(False).eval() if needs_teacher else None
     if student.has_source:
@@ -61,6 +67,8 @@ def build_pair(student: StudentConfig, teacher: Optional[ModelConfig], keep_teac
             student_model = derive_student(student_model, student.layers)
     else:
         student_model = derive_student(teacher_model, student.layers)
+        if new_vocabulary is not None:
+            student_model = new_vocabulary(student_model)
     return Pair(student_model.to(student.torch_dtype), teacher_model if keep_teacher else None)
 
 

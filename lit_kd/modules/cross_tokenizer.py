@@ -7,6 +7,9 @@ the groups of response tokens that cover the same bytes. The step runs each mode
 them group by group over the vocabulary map built once per pair (``lit_kd.losses.cross_vocab``: the selected
 objective with τ on the matched part, ULD's sorted L1 on the rest).
 
+The student is a model with its own tokenizer, or the teacher's ``layers`` with ``model.student.tokenizer``: its
+embedding and head rows then start from the teacher's (``lit_kd.models.vocab_transplant``).
+
 Supported today: off-policy distillation from the data (live teacher), with any of the ten objectives, a τ schedule
 and ``tau_squared_scaling``; sequence-level KD, since ``generate-data`` samples with the teacher's own tokenizer and
 writes text. Not yet: the teacher cache, student-sampled responses (``model.policy``) and per-token τ rules, each
@@ -64,10 +67,11 @@ def check_cross_tokenizer(
         return
     if teacher is None:
         raise ConfigError("model.cross_tokenizer needs model.teacher: it distills between two tokenizers")
-    if not student.has_source:
+    if not student.has_source and student.tokenizer is None:
         raise ConfigError(
-            "model.cross_tokenizer needs a student with a source and tokenizer of its own; a student cut from the "
-            "teacher's layers shares the teacher's vocabulary (drop model.cross_tokenizer)"
+            "model.cross_tokenizer needs a student with a tokenizer of its own: a source (path, gguf_file or config "
+            "with tokenizer), or the teacher's layers with model.student.tokenizer (its embeddings then start from "
+            "the teacher's); a student cut from the teacher without one shares the teacher's vocabulary"
         )
     unsupported = {
         "model.teacher_cache": teacher_cache is not None,

@@ -131,7 +131,7 @@ class DistillModule(L.LightningModule):
             if self.teacher_cache_path is not None and self.teacher_cache is None:
                 self.teacher_cache = TeacherCache.open(self.teacher_cache_path)
             built = assemble(self.student_config, self.teacher_config, self.tokenizer, self.teacher_cache,
-                             self.chunk_size is not None, self.teacher_tokenizer)  # fmt: skip
+                             self.chunk_size is not None, self.teacher_tokenizer, self.vocabulary)  # fmt: skip
             self.student, self.teacher_source, self.vocab_size = built.student, built.teacher_source, built.vocab_size
             self.student_parameters = built.student_parameters
             self.student.to(device=self.device)

@@ -45,15 +45,19 @@ def test_every_shipped_config_parses(config, capsys):
         assert {k: config_dict["model"]["loss"][k] for k in written} == written
 
 
-@pytest.mark.parametrize("study, runs", [(p, {"tau_grid": 60, "tau_variants": 16}[p.stem]) for p in STUDIES],
-                         ids=lambda v: getattr(v, "name", str(v)))  # fmt: skip
-def test_every_shipped_study_plans(study, runs, tmp_path, monkeypatch):
+SHIPPED_STUDIES = {"tau_grid": (60, 2), "tau_variants": (16, 2), "cross_tokenizer": (6, 4)}
+"""runs and Self-BLEU order of each study"""
+
+
+@pytest.mark.parametrize("study", STUDIES, ids=lambda v: v.name)
+def test_every_shipped_study_plans(study, tmp_path, monkeypatch):
     from lit_kd.experiments.plan import load_plan
 
     monkeypatch.chdir(ROOT)
     main(["sweep", "--config", str(study), "--out", str(tmp_path / "s"), "--launcher", "slurm"])
     plan = load_plan(tmp_path / "s")
-    assert len(plan.runs) == runs and plan.evaluation.self_bleu_order == 2
+    runs, self_bleu_order = SHIPPED_STUDIES[study.stem]
+    assert len(plan.runs) == runs and plan.evaluation.self_bleu_order == self_bleu_order
     assert (tmp_path / "s" / "launch_slurm.sh").read_text().count("--keep_last_checkpoints false") == 1
 
 
@@ -127,7 +131,7 @@ def test_every_command_is_a_subcommand_of_one_parser(capsys):
         main(["--help"])
     listing = capsys.readouterr().out
     commands = ["fit", "validate", "test", "demo", "cache-teacher", "generate-data", "evaluate", "export",
-                "sweep", "report", "objectives"]  # fmt: skip
+                "sweep", "report", "objectives", "train-tokenizer"]  # fmt: skip
     assert list(COMMANDS) == commands
     for command in commands:
         assert f"    {command} " in listing and COMMANDS[command].help in " ".join(listing.split()), command

@@ -147,3 +147,26 @@ def test_what_cross_tokenizer_cannot_combine_with_is_one_error(student_tokenizer
 def test_bad_cross_tokenizer_settings_are_refused(field, value):
     with pytest.raises(ConfigError, match=field):
         CrossTokenizerConfig(**{field: value})
+
+
+def test_a_student_cut_from_the_teacher_gets_its_own_vocabulary_started_from_the_teachers(student_tokenizer_dir):
+    student = StudentConfig(layers=[0, 3], tokenizer=student_tokenizer_dir)
+    module = DistillModule(student=student, teacher=TEACHER, cross_tokenizer=CrossTokenizerConfig())
+    module.configure_model()
+    teacher_rows = module.teacher.get_input_embeddings().weight
+    teacher_head = module.teacher.get_output_embeddings().weight
+    rows = module.student.get_input_embeddings().weight
+    assert rows.shape == (600, teacher_rows.shape[1]) and module.student.get_output_embeddings().weight.shape[0] == 600
+    assert module.student.config.eos_token_id == module.tokenizer.eos_token_id == 1
+    vocabulary = module.vocabulary
+    for t, s in zip(vocabulary.teacher_ids.tolist(), vocabulary.student_ids.tolist()):  # matched: the teacher's row
+        assert torch.equal(rows[s], teacher_rows[t])
+        assert torch.equal(module.student.get_output_embeddings().weight[s], teacher_head[t])
+    matched = set(vocabulary.student_ids.tolist())
+    names = module.tokenizer.convert_ids_to_tokens(list(range(600)))
+    token = next(i for i in range(3, 600) if i not in matched and not names[i].startswith("<0x"))
+    text = module.tokenizer.convert_tokens_to_string([module.tokenizer.convert_ids_to_tokens(token)])
+    pieces = module.teacher_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(pieces) > 1  # an entry the teacher has no equal of: the mean of the rows of its pieces
+    torch.testing.assert_close(rows[token], teacher_rows[pieces].mean(0))
+    torch.testing.assert_close(rows[2], teacher_rows.mean(0))  # <pad>: no text, the mean of every row
