@@ -27,3 +27,19 @@ def objectives() -> None:
         f32 = fixed_input_values(name, torch.float32)[1]
         row = f"{name:7s} | {hparams[name]:{width}s} | {t1:.10f} | {t3:.10f} | {t3_scaled:.10f} | {f32:.8f}"
         print(f"{row} | {objective.formula}")
+    print()
+    print(CROSS_TOKENIZER)
+
+
+CROSS_TOKENIZER = """\
+Across tokenizers (model.cross_tokenizer: {uld_weight, min_matched_share}; lit_kd.losses.cross_vocab):
+  Each model reads the response with its own tokenizer; the two token sequences are aligned by UTF-8 byte offsets
+  into groups covering the same text (1:1, 1:N, N:M). At a group's first row each side's distribution at its tau is
+  read on buckets both share: the vocabulary map's matched entries (equal bytes after normalizing byte-level and
+  SentencePiece markers), the group's string (each side's chain-rule probability of its own tokens) and the rest.
+  Any objective above compares the buckets; ULD's sorted L1 (weight uld_weight) compares the unmatched mass.
+  Exact: identical tokenizers give the objective itself (tested); a relabeled vocabulary likewise. Approximate: a
+  group's probability is that of the realized tokenization, not the marginal over all of its tokenizations; the
+  unmatched entries are compared only as a sorted multiset. On-policy: a sample is decoded and re-encoded by both.
+  Not yet: the teacher cache and per-token tau rules (refused), and chunking through the heads (a micro-batch's
+  full logits are formed)."""

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from transformers import PreTrainedTokenizerBase
 
-from lit_kd.data.tokenize import encode_example, response_length
+from lit_kd.data.tokenize import encode_example, head_tokens, response_length
 from lit_kd.errors import ConfigError
 
 Span = tuple[int, int]
@@ -102,6 +102,26 @@ class GroupRows:
             offset_t += response_length(example["teacher_labels"])
             offset_s += response_length(example["labels"])
         return cls.from_groups(groups)
+
+
+def split_groups(
+    groups: GroupRows, teacher_lengths: Sequence[int], student_lengths: Sequence[int]
+) -> list[list[list[int]]]:
+    """``GroupRows.of_batch`` undone: each example's groups ``[t0, t1, s0, s1]``, counted from its first response
+    token, given each example's response lengths (EOS included) on both sides."""
+    columns = (groups.teacher_start, groups.teacher_end, groups.student_start, groups.student_end)
+    rows = list(zip(*(column.tolist() for column in columns)))
+    out: list[list[list[int]]] = [[] for _ in teacher_lengths]
+    ends_t = torch.tensor(teacher_lengths).cumsum(0).tolist()
+    starts_t = [end - length for end, length in zip(ends_t, teacher_lengths)]
+    starts_s = (torch.tensor(student_lengths).cumsum(0) - torch.tensor(student_lengths)).tolist()
+    example = 0
+    for t0, t1, s0, s1 in rows:  # row-major: the examples' groups in order
+        while t0 >= ends_t[example]:
+            example += 1
+        offset_t, offset_s = starts_t[example], starts_s[example]
+        out[example].append([t0 - offset_t, t1 - offset_t, s0 - offset_s, s1 - offset_s])
+    return out
 
 
 def require_offsets(tokenizer: PreTrainedTokenizerBase, side: str) -> None:
@@ -212,3 +232,24 @@ def encode_pair_example(
         "teacher_labels": teacher["labels"],
         "groups": [[t0, t1, s0, s1] for (t0, t1), (s0, s1) in alignment.groups],
     }
+
+
+def encode_pair_response(
+    teacher_tokenizer: PreTrainedTokenizerBase,
+    student_tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    ended: bool,
+    teacher_room: int,
+    student_room: int,
+) -> tuple[list[int], list[int], list[list[int]]]:
+    """A response given as text (a student's sample, decoded) encoded for both sides after their prompts: (student
+    response ids, teacher response ids, groups). Each side tokenizes the text (no special tokens), appends its EOS
+    when the sample ``ended`` with one, and keeps at most its ``*_room`` tokens (at least one: an empty response is
+    the side's EOS)."""
+    sides = []
+    for tokenizer, room in ((teacher_tokenizer, teacher_room), (student_tokenizer, student_room)):
+        ids = head_tokens(tokenizer, text, max(room, 1)) + ([tokenizer.eos_token_id] if ended or not text else [])
+        sides.append(ids[: max(room, 1)])
+    teacher_ids, student_ids = sides
+    alignment = response_alignment(teacher_tokenizer, student_tokenizer, text, len(teacher_ids), len(student_ids))
+    return student_ids, teacher_ids, [[t0, t1, s0, s1] for (t0, t1), (s0, s1) in alignment.groups]

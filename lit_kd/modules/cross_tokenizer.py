@@ -10,11 +10,12 @@ objective with τ on the matched part, ULD's sorted L1 on the rest).
 The student is a model with its own tokenizer, or the teacher's ``layers`` with ``model.student.tokenizer``: its
 embedding and head rows then start from the teacher's (``lit_kd.models.vocab_transplant``).
 
-Supported today: off-policy distillation from the data (live teacher), with any of the ten objectives, a τ schedule
-and ``tau_squared_scaling``; sequence-level KD, since ``generate-data`` samples with the teacher's own tokenizer and
-writes text. Not yet: the teacher cache, student-sampled responses (``model.policy``) and per-token τ rules, each
-refused with one error naming the setting; and the logits are formed in full for a micro-batch's response rows
-(``[N_s, V_s]`` and ``[N_t, V_t]``), not chunk by chunk through the heads.
+Supported today, with any of the ten objectives, a τ schedule and ``tau_squared_scaling``: off-policy distillation
+from the data (live teacher); on- and mixed-policy (``model.policy``: a student's sample is decoded and both sides
+encode its text, ``StudentPolicy.mix``); sequence-level KD (``generate-data`` samples with the teacher's own
+tokenizer and writes text). Not yet: the teacher cache and per-token τ rules, each refused with one error naming the
+setting; and the logits are formed in full for a micro-batch's response rows (``[N_s, V_s]`` and ``[N_t, V_t]``),
+not chunk by chunk through the heads.
 """
 
 from __future__ import annotations
@@ -59,7 +60,6 @@ def check_cross_tokenizer(
     student: StudentConfig,
     teacher: Optional[ModelConfig],
     teacher_cache: Optional[str],
-    samples_students_outputs: bool,
     loss: Optional[LossConfig],
 ) -> None:
     """One ``ConfigError`` naming the setting a cross-tokenizer run cannot (yet) combine with."""
@@ -75,14 +75,13 @@ def check_cross_tokenizer(
         )
     unsupported = {
         "model.teacher_cache": teacher_cache is not None,
-        "model.policy (student-sampled responses)": samples_students_outputs,
         f"model.loss.tau_rule {loss and loss.tau_rule}": loss is not None and loss.tau_rule != "none",
     }
     for setting, used in unsupported.items():
         if used:
             raise ConfigError(
-                f"model.cross_tokenizer cannot be combined with {setting} yet: cross-tokenizer distillation runs "
-                "off-policy from the data with a live teacher (a τ schedule works); drop one of the two"
+                f"model.cross_tokenizer cannot be combined with {setting} yet: cross-tokenizer distillation needs a "
+                "live teacher and one τ per step (a τ schedule works); drop one of the two"
             )
 
 

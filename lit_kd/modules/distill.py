@@ -186,7 +186,7 @@ class DistillModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Optional[Tensor]:
         if self.student_policy is not None:  # on-/mixed-policy: a share of the responses sampled by the student
-            batch, sampled = self.student_policy.mix(batch, self.student, self.tokenizer)
+            batch, sampled = self.student_policy.mix(batch, self.student, self.tokenizer, self.teacher_tokenizer)
             policy = {"train/student_fraction": self.student_policy.fraction, "train/sampled_rows": float(sampled)}
             self.log_dict(policy, batch_size=batch["input_ids"].shape[0])
         logging = (self.trainer.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0

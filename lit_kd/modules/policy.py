@@ -28,6 +28,7 @@ import lightning as L
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_kd.data.alignment import encode_pair_response, split_groups
 from lit_kd.data.collate import PadCollator
 from lit_kd.data.tokenize import IGNORE_INDEX, prompt_end
 from lit_kd.errors import ConfigError
@@ -102,10 +103,17 @@ class StudentPolicy:
         return sorted(torch.randperm(batch_size, generator=self.generator)[:k].tolist()) if k else []
 
     def mix(
-        self, batch: dict[str, Any], student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+        self,
+        batch: dict[str, Any],
+        student: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        teacher_tokenizer: Optional[PreTrainedTokenizerBase] = None,
     ) -> tuple[dict[str, Any], int]:
         """The batch with the chosen rows' responses sampled by ``student``; returns it and the rows resampled.
-        Off-policy rows are kept token for token; every row is re-padded (right padding, labels −100)."""
+        Off-policy rows are kept token for token; every row is re-padded (right padding, labels −100). With a
+        ``teacher_tokenizer`` of its own (``model.cross_tokenizer``) a sample is decoded to text and both sides
+        encode that text after their own prompts, aligned again (``encode_pair_response``): the student learns on
+        the canonical tokenization of what it sampled, which can differ from its sampled ids in rare merges."""
         if self.fraction <= 0:
             return batch, 0
         rows = self.rows_to_sample(batch["input_ids"].shape[0])
@@ -125,22 +133,27 @@ class StudentPolicy:
         )
         generated = generate_ids(student, tokenizer, prompts, settings, seed, keep_eos=True)
         sampled = dict(zip(rows, zip(prompts, generated)))
+        teacher = TeacherRows(batch, tokenizer, teacher_tokenizer, self.max_length) if teacher_tokenizer else None
         examples = []
         for r in range(batch["input_ids"].shape[0]):
-            if r in sampled:
+            if r in sampled and teacher is not None:
+                example = teacher.sampled(r, *sampled[r], limit)
+            elif r in sampled:
                 prompt, response = sampled[r]
                 response = response[: max(limit - len(prompt), 1)] or [tokenizer.eos_token_id]
-                ids, row_labels = prompt + response, [IGNORE_INDEX] * len(prompt) + response
+                example = {"input_ids": prompt + response, "labels": [IGNORE_INDEX] * len(prompt) + response}
             else:
-                ids = batch["input_ids"][r, : lengths[r]].tolist()
-                row_labels = labels[r, : lengths[r]].tolist()
-            example = {"input_ids": ids, "labels": row_labels}
+                example = {"input_ids": batch["input_ids"][r, : lengths[r]].tolist(),
+                           "labels": labels[r, : lengths[r]].tolist()}  # fmt: skip
+                if teacher is not None:
+                    example.update(teacher.kept(r))
             if "index" in batch:
                 example["index"] = int(batch["index"][r])
             if "references" in batch:
                 example["reference"] = batch["references"][r]
             examples.append(example)
-        mixed = self.collate(examples)
+        collate = PadCollator(self.collate.pad_id, teacher_tokenizer.pad_token_id) if teacher else self.collate
+        mixed = collate(examples)
         return {k: v.to(batch["input_ids"].device) if torch.is_tensor(v) else v for k, v in mixed.items()}, len(rows)
 
     def after_validation(self, val_loss: float) -> None:
@@ -167,6 +180,40 @@ class StudentPolicy:
         if "generator" in state:
             self.generator.set_state(state["generator"])
 
+
+
+class TeacherRows:
+    """The teacher's side of a cross-tokenizer batch, row by row: kept as it is for an off-policy row, encoded again
+    from the text of a student's sample (``StudentPolicy.mix``)."""
+
+    def __init__(self, batch: dict[str, Any], tokenizer: PreTrainedTokenizerBase,
+                 teacher_tokenizer: PreTrainedTokenizerBase, max_length: Optional[int]) -> None:  # fmt: skip
+        self.batch, self.tokenizer, self.teacher_tokenizer = batch, tokenizer, teacher_tokenizer
+        self.lengths = batch["teacher_attention_mask"].sum(dim=1).tolist()
+        self.limit = max_length or max(self.lengths)
+        responses = [(batch[key] != IGNORE_INDEX).sum(dim=1).tolist() for key in ("teacher_labels", "labels")]
+        self.groups = split_groups(batch["groups"], *responses)
+
+    def kept(self, r: int) -> dict[str, Any]:
+        length, labels = self.lengths[r], self.batch["teacher_labels"][r]
+        return {"teacher_input_ids": self.batch["teacher_input_ids"][r, :length].tolist(),
+                "teacher_labels": labels[:length].tolist(), "groups": self.groups[r]}  # fmt: skip
+
+    def sampled(self, r: int, prompt: list[int], response: list[int], limit: int) -> dict[str, Any]:
+        eos = self.tokenizer.eos_token_id
+        ended = bool(response) and response[-1] == eos
+        text = self.tokenizer.decode(response[:-1] if ended else response, skip_special_tokens=True)
+        teacher_prompt = self.batch["teacher_input_ids"][r, : prompt_end(self.batch["teacher_labels"][r])].tolist()
+        student_ids, teacher_ids, groups = encode_pair_response(
+            self.teacher_tokenizer, self.tokenizer, text, ended, self.limit - len(teacher_prompt), limit - len(prompt)
+        )
+        return {
+            "input_ids": prompt + student_ids,
+            "labels": [IGNORE_INDEX] * len(prompt) + student_ids,
+            "teacher_input_ids": teacher_prompt + teacher_ids,
+            "teacher_labels": [IGNORE_INDEX] * len(teacher_prompt) + teacher_ids,
+            "groups": groups,
+        }
 
 
 class AdaptivePolicy(L.Callback):

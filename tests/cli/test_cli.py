@@ -148,7 +148,8 @@ def test_every_command_is_a_subcommand_of_one_parser(capsys):
     cache_help = capsys.readouterr().out
     assert "--splits" in cache_help and "--model.teacher_cache" in cache_help  # its own options and the fit config's
     main(["objectives"])
-    assert "fkl" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert "fkl" in listing and "Across tokenizers (model.cross_tokenizer" in listing
     with pytest.raises(SystemExit) as exit_info:
         main(["objectives", "--extra", "1"])
     assert exit_info.value.code == 2 and "lit_kd: error:" in capsys.readouterr().err

@@ -221,6 +221,10 @@ def test_pair_examples_collate_into_groups_of_the_flattened_response_rows(sides)
         t = teacher.decode(targets_t[groups.teacher_start[g] : groups.teacher_end[g]], skip_special_tokens=True)
         s = student.decode(targets_s[groups.student_start[g] : groups.student_end[g]], skip_special_tokens=True)
         assert t.strip() == s.strip(), (g, t, s)
+    from lit_kd.data.alignment import split_groups
+
+    lengths = [[sum(label != -100 for label in e[key]) for e in examples] for key in ("teacher_labels", "labels")]
+    assert split_groups(groups, *lengths) == [e["groups"] for e in examples]  # the batch's groups, per example again
     eos_groups = [g for g in range(len(groups)) if targets_t[groups.teacher_start[g]] == teacher.eos_token_id]
     assert len(eos_groups) == 2  # the two responses kept whole end in an EOS pair; the truncated one does not
     torch.manual_seed(0)

@@ -17,7 +17,7 @@ from lit_kd.models import ModelConfig, StudentConfig, VocabularyMismatchError
 from lit_kd.models.tokenizer_training import save_tokenizer, train_bpe_tokenizer
 from lit_kd.modules import DistillModule
 from lit_kd.modules.cross_tokenizer import CrossTokenizerConfig
-from lit_kd.modules.policy import PolicyConfig
+from lit_kd.modules.policy import PolicyConfig, PolicySampling
 from tests.conftest import DEMO_DATA, TINY_TOKENIZER, tiny_llama_config
 
 TEACHER = ModelConfig(config=tiny_llama_config(4), tokenizer=str(TINY_TOKENIZER))
@@ -91,8 +91,10 @@ def test_a_pair_of_different_tokenizers_distills(tmp_path, student_tokenizer_dir
     assert module.teacher.lm_head.weight.grad is None
 
 
-def test_a_cross_tokenizer_fit_runs_with_lightning_and_logs_the_matched_mass(tmp_path, student_tokenizer_dir):
-    module = DistillModule(student=cross_student(student_tokenizer_dir), teacher=TEACHER,
+def test_a_mixed_policy_cross_tokenizer_fit_runs_with_lightning_and_logs_the_matched_mass(tmp_path,
+                                                                                          student_tokenizer_dir):
+    policy = PolicyConfig(student_fraction=0.5, sampling=PolicySampling(max_new_tokens=8))
+    module = DistillModule(student=cross_student(student_tokenizer_dir), teacher=TEACHER, policy=policy,
                            loss=LossConfig("rkl", tau=1.5), cross_tokenizer=CrossTokenizerConfig())  # fmt: skip
     data = DollyDataModule(raw=str(DEMO_DATA), split_sizes=(40, 8, 8), max_length=128, batch_size=4,
                            cache_dir=str(tmp_path))  # fmt: skip
@@ -103,6 +105,7 @@ def test_a_cross_tokenizer_fit_runs_with_lightning_and_logs_the_matched_mass(tmp
     metrics = dict(trainer.callback_metrics)
     assert trainer.global_step == 3
     assert torch.isfinite(metrics["train/kd_loss"]) and 0 < float(metrics["diag/matched_mass"]) <= 1
+    assert float(metrics["train/sampled_rows"]) >= 1
     (validated,) = trainer.validate(module, datamodule=data, verbose=False)
     assert validated["val/kd_loss"] > 0 and validated["val/lm_loss"] > 0
 
@@ -130,7 +133,6 @@ def test_different_tokenizers_without_cross_tokenizer_name_the_option(student_to
     "overrides, match",
     [
         ({"teacher_cache": "some/cache"}, "model.teacher_cache"),
-        ({"policy": PolicyConfig(student_fraction=0.5)}, "model.policy"),
         ({"loss": LossConfig("fkl", tau_rule="logit_standardization")}, "tau_rule"),
         ({"teacher": None, "kd_ratio": 0.0}, "needs model.teacher"),
         ({"student": StudentConfig(layers=[0, 3])}, "shares the teacher's vocabulary"),
@@ -170,3 +172,31 @@ def test_a_student_cut_from_the_teacher_gets_its_own_vocabulary_started_from_the
     assert len(pieces) > 1  # an entry the teacher has no equal of: the mean of the rows of its pieces
     torch.testing.assert_close(rows[token], teacher_rows[pieces].mean(0))
     torch.testing.assert_close(rows[2], teacher_rows.mean(0))  # <pad>: no text, the mean of every row
+
+
+@pytest.mark.parametrize("fraction", [0.5, 1.0])
+def test_student_samples_are_encoded_for_both_sides_and_aligned_again(tmp_path, student_tokenizer_dir, fraction):
+    policy = PolicyConfig(student_fraction=fraction, sampling=PolicySampling(max_new_tokens=12))
+    module = DistillModule(student=cross_student(student_tokenizer_dir), teacher=TEACHER, policy=policy,
+                           max_length=128, cross_tokenizer=CrossTokenizerConfig())  # fmt: skip
+    module.configure_model()
+    batch = first_batch(tmp_path, module)
+    mixed, sampled = module.student_policy.mix(batch, module.student, module.tokenizer, module.teacher_tokenizer)
+    assert sampled == int(fraction * 4)
+    rows = mixed["groups"]
+    student_ids = mixed["labels"][:, 1:][mixed["labels"][:, 1:] != -100]
+    teacher_ids = mixed["teacher_labels"][:, 1:][mixed["teacher_labels"][:, 1:] != -100]
+    assert int(rows.student_end[-1]) <= student_ids.numel() and int(rows.teacher_end[-1]) <= teacher_ids.numel()
+    for g in range(len(rows)):  # every group spells the same text on both sides
+        s = student_ids[rows.student_start[g] : rows.student_end[g]].tolist()
+        t = teacher_ids[rows.teacher_start[g] : rows.teacher_end[g]].tolist()
+        if s == [module.tokenizer.eos_token_id]:
+            assert t == [module.teacher_tokenizer.eos_token_id]
+        else:
+            assert module.tokenizer.decode(s).strip() == module.teacher_tokenizer.decode(t).strip(), (s, t)
+    kept = [r for r in range(4) if torch.equal(mixed["labels"][r], batch["labels"][r])]
+    width = mixed["teacher_input_ids"].shape[1]
+    for r in kept:  # an off-policy row keeps its teacher tokens
+        assert torch.equal(mixed["teacher_input_ids"][r], batch["teacher_input_ids"][r][:width])
+    sums = module.compute_losses(mixed)
+    assert torch.isfinite(sums.loss) and sums.tokens == student_ids.numel()
