@@ -69,11 +69,6 @@ def main(args: list[str]) -> Path:
     module, options = run.module, run.config
     if module.teacher_config is None:
         raise ConfigError("cache-teacher: the config has no model.teacher")
-    if module.cross_tokenizer is not None:
-        raise ConfigError(
-            "cache-teacher: the config sets model.cross_tokenizer, which a teacher cache does not serve yet (it "
-            "stores the teacher's rows of one tokenization); distill it with the live teacher"
-        )
     target = options.out or module.teacher_cache_path
     if target is None:
         raise ConfigError("cache-teacher: give --out (or set model.teacher_cache in the config)")

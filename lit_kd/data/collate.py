@@ -67,6 +67,15 @@ class PadCollator:
         return batch
 
 
+def teacher_view(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch as the teacher reads it: a cross-tokenizer batch's ``teacher_*`` fields as ``input_ids``,
+    ``attention_mask`` and ``labels`` (``index`` kept: the teacher cache's key); any other batch as it is."""
+    if "teacher_input_ids" not in batch:
+        return batch
+    view = {name: batch[f"teacher_{name}"] for name in ("input_ids", "attention_mask", "labels")}
+    return view | ({"index": batch["index"]} if "index" in batch else {})
+
+
 def batch_rows(batch: dict[str, Any]) -> int:
     """Sequences in a batch (``ThroughputMonitor``'s samples)."""
     return int(batch["input_ids"].shape[0])

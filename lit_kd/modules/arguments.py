@@ -58,7 +58,7 @@ def check_module_arguments(
             f"model.loss.{key} sets the KD temperature, but this run has no KD term (no model.teacher or "
             "model.kd_ratio 0): remove it or give the run a teacher and kd_ratio > 0"
         )
-    check_cross_tokenizer(cross_tokenizer, student, teacher, teacher_cache, loss)
+    check_cross_tokenizer(cross_tokenizer, student, teacher, loss)
 
 
 def samples_students_outputs(policy: Optional[PolicyConfig]) -> bool:

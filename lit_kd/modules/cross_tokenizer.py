@@ -11,11 +11,12 @@ The student is a model with its own tokenizer, or the teacher's ``layers`` with 
 embedding and head rows then start from the teacher's (``lit_kd.models.vocab_transplant``).
 
 Supported today, with any of the ten objectives, a τ schedule and ``tau_squared_scaling``: off-policy distillation
-from the data (live teacher); on- and mixed-policy (``model.policy``: a student's sample is decoded and both sides
-encode its text, ``StudentPolicy.mix``); sequence-level KD (``generate-data`` samples with the teacher's own
-tokenizer and writes text). Not yet: the teacher cache and per-token τ rules, each refused with one error naming the
-setting; and the logits are formed in full for a micro-batch's response rows (``[N_s, V_s]`` and ``[N_t, V_t]``),
-not chunk by chunk through the heads.
+from the data, the teacher live or from its cache (``cache-teacher`` stores the teacher's rows of its own
+tokenization; the cache's key names both tokenizers); on- and mixed-policy (``model.policy``: a student's sample is
+decoded and both sides encode its text, ``StudentPolicy.mix``); sequence-level KD (``generate-data`` samples with
+the teacher's own tokenizer and writes text). Not yet: per-token τ rules (refused with one error); and the logits
+are formed in full for a micro-batch's response rows (``[N_s, V_s]`` and ``[N_t, V_t]``), not chunk by chunk
+through the heads.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Optional
 from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedTokenizerBase
 
+from lit_kd.data.collate import teacher_view
 from lit_kd.data.tokenize import response_mask
 from lit_kd.errors import ConfigError
 from lit_kd.losses import LossConfig
@@ -59,7 +61,6 @@ def check_cross_tokenizer(
     cross: Optional[CrossTokenizerConfig],
     student: StudentConfig,
     teacher: Optional[ModelConfig],
-    teacher_cache: Optional[str],
     loss: Optional[LossConfig],
 ) -> None:
     """One ``ConfigError`` naming the setting a cross-tokenizer run cannot (yet) combine with."""
@@ -73,16 +74,11 @@ def check_cross_tokenizer(
             "with tokenizer), or the teacher's layers with model.student.tokenizer (its embeddings then start from "
             "the teacher's); a student cut from the teacher without one shares the teacher's vocabulary"
         )
-    unsupported = {
-        "model.teacher_cache": teacher_cache is not None,
-        f"model.loss.tau_rule {loss and loss.tau_rule}": loss is not None and loss.tau_rule != "none",
-    }
-    for setting, used in unsupported.items():
-        if used:
-            raise ConfigError(
-                f"model.cross_tokenizer cannot be combined with {setting} yet: cross-tokenizer distillation needs a "
-                "live teacher and one τ per step (a τ schedule works); drop one of the two"
-            )
+    if loss is not None and loss.tau_rule != "none":
+        raise ConfigError(
+            f"model.cross_tokenizer cannot be combined with model.loss.tau_rule {loss.tau_rule} yet: the "
+            "cross-vocabulary term takes one τ per step (a τ schedule works); drop one of the two"
+        )
 
 
 def pair_tokenizers(
@@ -112,10 +108,10 @@ def cross_token_sums(module: Any, batch: dict[str, Any], stage: str, diagnostics
                 "model.cross_tokenizer: the batch has no teacher tokens; connect the data module with the teacher's "
                 "tokenizer too (DollyDataModule.connect(module.tokenizer, module.teacher_tokenizer))"
             )
-        teacher_mask = response_mask(batch["teacher_labels"])
-        teacher_batch = {"input_ids": batch["teacher_input_ids"], "attention_mask": batch["teacher_attention_mask"]}
+        teacher_batch = teacher_view(batch)
+        teacher_mask = response_mask(teacher_batch["labels"])
         teacher_rows = source.logits_rows(teacher_batch, teacher_mask, stage)
-        teacher_targets = batch["teacher_labels"][:, 1:][teacher_mask]
+        teacher_targets = teacher_batch["labels"][:, 1:][teacher_mask]
         source.release()
         module.vocabulary = module.vocabulary.to(student_rows.device)
     return cross_vocab_token_sums(

@@ -13,7 +13,7 @@ import torch
 from lightning.fabric import Fabric
 from torch.utils.data import DataLoader, Subset
 
-from lit_kd.data.collate import IndexedExamples, PadCollator
+from lit_kd.data.collate import IndexedExamples, PadCollator, teacher_view
 from lit_kd.data.tokenize import IGNORE_INDEX
 from lit_kd.errors import CacheError, ConfigError, LitKDError, LockedError
 from lit_kd.models import ModelConfig, load_model
@@ -40,8 +40,9 @@ __all__ = ["CACHE_DTYPES", "build_teacher_cache", "split_sizes", "write_teacher_
 
 
 def split_sizes(dataset: Any) -> tuple[int, int]:
-    """(examples, response rows) of a tokenized split: the rows a cache stores for it."""
-    labels = dataset["labels"]
+    """(examples, response rows) of a tokenized split: the rows a cache stores for it (the teacher's own rows in a
+    cross-tokenizer split)."""
+    labels = dataset["teacher_labels" if "teacher_labels" in dataset.column_names else "labels"]
     return len(labels), sum(sum(1 for label in row[1:] if label != IGNORE_INDEX) for row in labels)
 
 
@@ -94,11 +95,12 @@ def write_teacher_cache(
         if lead:
             sharing = f", {processes} processes" if processes > 1 else ""
             print(f"teacher cache {target}: {describe_size(sizes, head.hidden_size, dtype)}{sharing}", flush=True)
-        collate = PadCollator(tokenizer.pad_token_id)
+        own_tokenizer = getattr(data, "teacher_tokenizer", None)  # a cross-tokenizer pair: the teacher's tokens
+        collate = PadCollator(tokenizer.pad_token_id, own_tokenizer.pad_token_id if own_tokenizer else None)
 
         def batches(name: str) -> DataLoader:
             examples = Subset(IndexedExamples(data.splits[name].dataset), shares[name])
-            return DataLoader(examples, batch_size=size, collate_fn=collate)
+            return DataLoader(examples, batch_size=size, collate_fn=lambda rows: teacher_view(collate(rows)))
 
         def hidden(batch: dict[str, Any]) -> torch.Tensor:
             return final_hidden_states(teacher, batch["input_ids"].to(device), batch["attention_mask"].to(device))
@@ -219,7 +221,8 @@ def cache_to_build(
     if missing:
         raise ConfigError(f"--splits: the config's data has no {', '.join(missing)} split")
     chosen = {name: records[name] for name in splits}
-    key = cache_key(teacher_config, tokenizer, chosen, data.max_length, data.fingerprints())
+    teacher_tokenizer = getattr(data, "teacher_tokenizer", None)
+    key = cache_key(teacher_config, tokenizer, chosen, data.max_length, data.fingerprints(), teacher_tokenizer)
     if not target.exists() or not any(target.iterdir()):
         return key
     if not (target / MANIFEST).is_file():

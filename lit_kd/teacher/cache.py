@@ -96,7 +96,8 @@ class CacheKey:
                 + (": the same source with other weights or settings)" if same else ")")
             )
         if cached.tokenizer != self.tokenizer:
-            found.append("tokenizer")
+            pair = ("a pair" if "+" in cached.tokenizer else "one") + " of tokenizers"
+            found.append(f"tokenizer (the cache was built for {pair}: other tokenizers than this run's)")
         if cached.template != self.template:
             found.append("prompt template")
         if cached.max_length != self.max_length:
@@ -117,16 +118,22 @@ def cache_key(
     records: dict[str, list[dict]],
     max_length: int,
     fingerprints: Optional[DataFingerprints] = None,
+    teacher_tokenizer: Any = None,
 ) -> CacheKey:
     """The key of a cache for this teacher, tokenizer and data (the records of each split, ``max_length``);
-    ``fingerprints``: the tokenizer's and the splits' hashes when already computed."""
+    ``fingerprints``: the tokenizer's and the splits' hashes when already computed. A ``teacher_tokenizer`` of its
+    own (``model.cross_tokenizer``): the cache holds the teacher's rows of its own tokenization, and which examples
+    and rows there are depends on both tokenizers, so the key names both (``student+teacher``)."""
     if fingerprints is None:
         fingerprints = DataFingerprints(
             tokenizer_fingerprint(tokenizer), {name: records_fingerprint(rows) for name, rows in records.items()}
         )
+    tokenizers = fingerprints.tokenizer[:16]
+    if teacher_tokenizer is not None:
+        tokenizers += "+" + tokenizer_fingerprint(teacher_tokenizer)[:16]
     return CacheKey(
         teacher=teacher_identity(teacher),
-        tokenizer=fingerprints.tokenizer[:16],
+        tokenizer=tokenizers,
         template=template_fingerprint(),
         max_length=int(max_length),
         splits={name: fingerprints.splits[name][:16] for name in records},

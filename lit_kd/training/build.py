@@ -301,7 +301,8 @@ class LitKDCLI(LightningCLI):
         clean_after_interrupted_builds(module.teacher_cache_path)
         cache = TeacherCache.open(module.teacher_cache_path)
         data = self.datamodule
-        key = cache_key(module.teacher_config, module.tokenizer, records, data.max_length, data.fingerprints())
+        key = cache_key(module.teacher_config, module.tokenizer, records, data.max_length, data.fingerprints(),
+                        module.teacher_tokenizer)  # fmt: skip
         cache.check(key, command_hint=" --config <this config> --out " + str(module.teacher_cache_path))
         module.use_teacher_cache(cache)
 

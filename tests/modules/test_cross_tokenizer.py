@@ -132,7 +132,6 @@ def test_different_tokenizers_without_cross_tokenizer_name_the_option(student_to
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        ({"teacher_cache": "some/cache"}, "model.teacher_cache"),
         ({"loss": LossConfig("fkl", tau_rule="logit_standardization")}, "tau_rule"),
         ({"teacher": None, "kd_ratio": 0.0}, "needs model.teacher"),
         ({"student": StudentConfig(layers=[0, 3])}, "shares the teacher's vocabulary"),
@@ -200,3 +199,43 @@ def test_student_samples_are_encoded_for_both_sides_and_aligned_again(tmp_path, 
         assert torch.equal(mixed["teacher_input_ids"][r], batch["teacher_input_ids"][r][:width])
     sums = module.compute_losses(mixed)
     assert torch.isfinite(sums.loss) and sums.tokens == student_ids.numel()
+
+
+def test_a_teacher_cache_of_a_cross_tokenizer_pair_equals_the_live_teacher_and_names_both_tokenizers(
+    tmp_path, student_tokenizer_dir
+):
+    from lit_kd.errors import CacheError
+    from lit_kd.teacher import TeacherCache
+    from lit_kd.teacher.build import write_teacher_cache
+    from lit_kd.teacher.cache import cache_key
+
+    arguments = dict(student=StudentConfig(layers=[0, 3], tokenizer=student_tokenizer_dir), teacher=TEACHER,
+                     loss=LossConfig("js", tau=2.0), kd_ratio=0.8, cross_tokenizer=CrossTokenizerConfig())  # fmt: skip
+    live = DistillModule(**arguments)
+    live.configure_model()
+    data = DollyDataModule(raw=str(DEMO_DATA), split_sizes=(24, 8, 8), max_length=128, batch_size=4,
+                           cache_dir=str(tmp_path / "tokenized"))  # fmt: skip
+    data.connect(live.tokenizer, live.teacher_tokenizer)
+    path = write_teacher_cache(live.teacher_config, live.tokenizer, data, tmp_path / "cache")
+    cache = TeacherCache.open(path)
+    assert "+" in cache.key.tokenizer  # the student's and the teacher's tokenizers
+    cached = DistillModule(**arguments, teacher_cache=str(path))
+    cached.use_teacher_cache(cache)
+    cached.configure_model()
+    assert cached.teacher is None
+    cached.student.load_state_dict(live.student.state_dict())
+    for split, loader in (("train", data.train_dataloader()), ("val", data.val_dataloader())):
+        batch = next(iter(loader))
+        results = []
+        for module in (live, cached):
+            module.student.zero_grad()
+            sums = module.compute_losses(batch, split)
+            sums.loss.backward()
+            results.append((sums.loss.detach(), [p.grad.clone() for p in module.student.parameters()]))
+        torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-6, atol=1e-6)
+        for a, b in zip(results[0][1], results[1][1]):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    records = data.load_split_records()
+    same_tokenizer_key = cache_key(live.teacher_config, live.tokenizer, records, data.max_length, data.fingerprints())
+    with pytest.raises(CacheError, match="tokenizer"):
+        cache.check(same_tokenizer_key)
