@@ -41,5 +41,5 @@ Across tokenizers (model.cross_tokenizer: {uld_weight, min_matched_share}; lit_k
   Exact: identical tokenizers give the objective itself (tested); a relabeled vocabulary likewise. Approximate: a
   group's probability is that of the realized tokenization, not the marginal over all of its tokenizations; the
   unmatched entries are compared only as a sorted multiset. On-policy: a sample is decoded and re-encoded by both;
-  the teacher cache holds the teacher's own rows. Not yet: per-token tau rules (refused) and chunking through the
-  heads (a micro-batch's full logits are formed)."""
+  the teacher cache holds the teacher's own rows; model.chunk_size runs it through the heads chunk by chunk.
+  Not yet: per-token tau rules (refused)."""

@@ -67,14 +67,19 @@ def realized_log_probs(logits: Tensor, targets: Tensor, tau: Temperature, chunk_
     return torch.cat(out) if out else logits.new_zeros(0)
 
 
+def group_rows(start: Tensor, end: Tensor) -> tuple[Tensor, Tensor]:
+    """(every row of the groups ``[start_g, end_g)`` in order, the group each belongs to)."""
+    lengths = end - start
+    owner = torch.repeat_interleave(torch.arange(start.numel(), device=start.device), lengths)
+    first_of_group = torch.cumsum(lengths, 0) - lengths  # where each group's rows begin among all gathered rows
+    rows = torch.repeat_interleave(start - first_of_group, lengths) + torch.arange(owner.numel(), device=start.device)
+    return rows, owner
+
+
 def group_sums(values: Tensor, start: Tensor, end: Tensor) -> Tensor:
     """Σ_{r ∈ [start_g, end_g)} values_r for every group (exact sums, no cumulative rounding)."""
-    lengths = end - start
-    group_of_row = torch.repeat_interleave(torch.arange(start.numel(), device=values.device), lengths)
-    first_of_group = torch.cumsum(lengths, 0) - lengths  # where each group's rows begin among all gathered rows
-    rows = torch.repeat_interleave(start - first_of_group, lengths) + torch.arange(group_of_row.numel(),
-                                                                                  device=values.device)  # fmt: skip
-    return values.new_zeros(start.numel()).index_add(0, group_of_row, values[rows])
+    rows, owner = group_rows(start, end)
+    return values.new_zeros(start.numel()).index_add(0, owner, values[rows])
 
 
 def pair_lookup(ids: Tensor, size: int) -> Tensor:
@@ -109,6 +114,41 @@ def sorted_l1(a: Tensor, b: Tensor) -> Tensor:
     return (a.sort(dim=-1, descending=True).values - b.sort(dim=-1, descending=True).values).abs().sum(-1)
 
 
+def group_chunk_term(
+    config: LossConfig,
+    student_first: Tensor,
+    teacher_first: Tensor,
+    student_first_targets: Tensor,
+    teacher_first_targets: Tensor,
+    chain_s: Tensor,
+    chain_t: Tensor,
+    vocabulary: VocabularyMap,
+    lookups: tuple[Tensor, Tensor],
+    uld_weight: float,
+    tau_s: Temperature,
+    tau_t: Temperature,
+) -> tuple[Tensor, Tensor]:
+    """(the KD term, the teacher's matched mass) of a chunk of groups, from each side's logits at the groups'
+    first rows ``[G, V]``, their targets, the groups' chain log-probabilities and the temperatures of those rows;
+    ``lookups``: ``pair_lookup`` of each side (teacher, student)."""
+    y_t, y_s = teacher_first_targets.long(), student_first_targets.long()
+    removed = torch.zeros(y_t.numel(), vocabulary.matched, dtype=torch.bool, device=teacher_first.device)
+    for pair in (lookups[0][y_t], lookups[1][y_s]):
+        hit = pair >= 0
+        removed[hit.nonzero().squeeze(-1), pair[hit]] = True
+    log_p = log_softmax_at(teacher_first, tau_t)
+    log_q = log_softmax_at(student_first, tau_s)
+    p_buckets, p_unmatched = buckets(log_p, y_t, chain_t, vocabulary.teacher_ids, removed)
+    q_buckets, q_unmatched = buckets(log_q, y_s, chain_s, vocabulary.student_ids, removed)
+    label = torch.full_like(y_t, vocabulary.matched)  # the group bucket (DRKL's target)
+    divergence = per_token_divergence(config, q_buckets, p_buckets, label, tau=1.0)
+    if config.tau_squared_scaling:
+        divergence = divergence * squared_factor(tau_s, tau_t, divergence.dtype)
+    if uld_weight:
+        divergence = divergence + uld_weight * sorted_l1(p_unmatched, q_unmatched)
+    return divergence, 1.0 - p_buckets[:, -1].exp().detach()
+
+
 def cross_vocab_term(
     config: LossConfig,
     student_logits: Tensor,
@@ -133,29 +173,19 @@ def cross_vocab_term(
     chain_s = group_sums(
         realized_log_probs(student_logits, student_targets, tau_s, chunk_size), groups.student_start, groups.student_end
     )
-    pair_of_teacher = pair_lookup(vocabulary.teacher_ids.to(teacher_logits.device), teacher_logits.shape[-1])
-    pair_of_student = pair_lookup(vocabulary.student_ids.to(student_logits.device), student_logits.shape[-1])
+    lookups = (pair_lookup(vocabulary.teacher_ids.to(teacher_logits.device), teacher_logits.shape[-1]),
+               pair_lookup(vocabulary.student_ids.to(student_logits.device), student_logits.shape[-1]))  # fmt: skip
     values, matched_mass = [], []
     for first in range(0, len(groups), chunk_size):
         chunk = slice(first, min(first + chunk_size, len(groups)))
         rows_t, rows_s = groups.teacher_start[chunk], groups.student_start[chunk]
-        y_t, y_s = teacher_targets[rows_t].long(), student_targets[rows_s].long()
-        removed = torch.zeros(rows_t.numel(), vocabulary.matched, dtype=torch.bool, device=teacher_logits.device)
-        for pair in (pair_of_teacher[y_t], pair_of_student[y_s]):
-            hit = pair >= 0
-            removed[hit.nonzero().squeeze(-1), pair[hit]] = True
-        log_p = log_softmax_at(teacher_logits[rows_t], rows_tau(tau_t, rows_t))
-        log_q = log_softmax_at(student_logits[rows_s], rows_tau(tau_s, rows_s))
-        p_buckets, p_unmatched = buckets(log_p, y_t, chain_t[chunk], vocabulary.teacher_ids, removed)
-        q_buckets, q_unmatched = buckets(log_q, y_s, chain_s[chunk], vocabulary.student_ids, removed)
-        label = torch.full_like(y_t, vocabulary.matched)  # the group bucket (DRKL's target)
-        divergence = per_token_divergence(config, q_buckets, p_buckets, label, tau=1.0)
-        if config.tau_squared_scaling:
-            divergence = divergence * squared_factor(rows_tau(tau_s, rows_s), rows_tau(tau_t, rows_t), divergence.dtype)
-        if uld_weight:
-            divergence = divergence + uld_weight * sorted_l1(p_unmatched, q_unmatched)
-        values.append(divergence)
-        matched_mass.append(1.0 - p_buckets[:, -1].exp().detach())
+        value, mass = group_chunk_term(
+            config, student_logits[rows_s], teacher_logits[rows_t], student_targets[rows_s], teacher_targets[rows_t],
+            chain_s[chunk], chain_t[chunk], vocabulary, lookups, uld_weight, rows_tau(tau_s, rows_s),
+            rows_tau(tau_t, rows_t),
+        )  # fmt: skip
+        values.append(value)
+        matched_mass.append(mass)
     empty = student_logits.new_zeros(0)
     return CrossVocabTerm(torch.cat(values) if values else empty, torch.cat(matched_mass) if matched_mass else empty)
 

@@ -14,9 +14,9 @@ Supported today, with any of the ten objectives, a τ schedule and ``tau_squared
 from the data, the teacher live or from its cache (``cache-teacher`` stores the teacher's rows of its own
 tokenization; the cache's key names both tokenizers); on- and mixed-policy (``model.policy``: a student's sample is
 decoded and both sides encode its text, ``StudentPolicy.mix``); sequence-level KD (``generate-data`` samples with
-the teacher's own tokenizer and writes text). Not yet: per-token τ rules (refused with one error); and the logits
-are formed in full for a micro-batch's response rows (``[N_s, V_s]`` and ``[N_t, V_t]``), not chunk by chunk
-through the heads.
+the teacher's own tokenizer and writes text). Not yet: per-token τ rules (refused with one error). With
+``model.chunk_size`` the step runs through the heads chunk by chunk (``lit_kd.losses.cross_vocab_chunked``: at most
+one chunk of either side's logits at a time), else from full logits.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from lit_kd.errors import ConfigError
 from lit_kd.losses import LossConfig
 from lit_kd.losses.chunked import TokenSums
 from lit_kd.losses.cross_vocab import cross_vocab_token_sums
+from lit_kd.losses.cross_vocab_chunked import chunked_cross_vocab_token_sums
+from lit_kd.models.head import final_hidden_states, output_head
 from lit_kd.models import ModelConfig, StudentConfig
 from lit_kd.models.pair import pair_tokenizers as models_pair_tokenizers
 from lit_kd.models.vocab_map import MIN_MATCHED_SHARE, VocabularyMap, build_vocabulary_map
@@ -96,12 +98,12 @@ def pair_tokenizers(
 
 def cross_token_sums(module: Any, batch: dict[str, Any], stage: str, diagnostics: bool = False) -> TokenSums:
     """The step's token sums for a cross-tokenizer ``DistillModule``: the student on its tokens, the teacher on
-    its own (``teacher_input_ids``), compared over the batch's aligned ``groups``."""
+    its own (``teacher_input_ids``), compared over the batch's aligned ``groups``; through the heads chunk by chunk
+    (``model.chunk_size``) or from full logits (``chunk_size: null``)."""
     mask = response_mask(batch["labels"])
     targets = batch["labels"][:, 1:][mask]
-    student_rows = module(batch["input_ids"], batch["attention_mask"])[:, :-1, : module.vocab_size][mask]
     source = module.teacher_source if module.kd_ratio > 0 else None
-    teacher_rows = teacher_targets = None
+    teacher_batch = teacher_mask = teacher_targets = None
     if source is not None:
         if "teacher_input_ids" not in batch:
             raise ConfigError(
@@ -110,11 +112,23 @@ def cross_token_sums(module: Any, batch: dict[str, Any], stage: str, diagnostics
             )
         teacher_batch = teacher_view(batch)
         teacher_mask = response_mask(teacher_batch["labels"])
-        teacher_rows = source.logits_rows(teacher_batch, teacher_mask, stage)
         teacher_targets = teacher_batch["labels"][:, 1:][teacher_mask]
+        module.vocabulary = module.vocabulary.to(targets.device)
+    loss, cross, groups = scheduled_loss(module), module.cross_tokenizer, batch.get("groups")
+    if module.chunk_size is None:
+        student_rows = module(batch["input_ids"], batch["attention_mask"])[:, :-1, : module.vocab_size][mask]
+        teacher_rows = source.logits_rows(teacher_batch, teacher_mask, stage) if source is not None else None
+        sums = cross_vocab_token_sums(loss, student_rows, teacher_rows, targets, teacher_targets, groups,
+                                      module.vocabulary, module.kd_ratio, cross.uld_weight,
+                                      diagnostics=diagnostics)  # fmt: skip
+    else:
+        hidden = final_hidden_states(module.student, batch["input_ids"], batch["attention_mask"])[:, :-1][mask]
+        teacher_hidden = source.hidden_rows(teacher_batch, teacher_mask, stage) if source is not None else None
+        sums = chunked_cross_vocab_token_sums(
+            loss, hidden, output_head(module.student, module.vocab_size), teacher_hidden, source and source.head,
+            targets, teacher_targets, groups, module.vocabulary, module.kd_ratio, cross.uld_weight, module.chunk_size,
+            diagnostics,
+        )  # fmt: skip
+    if source is not None:
         source.release()
-        module.vocabulary = module.vocabulary.to(student_rows.device)
-    return cross_vocab_token_sums(
-        scheduled_loss(module), student_rows, teacher_rows, targets, teacher_targets, batch.get("groups"),
-        module.vocabulary, module.kd_ratio, module.cross_tokenizer.uld_weight, module.chunk_size or 512, diagnostics,
-    )  # fmt: skip
+    return sums

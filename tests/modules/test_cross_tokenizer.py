@@ -239,3 +239,35 @@ def test_a_teacher_cache_of_a_cross_tokenizer_pair_equals_the_live_teacher_and_n
     same_tokenizer_key = cache_key(live.teacher_config, live.tokenizer, records, data.max_length, data.fingerprints())
     with pytest.raises(CacheError, match="tokenizer"):
         cache.check(same_tokenizer_key)
+
+
+@pytest.mark.parametrize("name, kd_ratio, chunk_size", [("fkl", 1.0, 7), ("rkl", 0.6, 3), ("js", 1.0, 512),
+                                                        ("akl", 0.5, 5), ("drkl", 1.0, 4), ("ab", 0.0, 6)])  # fmt: skip
+def test_the_chunked_cross_tokenizer_step_equals_the_full_logits_one(tmp_path, student_tokenizer_dir, name, kd_ratio,
+                                                                     chunk_size):
+    arguments = dict(student=StudentConfig(layers=[0, 3], tokenizer=student_tokenizer_dir), teacher=TEACHER,
+                     loss=LossConfig(name, tau=2.0, tau_squared_scaling=name == "js"), kd_ratio=kd_ratio,
+                     cross_tokenizer=CrossTokenizerConfig(uld_weight=0.5))  # fmt: skip
+    full, chunked = DistillModule(**arguments, chunk_size=None), DistillModule(**arguments, chunk_size=chunk_size)
+    for module in (full, chunked):  # in float64: the two paths agree to rounding
+        module.configure_model()
+        module.student.double()
+        module.teacher.double()
+    batch = first_batch(tmp_path, full)
+    results = []
+    for module in (full, chunked):
+        module.student.zero_grad()
+        sums = module.compute_losses(batch, diagnostics=True)
+        sums.loss.backward()
+        results.append((sums, [p.grad.clone() for p in module.student.parameters()]))
+    (a, grads_a), (b, grads_b) = results
+    for field in ("loss", "lm_loss", "kd_loss"):
+        if getattr(a, field) is None:
+            assert getattr(b, field) is None
+            continue
+        torch.testing.assert_close(getattr(b, field).detach(), getattr(a, field).detach(), rtol=1e-10, atol=1e-10)
+    if kd_ratio:
+        torch.testing.assert_close(b.diagnostics["matched_mass"], a.diagnostics["matched_mass"])
+    for x, y in zip(grads_a, grads_b):
+        assert x.dtype == torch.float64
+        torch.testing.assert_close(y, x, rtol=1e-9, atol=1e-12)
