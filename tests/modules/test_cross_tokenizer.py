@@ -271,3 +271,25 @@ def test_the_chunked_cross_tokenizer_step_equals_the_full_logits_one(tmp_path, s
     for x, y in zip(grads_a, grads_b):
         assert x.dtype == torch.float64
         torch.testing.assert_close(y, x, rtol=1e-9, atol=1e-12)
+
+
+def test_sequence_level_data_is_sampled_and_decoded_with_the_teachers_own_tokenizer(tmp_path, student_tokenizer_dir,
+                                                                                    monkeypatch):
+    import lit_kd.cli.generate_data as generate_data
+    from lit_kd.cli.main import main
+    from lit_kd.data import load_records
+    from tests.conftest import ROOT
+
+    used, original = [], generate_data.generate_responses
+
+    def spy(model, tokenizer, *args, **kwargs):
+        used.append(tokenizer)
+        return original(model, tokenizer, *args, **kwargs)
+
+    monkeypatch.setattr(generate_data, "generate_responses", spy)
+    main(["generate-data", "--config", str(ROOT / "configs" / "tiny.yaml"), "--model.teacher.tokenizer",
+          str(TINY_TOKENIZER), "--data.raw", str(DEMO_DATA), "--data.split_sizes", "[6, 2, 2]", "--data.cache_dir",
+          str(tmp_path / "cache"), "--model.cross_tokenizer", "{}", "--model.student.tokenizer",
+          student_tokenizer_dir, "--out", str(tmp_path / "seqkd"), "--sampling.max_new_tokens", "6"])  # fmt: skip
+    assert used and all(tokenizer.eos_token == "<|endoftext|>" and len(tokenizer) == 1000 for tokenizer in used)
+    assert len(load_records(str(tmp_path / "seqkd" / "train.jsonl"))) == 6
