@@ -47,6 +47,8 @@ class RunRecord:
     name: str = ""
     """The registry objective (``objective`` is the run's label, which names its regime as well)"""
     regime: Optional[str] = None
+    minutes: Optional[float] = None
+    """the run's wall time, fit and evaluation (its status record's)"""
 
     @property
     def avg(self) -> float:
@@ -140,7 +142,8 @@ def collect(out: Path, plan: SweepPlan) -> tuple[list[RunRecord], list[str]]:
         diagnostics = read_diagnostics(Path(status.fit_dir))
         quality = run_quality(result)
         records.append(
-            RunRecord(spec.label, spec.tau, spec.seed, scores, val, diagnostics, quality, spec.objective, spec.regime)
+            RunRecord(spec.label, spec.tau, spec.seed, scores, val, diagnostics, quality, spec.objective, spec.regime,
+                      status.minutes)  # fmt: skip
         )
     return records, problems
 
@@ -161,6 +164,14 @@ class Report:
         self.taus = sorted({r.tau for r in plan.runs})
         self.benchmarks = list(records[0].scores) if records else []
         self.by_val = bool(records) and all(r.val_score is not None for r in records)
+
+    def run_time(self) -> str:
+        """``; wall time per run …`` from the done runs' records (fit and evaluation; runs side by side overlap)."""
+        minutes = [r.minutes for r in self.records if r.minutes is not None]
+        if not minutes:
+            return ""
+        return (f"; wall time per run (fit + evaluation) {min(minutes):.1f}–{max(minutes):.1f} min, median "
+                f"{statistics.median(minutes):.1f}; {sum(minutes) / 60:.1f} h of run time in all")  # fmt: skip
 
     def cell(self, objective: str, tau: float) -> list[RunRecord]:
         return [r for r in self.records if r.objective == objective and r.tau == tau]
@@ -488,7 +499,7 @@ class Report:
             f"- evaluation: {', '.join(evaluation.benchmarks)}"
             + (f", first {evaluation.max_examples} examples each" if evaluation.max_examples else "")
             + f", {evaluation.max_new_tokens} new tokens, sampling at temperature 1",
-            f"- runs: {done} of {len(self.plan.runs)} done",
+            f"- runs: {done} of {len(self.plan.runs)} done" + self.run_time(),
         ]
         lines += [f"  - {p}" for p in self.problems]
         lines += ["", *self.table1(), "", *self.grid_table(), "", *self.gain_table(), ""]

@@ -215,7 +215,8 @@ def test_the_report_states_the_fkl_rkl_crossover_and_plots_diversity_against_tau
         for seed, value in zip((10, 20), values):
             runs.append(RunSpec(len(runs), objective, tau, seed))
             quality = {"distinct_2": 0.1 * tau, "self_bleu": 20.0 / tau, "entropy": tau, "ece": 0.05 * tau}
-            records.append(RunRecord(objective, tau, seed, {"dolly": value}, value, quality=quality))
+            records.append(RunRecord(objective, tau, seed, {"dolly": value}, value, quality=quality,
+                                     minutes=2.0 + len(records)))  # fmt: skip
     report = Report(tmp_path, SweepPlan(["base.yaml"], runs, SweepEval(benchmarks=["dolly"])), records, [])
     figures = report.figures(tmp_path)
     assert (tmp_path / "diversity_calibration_vs_tau.png").stat().st_size > 1000 and "quality" in figures
@@ -225,6 +226,8 @@ def test_the_report_states_the_fkl_rkl_crossover_and_plots_diversity_against_tau
     assert ("FKL at its best τ = 4 vs RKL at its best τ = 2: 7.60 ± 0.14 vs 6.50 ± 0.00 (FKL ahead, the paper's "
             "direction; the difference +1.10 is beyond one std)") in markdown  # fmt: skip
     assert "| fkl | 4 | 0.400 ± 0.000 |" in markdown  # Distinct-2 in the diversity table
+    # 12 runs of 2..13 min: the median and the total (1.5 h) beside the count
+    assert "wall time per run (fit + evaluation) 2.0–13.0 min, median 7.5; 1.5 h of run time in all" in markdown
     behind = [r for r in records if r.objective == "rkl"]
     for record in behind:
         record.scores = {"dolly": 1.0}
