@@ -33,10 +33,10 @@ from lit_kd.models.vocab_map import VocabularyMap
 
 
 def realized_rows(
-    hidden: Tensor, head: OutputHead, targets: Tensor, tau: float, chunk_size: int
+    hidden: Tensor, head: OutputHead, targets: Tensor, tau: float, chunk_size: int, with_ce: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(ℓ_i = log softmax(z_i/τ)[y_i], CE_i = −log softmax(z_i)[y_i], the non-finite flags) of every row, without a
-    graph, ``chunk_size`` rows at a time."""
+    """(ℓ_i = log softmax(z_i/τ)[y_i], CE_i = −log softmax(z_i)[y_i] (empty without ``with_ce``), the non-finite
+    flags) of every row, without a graph, ``chunk_size`` rows at a time."""
     realized, ce = [], []
     flags = torch.zeros(2, dtype=torch.bool, device=hidden.device)
     with torch.no_grad():
@@ -44,7 +44,8 @@ def realized_rows(
             logits = upcast(head.logits(hidden[first : first + chunk_size]))
             index = targets[first : first + chunk_size].long()[:, None]
             realized.append(torch.log_softmax(logits / tau, dim=-1).gather(-1, index).squeeze(-1))
-            ce.append(-torch.log_softmax(logits, dim=-1).gather(-1, index).squeeze(-1))
+            if with_ce:
+                ce.append(-torch.log_softmax(logits, dim=-1).gather(-1, index).squeeze(-1))
             flags |= nonfinite_flags(logits, None)[:2]
     empty = hidden.new_zeros(0, dtype=torch.float32)
     return (torch.cat(realized) if realized else empty), (torch.cat(ce) if ce else empty), flags
@@ -89,7 +90,7 @@ def chunked_cross_vocab_token_sums(
     if kd_on:
         assert groups is not None and vocabulary is not None and teacher_targets is not None
         teacher_realized, _, teacher_flags = realized_rows(teacher_hidden, teacher_head, teacher_targets, tau,
-                                                           chunk_size)  # fmt: skip
+                                                           chunk_size, with_ce=False)  # fmt: skip
         nonfinite[2:] = teacher_flags
         chain_t = group_sums(teacher_realized, groups.teacher_start, groups.teacher_end)
         chain_s = group_sums(realized, groups.student_start, groups.student_end)
@@ -125,9 +126,9 @@ def chunked_cross_vocab_token_sums(
                 rows = torch.arange(first, min(first + chunk_size, student_hidden.shape[0]), device=grad_row.device)
                 logits = upcast(student_head.logits(student_hidden[rows]))
                 onehot = F.one_hot(student_targets[rows].long(), logits.shape[-1]).to(logits.dtype)
-                grad = grad_row[rows, None] * (onehot - torch.softmax(logits / tau, dim=-1)) / tau
-                if ce_weight:
-                    grad += ce_weight * (torch.softmax(logits, dim=-1) - onehot)
+                grad = ce_weight * (torch.softmax(logits, dim=-1) - onehot)
+                if kd_on:
+                    grad += grad_row[rows, None] * (onehot - torch.softmax(logits / tau, dim=-1)) / tau
                 backpropagate(rows, grad)
                 del logits, onehot, grad
     loss = total.detach()
