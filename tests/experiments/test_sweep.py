@@ -407,7 +407,7 @@ def test_the_regime_is_a_grid_axis(tmp_path):
         else:
             assert "--data.raw" not in command
     assert Sweep.load(str(tmp_path / "s")).runs == sweep.runs
-    with pytest.raises(ConfigError, match="--regimes: unknown regime 'offline'; the regimes are mixed, off_policy"):
+    with pytest.raises(ConfigError, match="--regimes: unknown regime 'offline'; the regimes are cross_tokenizer, cross_tokenizer_lm_only, mixed"):
         Sweep.create(str(tmp_path / "t"), [str(base)], ["fkl"], [2.0], [10], evaluation(tmp_path), regimes=["offline"])
 
 

@@ -378,7 +378,8 @@ def test_the_objectives_command_prints_the_fixed_input_table(capsys):
 
     main(["objectives"])
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 1 + len(OBJECTIVES)
+    table = out[: out.index("")]  # then the cross-tokenizer paragraph
+    assert len(table) == 1 + len(OBJECTIVES) and out[len(table) + 1].startswith("Across tokenizers")
     for name, (t1, t3, t3_scaled) in DOC_TABLE.items():
         row = next(line for line in out if line.startswith(f"{name} "))
         assert f"{t1:.10f}" in row and f"{t3:.10f}" in row and f"{t3_scaled:.10f}" in row, row
