@@ -32,7 +32,7 @@ def test_it_writes_a_loadable_tokenizer_once_and_keeps_it(tmp_path, capsys):
     [
         (["--vocab_size", "100"], "--vocab_size must be at least 260"),
         (["--vocab_size", "600"], "already exists and is not this tokenizer"),
-        (["--data", "MISSING"], "MISSING"),
+        (["--data", "missing/dolly.jsonl"], "missing/dolly.jsonl"),
     ],
 )
 def test_bad_input_is_one_error_and_writes_nothing(tmp_path, capsys, arguments, message):
