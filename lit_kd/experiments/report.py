@@ -540,9 +540,12 @@ def variant_records(plan: SweepPlan, variant_dirs: list[str]) -> tuple[list[RunR
         raise ConfigError("--variants: the sweep compared with must run the base configs' own regime (no --regimes)")
     for directory in variant_dirs:
         variant_plan = load_plan(Path(directory))
-        digests = ({n: layer.sha256 for n, layer in p.objective_configs.items()} for p in (variant_plan, plan))
-        if next(digests) != next(digests):
-            raise ConfigError(f"--variants {directory}: its objective configs differ from the sweep's")
+        ours = {name: layer.sha256 for name, layer in plan.objective_configs.items()}
+        differing = [name for name, layer in variant_plan.objective_configs.items() if ours.get(name) != layer.sha256]
+        if differing:  # the variants may run fewer objectives than the sweep, each with the sweep's own config
+            raise ConfigError(
+                f"--variants {directory}: its objective configs differ from the sweep's ({', '.join(differing)})"
+            )
         if [file_digest(p) for p in variant_plan.base] != [file_digest(p) for p in plan.base]:
             raise ConfigError(f"--variants {directory}: its base configs differ from the sweep's ({variant_plan.base})")
         for name in ("fit_args", "evaluation"):

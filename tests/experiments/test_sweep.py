@@ -448,6 +448,26 @@ def test_the_report_sets_tau_schedules_and_rules_against_the_best_constant_tau(t
     with pytest.raises(ConfigError, match="runs every run in a regime"):
         variant_records(plan, [str(plain)])
 
+    # the variants may run fewer objectives than the sweep, each with the sweep's own objective config
+    from lit_kd.experiments.records import ConfigLayer
+
+    layers = {}
+    for name in ("fkl", "rkl"):
+        (tmp_path / f"{name}.yaml").write_text(f"model: {{loss: {{name: {name}}}}}\n")
+        layers[name] = ConfigLayer(str(tmp_path / f"{name}.yaml"), sha256(tmp_path / f"{name}.yaml"))
+    plan.objective_configs = layers
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    write_plan(fewer, SweepPlan(["base.yaml"], variant, SweepEval(benchmarks=["dolly"]), regime_configs=regimes,
+                                objective_configs={"fkl": layers["fkl"]}))  # fmt: skip
+    assert variant_records(plan, [str(fewer)])[0] == []  # comparable (its runs are not done yet)
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    write_plan(edited, SweepPlan(["base.yaml"], variant, SweepEval(benchmarks=["dolly"]), regime_configs=regimes,
+                                 objective_configs={"fkl": layers["rkl"]}))  # fmt: skip  (another content)
+    with pytest.raises(ConfigError, match=r"its objective configs differ from the sweep's \(fkl\)"):
+        variant_records(plan, [str(edited)])
+
 
 @pytest.mark.slow
 def test_an_interrupt_of_a_sweep_with_two_workers_leaves_its_runs_resumable(tmp_path, monkeypatch):
