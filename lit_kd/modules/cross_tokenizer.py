@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from lightning.pytorch.utilities import rank_zero_info
 from transformers import PreTrainedTokenizerBase
 
 from lit_kd.data.collate import teacher_view
@@ -87,13 +86,12 @@ def pair_tokenizers(
     student: StudentConfig, teacher: Optional[ModelConfig], cross: Optional[CrossTokenizerConfig]
 ) -> tuple[PreTrainedTokenizerBase, Optional[PreTrainedTokenizerBase], Optional[VocabularyMap]]:
     """(the tokenizer of the data, generation and evaluation; the teacher's own and the pair's vocabulary map, with
-    ``cross``). The map is built once, before any model loads; its matched share goes to the log."""
+    ``cross``). The map is built once, before any model loads (its matched share is logged with the models,
+    ``Assembly.describe``)."""
     tokenizer, teacher_tokenizer = models_pair_tokenizers(student, teacher, cross is not None)
     if cross is None or teacher_tokenizer is None:
         return tokenizer, None, None
-    vocabulary = build_vocabulary_map(teacher_tokenizer, tokenizer, cross.min_matched_share)
-    rank_zero_info(f"cross-tokenizer pair: {vocabulary.describe()}")
-    return tokenizer, teacher_tokenizer, vocabulary
+    return tokenizer, teacher_tokenizer, build_vocabulary_map(teacher_tokenizer, tokenizer, cross.min_matched_share)
 
 
 def cross_token_sums(module: Any, batch: dict[str, Any], stage: str, diagnostics: bool = False) -> TokenSums:
