@@ -7,7 +7,8 @@
 # 1. the GPU tests (pytest -m gpu): FSDP2 on CUDA with a sharded student and a frozen teacher;
 # 2. benchmarks/fsdp.py on CUDA: 1 process vs FSDP2 vs DDP over the GPUs, bf16-mixed, with tokens/s and MFU
 #    (FLOPs from DistillModule.flops_per_batch, peak FLOPs from Lightning's get_available_flops);
-# (The loss kernels' CUDA comparison joins this script with issue 23: benchmarks/loss_memory.py measures CPU RSS.)
+# 3. benchmarks/loss_memory.py on CUDA: the KD loss of full logits vs lit_kd's chunked fused kernels (eager and
+#    torch.compile'd: Triton) vs Liger and TRL where installed, peak allocated memory and time, V = 50,257 and 151,936.
 set -euo pipefail
 source .venv/bin/activate
 GPUS=$(python -c "import torch; print(torch.cuda.device_count())")
@@ -17,3 +18,5 @@ echo "== 1. GPU tests"
 python -m pytest -q -m gpu tests
 echo "== 2. FSDP2 vs DDP vs 1 process on $GPUS GPU(s)"
 python benchmarks/fsdp.py --accelerator cuda --devices "$GPUS" --precision bf16-mixed --steps 20 --layers 30
+echo "== 3. the KD loss: full logits vs chunked (eager, compiled) vs peers, on CUDA"
+python benchmarks/loss_memory.py --device cuda --vocab 50257,151936 --repeats 3

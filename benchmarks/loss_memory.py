@@ -1,89 +1,113 @@
-"""Peak memory and time of the KD loss — LM heads + objective + backward — full logits vs chunked fused heads,
-side by side in one run, for every objective.
+"""Peak memory and time of the KD loss — LM heads + objective + backward — full logits, lit_kd's chunked fused heads
+(eager and ``torch.compile``d) and the peers, side by side in one run, for every objective.
 
-    python benchmarks/loss_memory.py                                  # V = 50,257 and 151,936, 4,096 rows
+    python benchmarks/loss_memory.py --vocab 50257                    # every objective, 4,096 rows
+    python benchmarks/loss_memory.py --vocab 151936 --rows 2048 --peers none
     python benchmarks/loss_memory.py --vocab 50257 --objectives fkl,js --rows-sweep 1024,4096,16384
 
 The problem: ``rows`` response rows, student hidden 768 with its own LM head, teacher hidden 1,600 with a
 frozen head (random weights, float32). "full" is ``chunk_size: null`` (both models' ``[rows, V]`` logits,
-then the objective, then backward); "chunked" is ``chunked_token_sums`` with ``--chunk`` rows per chunk.
-Each measurement runs in a fresh child process; its peak memory is the growth of the process's peak
-resident set (``ru_maxrss``) over its resident set once the inputs exist, so it covers the logits, the
-objective's temporaries and the gradients. Time is the wall time of forward + backward (best of
-``--repeats``, after one untimed warm-up). The gradients of the two paths are compared (max relative difference).
-JS is measured at β = 0.5 (the peers' JSD), every objective at τ = 2, KD only.
+then the objective, then backward); "chunked" is ``chunked_token_sums`` with ``--chunk`` rows per chunk (``auto``:
+``auto_chunk_size``, 512 at V = 50,257 and 256 at 151,936; the peers get the same chunk), eager or compiled.
+Each measurement runs in a fresh child process, one untimed warm-up (and compilation) first, then ``--repeats``
+timed runs. Peak memory is the growth of the process's peak resident set (``VmHWM``, reset before each timed run)
+over its resident set then, so it covers the logits, the objective's temporaries and the gradients of the step,
+not a compiler's one-off memory. Time is the wall time of forward + backward: the best, and the median and range
+of the ratios to the full path's best. Losses and gradients are compared with the full path's (max relative
+difference). JS is measured at β = 0.5 (the peers' JSD), every objective at τ = 2, KD only.
 
-Peers (``--peers auto``: those installed; ``pip install -e '.[bench]'``), in a second table, each against the
-full path in the same run and the same way, for the objectives they cover (FKL, RKL, JS as generalized-JSD
-β = 0, 1, 0.5): Liger-Kernel's ``LigerFusedLinearJSDLoss`` eager and ``torch.compile``d, and TRL's
-``ChunkedDivergenceFunction`` (its DistillationTrainer's chunked divergence); the time ratio's median and range
-over the repeats, and the loss and gradient against the full path's. A full-logits run
-that the machine cannot hold is retried with half the rows until it fits, and reported as such.
-Whether PyTorch's huge-page allocation (``THP_MEM_ALLOC_ENABLE=1``) is set is printed: it halves the page
-faults of large tensors on this CPU.
+Peers (``--peers auto``: those installed; ``pip install -e '.[bench]'``), for the objectives they cover (FKL, RKL,
+JS as generalized-JSD β = 0, 1, 0.5): Liger-Kernel's ``LigerFusedLinearJSDLoss`` eager and ``torch.compile``d,
+and TRL's ``ChunkedDivergenceFunction`` (its DistillationTrainer's chunked divergence). A full-logits run that
+the machine cannot hold is retried with half the rows until it fits; every path is then compared at those rows,
+and the chunked one is also run at ``--rows``. Whether PyTorch's huge-page allocation
+(``THP_MEM_ALLOC_ENABLE=1``) is set is printed: it halves the page faults of large tensors on this CPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing as mp
 import os
-import resource
 import statistics
 import time
 
 import torch
 
 from lit_kd.losses import OBJECTIVES, LossConfig
-from lit_kd.losses.chunked import chunked_token_sums, token_sums_from_logits
+from lit_kd.losses.chunked import auto_chunk_size, chunked_token_sums, token_sums_from_logits
 from lit_kd.models.head import OutputHead
 
 STUDENT_HIDDEN, TEACHER_HIDDEN = 768, 1600
 
 
-def rss_bytes() -> int:
+def status_bytes(field: str) -> int:
+    """``VmRSS`` (resident now) or ``VmHWM`` (its peak since the last ``reset_peak``) of this process, in bytes."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def measure(objective: str, vocab: int, rows: int, path: str, chunk: int, repeats: int, out: str) -> None:
-    """Child process: build the problem, run it once untimed and ``repeats`` times timed, write {peak, seconds,
-    all_seconds, loss, grads} to ``out``."""
+def reset_peak(cuda: bool = False) -> int:
+    """Reset the peak to the current use and return the latter: CUDA's allocated memory, or this process's
+    resident set (Linux ``clear_refs``)."""
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    return status_bytes("VmRSS")
+
+
+def measure(
+    objective: str, vocab: int, rows: int, path: str, chunk: int, repeats: int, device: str, out: str
+) -> None:
+    """Child process: build the problem on ``device``, run it once untimed and ``repeats`` times timed, write {peak,
+    seconds, all_seconds, loss, grads} to ``out`` (peak: of the resident set on CPU, of allocated memory on CUDA)."""
     torch.manual_seed(0)
-    hidden = (torch.randn(rows, STUDENT_HIDDEN) * 0.5).requires_grad_(True)
-    weight = (torch.randn(vocab, STUDENT_HIDDEN) * 0.05).requires_grad_(True)
-    teacher_hidden = torch.randn(rows, TEACHER_HIDDEN) * 0.5
-    teacher_weight = torch.randn(vocab, TEACHER_HIDDEN) * 0.05
-    targets = torch.randint(0, vocab, (rows,))
+    hidden = (torch.randn(rows, STUDENT_HIDDEN, device=device) * 0.5).requires_grad_(True)
+    weight = (torch.randn(vocab, STUDENT_HIDDEN, device=device) * 0.05).requires_grad_(True)
+    teacher_hidden = torch.randn(rows, TEACHER_HIDDEN, device=device) * 0.5
+    teacher_weight = torch.randn(vocab, TEACHER_HIDDEN, device=device) * 0.05
+    targets = torch.randint(0, vocab, (rows,), device=device)
+    cuda = torch.device(device).type == "cuda"
     config = LossConfig(objective, tau=2.0, **({"js_beta": 0.5} if objective == "js" else {}))  # the peers' JS
     head, teacher_head = OutputHead(weight), OutputHead(teacher_weight)
-    baseline = rss_bytes()
-    seconds = []
-    for _ in range(repeats + 1):  # the first is a warm-up (and a peer's torch.compile), not timed
+    seconds, peak = [], 0
+    for repeat in range(repeats + 1):  # the first is a warm-up (and torch.compile), not timed nor measured
         hidden.grad = weight.grad = None
+        if repeat > 0:
+            gc.collect()
+            baseline = reset_peak(cuda)
         started = time.perf_counter()
         if path == "full":
             with torch.no_grad():
                 teacher_logits = teacher_head.logits(teacher_hidden)
             loss = token_sums_from_logits(head.logits(hidden), teacher_logits, targets, config, 1.0).loss / rows
             del teacher_logits
-        elif path == "chunked":
-            loss = chunked_token_sums(hidden, head, targets, config, 1.0, chunk, teacher_hidden, teacher_head).loss / rows
+        elif path in ("chunked", "chunked-compiled"):
+            loss = chunked_token_sums(hidden, head, targets, config, 1.0, chunk, teacher_hidden, teacher_head,
+                                      compiled=path == "chunked-compiled").loss / rows  # fmt: skip
         else:
             loss = peer_loss(path, objective, hidden, weight, teacher_hidden, teacher_weight, targets, chunk)
         loss.backward()
+        value = loss.detach().item()  # (a host sync on CUDA: the step is done)
         seconds.append(time.perf_counter() - started)
-        value = loss.detach().item()
         del loss
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+        if repeat > 0:
+            peak = max(peak, (torch.cuda.max_memory_allocated() if cuda else status_bytes("VmHWM")) - baseline)
     seconds = seconds[1:]
     torch.save({"peak": peak, "seconds": min(seconds), "all_seconds": seconds, "loss": value,
                 "grads": (hidden.grad[:64].clone(), weight.grad[:512].clone())}, out)  # fmt: skip
 
+
+DEVICE = ["cpu"]
+"""``--device``, for the child processes."""
 
 PEER_BETA = {"fkl": 0.0, "rkl": 1.0, "js": 0.5}
 """The objectives the peers cover, as their generalized-JSD β (0: KL(p‖q), 1: KL(q‖p)); lit_kd's js is β = 0.5."""
@@ -117,7 +141,7 @@ def installed_peers() -> list[str]:
 def run_child(*args) -> dict | None:
     out = f"/tmp/loss_memory_{os.getpid()}_{time.time_ns()}.pt"
     context = mp.get_context("spawn")
-    child = context.Process(target=measure, args=(*args, out))
+    child = context.Process(target=measure, args=(*args, DEVICE[0], out))
     child.start()
     child.join()
     if child.exitcode != 0 or not os.path.exists(out):
@@ -134,28 +158,52 @@ def relative_difference(a, b) -> float:
 GIB = 1024**3
 
 
-def compare(objective: str, vocab: int, args: argparse.Namespace) -> dict:
-    """One table row: both paths at ``args.rows`` (the full one at fewer rows when it does not fit)."""
-    chunked = run_child(objective, vocab, args.rows, "chunked", args.chunk, args.repeats)
+def compare(objective: str, vocab: int, args: argparse.Namespace, peers: list[str]) -> list[dict]:
+    """One objective at one V: the full path (at fewer rows when it does not fit: then every path at those rows,
+    and the chunked one at ``args.rows`` too), lit_kd's chunked path eager and compiled, and the peers covering it,
+    each printed as a row against the full path."""
+    chunk = args.chunk if args.chunk != "auto" else auto_chunk_size(vocab, STUDENT_HIDDEN)
     rows, full = args.rows, None
     while rows >= 64 and full is None:
-        full = run_child(objective, vocab, rows, "full", args.chunk, args.repeats)
+        full = run_child(objective, vocab, rows, "full", chunk, args.repeats)
         rows = rows if full is not None else rows // 2
-    record = {"vocab": vocab, "objective": objective}
-    if full is None or chunked is None:
-        print(f"| {vocab:,} | {objective} | (did not run) | | | | | | |", flush=True)
+    if full is None:
+        print(f"| {vocab:,} | {objective} | full | (did not run) | | | | | | |", flush=True)
+        return []
+    paths = ["chunked", *(["chunked-compiled"] if args.compiled else []),
+             *(peers if objective in PEER_BETA else [])]  # fmt: skip
+    records = [row(objective, vocab, rows, "full", full, full)]
+    for path in paths:
+        result = run_child(objective, vocab, rows, path, chunk, args.repeats)
+        records.append(row(objective, vocab, rows, path, result, full))
+    if rows != args.rows:  # the full path does not fit at args.rows: the chunked path there, on its own
+        result = run_child(objective, vocab, args.rows, "chunked", chunk, args.repeats)
+        records.append(row(objective, vocab, args.rows, "chunked", result, None))
+    return records
+
+
+NAMES = {"full": "full logits", "chunked": "lit_kd chunked", "chunked-compiled": "lit_kd chunked, compiled"}
+
+
+def row(objective: str, vocab: int, rows: int, path: str, result: dict | None, full: dict | None) -> dict:
+    """Print one table row (ratios to ``full``, when given) and return it as a record."""
+    name = NAMES.get(path, path)
+    if result is None:
+        print(f"| {vocab:,} | {objective} | {name} | {rows:,} | (did not run) | | | | | |", flush=True)
+        return {"vocab": vocab, "objective": objective, "path": path, "rows": rows}
+    record = {"vocab": vocab, "objective": objective, "path": path, "rows": rows, "peak": result["peak"],
+              "seconds": result["seconds"], "all_seconds": result["all_seconds"]}  # fmt: skip
+    if full is None:
+        print(f"| {vocab:,} | {objective} | {name} | {rows:,} | {result['peak'] / GIB:.2f} | (full does not fit) "
+              f"| {result['seconds']:.2f} | | | |", flush=True)  # fmt: skip
         return record
-    record.update(full_rows=rows, full_peak=full["peak"], chunked_peak=chunked["peak"],
-                  full_seconds=full["seconds"], chunked_seconds=chunked["seconds"])  # fmt: skip
-    if rows != args.rows:  # the full path did not fit: say where it does
-        note = f"does not fit at {args.rows:,} rows; {full['peak'] / GIB:.2f} at {rows:,} rows"
-        print(f"| {vocab:,} | {objective} | {note} | {chunked['peak'] / GIB:.2f} | | | "
-              f"{chunked['seconds']:.2f} | | |", flush=True)  # fmt: skip
-        return record
-    record["grad_diff"] = relative_difference(chunked["grads"], full["grads"])
-    print(f"| {vocab:,} | {objective} | {full['peak'] / GIB:.2f} | {chunked['peak'] / GIB:.2f} | "
-          f"{chunked['peak'] / full['peak']:.3f} | {full['seconds']:.2f} | {chunked['seconds']:.2f} | "
-          f"{chunked['seconds'] / full['seconds']:.2f} | {record['grad_diff']:.1e} |", flush=True)  # fmt: skip
+    ratios = sorted(t / full["seconds"] for t in result["all_seconds"])
+    record.update(peak_ratio=result["peak"] / full["peak"], time_ratio=statistics.median(ratios),
+                  loss_diff=result["loss"] - full["loss"],
+                  grad_diff=relative_difference(result["grads"], full["grads"]))  # fmt: skip
+    print(f"| {vocab:,} | {objective} | {name} | {rows:,} | {result['peak'] / GIB:.2f} | {record['peak_ratio']:.3f} | "
+          f"{result['seconds']:.2f} | {record['time_ratio']:.2f} ({ratios[0]:.2f}–{ratios[-1]:.2f}) | "
+          f"{record['loss_diff']:+.1e} | {record['grad_diff']:.1e} |", flush=True)  # fmt: skip
     return record
 
 
@@ -164,8 +212,12 @@ def main() -> None:
     parser.add_argument("--vocab", default="50257,151936")
     parser.add_argument("--objectives", default=",".join(sorted(OBJECTIVES)))
     parser.add_argument("--rows", type=int, default=4096)
-    parser.add_argument("--chunk", type=int, default=512)
+    parser.add_argument("--chunk", default="auto", type=lambda text: text if text == "auto" else int(text),
+                        help="rows per chunk, for lit_kd and the peers alike (auto: lit_kd's auto_chunk_size)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: peak = torch.cuda.max_memory_allocated")
+    parser.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure lit_kd's chunked path through torch.compile")
     parser.add_argument(
         "--rows-sweep", default="", help="also measure the chunked peak of the first objective at these rows"
     )
@@ -177,43 +229,27 @@ def main() -> None:
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         parser.error(f"--peers: unknown {', '.join(unknown)}; choose auto, none or from {', '.join(PEERS)}")
+    DEVICE[0] = args.device
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "unset")
-    print(f"THP_MEM_ALLOC_ENABLE={thp}, torch threads {torch.get_num_threads()}, rows {args.rows}, chunk {args.chunk}, "
-          f"student d={STUDENT_HIDDEN}, teacher d={TEACHER_HIDDEN}", flush=True)  # fmt: skip
-    print("| V | objective | full peak (GiB) | chunked peak (GiB) | peak ratio | full s | chunked s | time ratio "
-          "| grad diff |")  # fmt: skip
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    cuda = args.device.startswith("cuda")
+    where = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{where}, THP_MEM_ALLOC_ENABLE={thp}, torch {torch.__version__}, "
+          f"rows {args.rows}, chunk {args.chunk}, student d={STUDENT_HIDDEN}, teacher d={TEACHER_HIDDEN}, "
+          f"{args.repeats} timed repeats after a warm-up")  # fmt: skip
+    print(f"peers found: {', '.join(peers) or 'none'} (pip install -e '.[bench]' installs liger-kernel and trl)\n")
+    print("| V | objective | path | rows | peak (GiB) | peak × full | s (best) | time × full (median; range) "
+          "| loss − full | grad diff |")  # fmt: skip
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
     records = []
     for vocab in (int(v) for v in args.vocab.split(",")):
         for objective in args.objectives.split(","):
-            records.append(compare(objective, vocab, args))
-    covered = [o for o in args.objectives.split(",") if o in PEER_BETA]
-    print(f"\npeers found: {', '.join(peers) or 'none'} (pip install -e '.[bench]' installs liger-kernel and trl)")
-    if peers and covered:
-        print(f"\n| V | objective | path | peak × full | time × full (median; min–max of {args.repeats}) "
-              "| loss − full | grad diff |")  # fmt: skip
-        print("|---:|---|---|---:|---:|---:|---:|")
-        for vocab in (int(v) for v in args.vocab.split(",")):
-            for objective in covered:
-                full = run_child(objective, vocab, args.rows, "full", args.chunk, args.repeats)
-                if full is None:
-                    print(f"| {vocab:,} | {objective} | (the full path does not fit at {args.rows:,} rows) | | | | |")
-                    continue
-                for path in ["chunked", *peers]:
-                    result = run_child(objective, vocab, args.rows, path, args.chunk, args.repeats)
-                    if result is None:
-                        print(f"| {vocab:,} | {objective} | {path} | (did not run) | | | |", flush=True)
-                        continue
-                    ratios = sorted(t / full["seconds"] for t in result["all_seconds"])
-                    print(f"| {vocab:,} | {objective} | {'lit_kd chunked' if path == 'chunked' else path} | "
-                          f"{result['peak'] / full['peak']:.3f} | {statistics.median(ratios):.2f} "
-                          f"({ratios[0]:.2f}–{ratios[-1]:.2f}) | {result['loss'] - full['loss']:+.1e} | "
-                          f"{relative_difference(result['grads'], full['grads']):.1e} |", flush=True)  # fmt: skip
+            records.extend(compare(objective, vocab, args, peers))
     if args.rows_sweep:
         objective, vocab = args.objectives.split(",")[0], int(args.vocab.split(",")[0])
-        print(f"\nchunked peak vs rows ({objective}, V = {vocab:,}, chunk {args.chunk}):")
+        chunk = args.chunk if args.chunk != "auto" else auto_chunk_size(vocab, STUDENT_HIDDEN)
+        print(f"\nchunked peak vs rows ({objective}, V = {vocab:,}, chunk {chunk}):")
         for rows in (int(r) for r in args.rows_sweep.split(",")):
-            result = run_child(objective, vocab, rows, "chunked", args.chunk, 1)
+            result = run_child(objective, vocab, rows, "chunked", chunk, 1)
             print(f"  {rows:>6,} rows: {result['peak'] / GIB:.3f} GiB", flush=True)
     if args.json:
         with open(args.json, "w") as handle:

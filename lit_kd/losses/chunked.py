@@ -7,34 +7,44 @@ Per response token i (label t_i, student logits z_s,i, teacher logits z_t,i):
 
 with d the configured objective from the registry, called as it is (``per_token_divergence``).
 
-**Chunked, fused-head path** (``chunked_token_sums``): the rows are taken ``chunk_size`` at a time; for each
-chunk the student's logits ``h_s W_sᵀ`` and the teacher's ``h_t W_tᵀ`` (live hidden states or cached ones)
-are formed, ℓ and its gradient with respect to the chunk's student hidden rows and the student head are
-computed at once, and the chunk's logits are freed. The gradient ∂ℓ/∂z_s comes in closed form where the objective
-has one (``closed_form``: FKL, RKL, Sym-KL, JS, TVD, SFKL, SRKL, and the LM loss alone; no autograd graph, so none of
-the objective's ``[chunk, V]`` intermediates is kept), then flows into the hidden rows and the head by two matmuls;
-the other objectives (AKL, AB, DRKL, the logit-standardization rule) take ``torch.autograd.grad`` on the chunk. At
-most one ``[chunk, V]`` block of each model's logits exists at a time and the full ``[B, T, V]`` logits never do.
-The gradients are kept (``[N, d]`` for the hidden rows, ``[V, d]`` for the head) and handed to autograd by
-``_PrecomputedGradient``, whose backward scales them by the incoming gradient: the loss is linear in Σ ℓ
-(it is divided by the step's token count), so nothing is recomputed — the chunked step costs the same
-FLOPs as the full-logits one (the approach of Liger's fused linear cross-entropy).
+**Chunked, fused-head path** (``chunked_token_sums``): the rows are taken ``chunk_size`` at a time (``"auto"``:
+``auto_chunk_size``, from V and the hidden size); for each chunk the student's logits ``h_s W_sᵀ`` and the teacher's
+``h_t W_tᵀ`` (live hidden states or cached ones) are written into the buffers of one ``Workspace``, reused from chunk
+to chunk, and the objective's fused kernel (``lit_kd.losses.fused``: every built-in objective, in closed form, in
+place, no autograd graph; optionally through ``torch.compile``) turns them into ℓ and ∂ℓ/∂z_s, which then flows
+into the hidden rows and the head by two matmuls written in place. The logit-standardization rule and AB's limit
+cases take ``torch.autograd.grad`` on the chunk instead. At most a few ``[chunk, V]`` blocks exist at a time and
+the full ``[B, T, V]`` logits never do. The gradients are kept (``[N, d]`` for the hidden rows, ``[V, d]`` for the
+head) and handed to autograd by ``_PrecomputedGradient``, whose backward scales them by the incoming gradient: the
+loss is linear in Σ ℓ (it is divided by the step's token count), so nothing is recomputed — the chunked step costs
+the same FLOPs as the full-logits one (the approach of Liger's fused linear cross-entropy).
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
+from functools import partial
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_kd.losses.closed_form import has_closed_form, kd_term_and_gradient
-from lit_kd.losses.core import detached, upcast
+from lit_kd.losses.core import Temperature, detached, upcast
 from lit_kd.losses.diagnostics import kd_diagnostics
-from lit_kd.losses.registry import KDTerm, LossConfig, kd_term
+from lit_kd.losses.fused import (
+    SCRATCH,
+    Workspace,
+    as_step_inputs,
+    chunk_step,
+    compile_failed,
+    compiled_step,
+    has_kernel,
+    kernel_arguments,
+)
+from lit_kd.losses.registry import KDTerm, LossConfig, kd_term, term_temperatures
 from lit_kd.losses.temperature import describe
 from lit_kd.models.head import OutputHead
 
@@ -167,7 +177,9 @@ def detached_term(term: KDTerm) -> KDTerm:
 
 
 class _PrecomputedGradient(torch.autograd.Function):
-    """Returns ``value``; its backward hands out gradients computed in the forward, scaled by ``grad_output``."""
+    """Returns ``value``; its backward hands out gradients computed in the forward, scaled by ``grad_output`` in
+    place (no second ``[V, d]`` copy; a second backward through the same graph is refused by autograd's check of the
+    saved tensors' versions)."""
 
     @staticmethod
     def forward(ctx, value, hidden, weight, bias, grad_hidden, grad_weight, grad_bias):  # type: ignore[override]
@@ -181,36 +193,13 @@ class _PrecomputedGradient(torch.autograd.Function):
         scale = grad_output.to(grad_weight.dtype)
         return (
             None,
-            grad_hidden * grad_output.to(grad_hidden.dtype),
-            grad_weight * scale,
-            grad_bias * scale if ctx.has_bias else None,
+            grad_hidden.mul_(grad_output.to(grad_hidden.dtype)),
+            grad_weight.mul_(scale),
+            grad_bias.mul_(scale) if ctx.has_bias else None,
             None,
             None,
             None,
         )
-
-
-def closed_form_terms(
-    logits: Tensor, teacher_logits: Optional[Tensor], targets: Tensor, config: LossConfig, kd_ratio: float
-) -> tuple[Tensor, Tensor, Optional[KDTerm], Tensor]:
-    """``token_terms`` of a chunk and ∂ℓ/∂z_s in closed form (CE: softmax(z_s) − onehot(t); the KD term's from
-    ``closed_form.kd_term_and_gradient``), for objectives that have one; no autograd graph."""
-    log_probs = torch.log_softmax(upcast(logits), dim=-1)
-    ce = F.nll_loss(log_probs, targets, reduction="none")  # F.cross_entropy's own two steps, so the same values
-    if teacher_logits is None or kd_ratio == 0:
-        return ce, ce, None, _ce_gradient(log_probs, targets)
-    term, grad_kd = kd_term_and_gradient(config, logits, teacher_logits)  # type: ignore[misc]
-    if kd_ratio == 1:
-        return term.values, ce, term, grad_kd
-    combined = (1.0 - kd_ratio) * ce + kd_ratio * term.values
-    return combined, ce, term, (1.0 - kd_ratio) * _ce_gradient(log_probs, targets) + kd_ratio * grad_kd
-
-
-def _ce_gradient(log_probs: Tensor, targets: Tensor) -> Tensor:
-    """∂CE/∂z = softmax(z) − onehot(t), row by row, from the CE's own log-probabilities."""
-    gradient = log_probs.exp()
-    gradient[torch.arange(targets.numel(), device=targets.device), targets] -= 1.0
-    return gradient
 
 
 def _autograd_chunk(
@@ -244,26 +233,54 @@ def _autograd_chunk(
     return chunk_total, logits, combined, ce, kd
 
 
+AUTO_BLOCK_ELEMENTS = 2**26
+"""``chunk_size: auto`` keeps one ``[chunk, V]`` block at most this many elements (256 MiB in float32)."""
+
+
+def auto_chunk_size(vocab: int, hidden_size: int) -> int:
+    """Rows per chunk when ``chunk_size`` is ``auto``: the largest power of two ≤ min(d, 2²⁶/V), and at least 64.
+
+    One ``[chunk, V]`` block is then no larger than the student's head ``[V, d]`` — whose gradient the step holds
+    anyway, so the workspace (at most five blocks, ``lit_kd.losses.fused``) grows with the model, not with the
+    batch — nor than 256 MiB. E.g. 512 rows for GPT-2 (d 768, V 50,257), 1,024 for OPT-1.3B (d 2,048, V 50,272),
+    256 for d 768 at V 151,936."""
+    return max(64, 2 ** int(math.log2(max(1.0, min(hidden_size, AUTO_BLOCK_ELEMENTS / vocab)))))
+
+
+def rows_per_chunk(chunk_size: int | str, head: OutputHead) -> int:
+    """``chunk_size`` itself, or ``auto_chunk_size`` of the head's vocabulary and hidden size for ``"auto"``."""
+    if chunk_size == "auto":
+        return auto_chunk_size(head_width(head), head.hidden_size)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows or 'auto', got {chunk_size!r}")
+    return chunk_size
+
+
 def chunked_token_sums(
     student_hidden: Tensor,
     student_head: OutputHead,
     targets: Tensor,
     config: LossConfig,
     kd_ratio: float,
-    chunk_size: int,
+    chunk_size: int | str,
     teacher_hidden: Optional[Tensor] = None,
     teacher_head: Optional[OutputHead] = None,
     diagnostics: bool = False,
+    compiled: bool = False,
 ) -> TokenSums:
     """The chunked, fused-head path (see the module docstring): the same sums as ``token_sums_from_logits`` on
     ``student_head.logits(student_hidden)`` and ``teacher_head.logits(teacher_hidden)``, with the same
-    gradient, one ``chunk_size``-row block of logits at a time."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    gradient, one ``chunk_size``-row block of logits at a time (``"auto"``: ``auto_chunk_size``); ``compiled`` runs
+    the fused kernels through ``torch.compile`` (``lit_kd.losses.fused``)."""
+    chunk_size = rows_per_chunk(chunk_size, student_head)
     rows = student_hidden.shape[0]
     weight, bias = student_head.weight, student_head.bias
     needs_grad = torch.is_grad_enabled() and (student_hidden.requires_grad or weight.requires_grad)
     with_teacher = teacher_hidden is not None and teacher_head is not None and kd_ratio > 0
+    vocab = head_width(student_head)
+    if with_teacher and head_width(teacher_head) != vocab:  # type: ignore[arg-type]
+        raise ValueError(f"student logits [{rows}, {vocab}] and teacher logits [{rows}, {head_width(teacher_head)}] "
+                         "differ in shape: compare over the shared vocabulary")  # fmt: skip
     zero = torch.zeros((), device=student_hidden.device, dtype=torch.promote_types(student_hidden.dtype, torch.float32))
     total, lm_sum = zero.clone(), zero.clone()
     kd_sum = zero.clone() if with_teacher else None
@@ -274,38 +291,39 @@ def chunked_token_sums(
     diag_sums: dict[str, Tensor] = {}
     terms: list[KDTerm] = []
 
-    closed_form = needs_grad and (not with_teacher or has_closed_form(config))
+    fused = needs_grad and (not with_teacher or has_kernel(config))
+    dtype = torch.promote_types(weight.dtype, torch.float32)
+    workspace = Workspace(min(chunk_size, rows), vocab, dtype, student_hidden.device)
     for start in range(0, rows, chunk_size):
         end = min(start + chunk_size, rows)
+        hidden, chunk_targets = student_hidden[start:end], targets[start:end]
         with torch.no_grad():
-            teacher_logits = teacher_head.logits(teacher_hidden[start:end]) if with_teacher else None
-        if closed_form:  # the chunk's value and gradient in one pass, no autograd graph (``closed_form``)
-            with torch.no_grad():
-                hidden = student_hidden[start:end]
-                logits = student_head.logits(hidden)
-                combined, ce, kd, grad_logits = closed_form_terms(logits, teacher_logits, targets[start:end], config,
-                                                                  kd_ratio)  # fmt: skip
+            if fused:
+                fill = partial(fill_logits, workspace, student_head, hidden, teacher_head if with_teacher else None,
+                               teacher_hidden[start:end] if with_teacher else None)  # type: ignore[index]  # fmt: skip
+                logits, teacher_logits = fill()
+                if diagnostics and with_teacher:  # before the kernel overwrites the logits
+                    add_diagnostics(diag_sums, config, logits, teacher_logits, chunk_targets)
+                combined, ce, kd, flags = fused_chunk(config, workspace, logits, teacher_logits, fill, chunk_targets,
+                                                     kd_ratio, compiled)  # fmt: skip
+                nonfinite |= flags
+                accumulate_gradients(workspace("g", end - start), hidden, student_head,
+                                     (grad_hidden[start:end], grad_weight, grad_bias))  # type: ignore[index]  # fmt: skip
                 chunk_total = combined.sum()
-                vocab = logits.shape[-1]
-                grad_logits = grad_logits.to(weight.dtype)
-                grad_hidden[start:end] = (grad_logits @ weight[:vocab]).to(grad_hidden.dtype)
-                grad_weight[:vocab] += grad_logits.T @ hidden.to(weight.dtype)
-                if grad_bias is not None:
-                    grad_bias[:vocab] += grad_logits.sum(0)
-                del grad_logits
-        else:
+            else:
+                teacher_logits = teacher_head.logits(teacher_hidden[start:end]) if with_teacher else None
+        if not fused:
             chunk_total, logits, combined, ce, kd = _autograd_chunk(
-                student_hidden[start:end], student_head, targets[start:end], teacher_logits, config, kd_ratio,
+                hidden, student_head, chunk_targets, teacher_logits, config, kd_ratio,
                 needs_grad, (grad_hidden, grad_weight, grad_bias), start)  # fmt: skip
+            nonfinite |= nonfinite_flags(logits.detach(), teacher_logits)
+            if diagnostics and kd is not None:
+                add_diagnostics(diag_sums, config, logits.detach(), teacher_logits, chunk_targets)
         total += chunk_total.detach()
         lm_sum += ce.detach().sum()
         if kd is not None:
             kd_sum += kd.values.detach().sum()
             terms.append(detached_term(kd))  # not the chunk's graph: its logits are freed below
-        nonfinite |= nonfinite_flags(logits.detach(), teacher_logits)
-        if diagnostics and kd is not None:
-            for name, value in kd_diagnostics(config, logits.detach(), teacher_logits, targets[start:end]).items():
-                diag_sums[name] = diag_sums.get(name, 0.0) + value * (end - start)
         del logits, teacher_logits, combined, ce, kd  # one chunk of logits alive at a time
 
     loss = total
@@ -321,3 +339,99 @@ def chunked_token_sums(
         step_tau=config.tau if with_teacher else None,
         **rule_temperatures_of(terms),
     )
+
+
+def add_diagnostics(sums: dict[str, Tensor], config: LossConfig, logits: Tensor, teacher_logits: Tensor,
+                    targets: Tensor) -> None:  # fmt: skip
+    """Add a chunk's KD diagnostics, weighted by its rows, to ``sums``."""
+    for name, value in kd_diagnostics(config, logits, teacher_logits, targets).items():
+        sums[name] = sums.get(name, 0.0) + value * targets.shape[0]
+
+
+def head_width(head: OutputHead) -> int:
+    """The number of logits ``head.logits`` gives per row."""
+    return head.weight.shape[0] if head.vocab_size is None else head.vocab_size
+
+
+def fill_logits(
+    workspace: Workspace,
+    head: OutputHead,
+    hidden: Tensor,
+    teacher_head: Optional[OutputHead],
+    teacher_hidden: Optional[Tensor],
+) -> tuple[Tensor, Optional[Tensor]]:
+    """The chunk's student logits into the workspace's ``s`` and, with a teacher, its logits into ``t``."""
+    logits = logits_into(workspace("s", hidden.shape[0]), head, hidden)
+    if teacher_head is None or teacher_hidden is None:
+        return logits, None
+    return logits, logits_into(workspace("t", hidden.shape[0]), teacher_head, teacher_hidden)
+
+
+def logits_into(out: Tensor, head: OutputHead, hidden: Tensor) -> Tensor:
+    """``out ← head.logits(hidden)``, written into the buffer (a matmul with ``out=`` where the dtypes allow)."""
+    weight = head.weight[: out.shape[1]]
+    if weight.dtype != out.dtype:
+        return out.copy_(head.logits(hidden))
+    if head.bias is None:
+        return torch.mm(hidden.to(out.dtype), weight.T, out=out)
+    return torch.addmm(head.bias[: out.shape[1]], hidden.to(out.dtype), weight.T, out=out)
+
+
+def accumulate_gradients(
+    grad_logits: Tensor, hidden: Tensor, head: OutputHead, grads: tuple[Tensor, Tensor, Optional[Tensor]]
+) -> None:
+    """Pass ∂ℓ/∂z ``[n, V]`` through z = h Wᵀ + b: ``grads`` = (the chunk's hidden rows ← ∂ℓ/∂z·W, the head's
+    weight += (∂ℓ/∂z)ᵀ·h, its bias += Σ_rows ∂ℓ/∂z), in place."""
+    grad_hidden, grad_weight, grad_bias = grads
+    vocab = grad_logits.shape[1]
+    weight = head.weight[:vocab]
+    if weight.dtype == grad_logits.dtype == grad_hidden.dtype:
+        torch.mm(grad_logits, weight, out=grad_hidden)
+        grad_weight[:vocab].addmm_(grad_logits.T, hidden.to(weight.dtype))
+    else:
+        cast = grad_logits.to(weight.dtype)
+        grad_hidden.copy_(cast @ weight)
+        grad_weight[:vocab] += cast.T @ hidden.to(weight.dtype)
+    if grad_bias is not None:
+        grad_bias[:vocab] += grad_logits.sum(0).to(grad_bias.dtype)
+
+
+def fused_chunk(
+    config: LossConfig,
+    workspace: Workspace,
+    logits: Tensor,
+    teacher_logits: Optional[Tensor],
+    fill: Callable[[], object],
+    targets: Tensor,
+    kd_ratio: float,
+    compiled: bool,
+) -> tuple[Tensor, Tensor, Optional[KDTerm], Tensor]:
+    """One chunk by its fused kernel (``lit_kd.losses.fused.chunk_step``) on the logits in the workspace's ``s`` and
+    ``t`` (written by ``fill``): (ℓ, CE, KD term, non-finite flags), ∂ℓ/∂z_s left in its ``g``. A compiled step that
+    fails is reported once, and the chunk is recomputed eagerly from fresh logits (``fill`` again)."""
+    n = targets.shape[0]
+    arguments: dict = {}
+    tau_s: Temperature = 1.0
+    tau_t: Temperature = 1.0
+    if teacher_logits is not None:
+        tau_s, tau_t = term_temperatures(config, logits, teacher_logits)
+        arguments = kernel_arguments(config, logits, teacher_logits, targets, tau_s, tau_t)
+    scratch = workspace("x", n) if teacher_logits is not None and config.name in SCRATCH else None
+    ce_grad = workspace("c", n) if teacher_logits is not None and kd_ratio < 1 else None
+
+    def run(step: Callable) -> tuple:
+        inputs = as_step_inputs(tau_s, tau_t, config.tau_squared_scaling, logits, step is not chunk_step)
+        return step(logits, teacher_logits, workspace("g", n), scratch, ce_grad, targets, *inputs, arguments,
+                    config.name, kd_ratio)  # fmt: skip
+
+    step = compiled_step(config.name) if compiled else None
+    try:
+        combined, ce, values, flags = run(step or chunk_step)
+    except Exception as error:  # noqa: BLE001 — a compiler failure; the eager kernel then raises any real error
+        if step is None:
+            raise
+        compile_failed(config.name, error)
+        fill()
+        combined, ce, values, flags = run(chunk_step)
+    kd = None if values is None else KDTerm(values, tau_s, tau_t)
+    return combined, ce, kd, flags

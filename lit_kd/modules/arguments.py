@@ -19,7 +19,7 @@ def check_module_arguments(
     teacher: Optional[ModelConfig],
     kd_ratio: float,
     teacher_cache: Optional[str],
-    chunk_size: Optional[int],
+    chunk_size: Optional[int | str],
     policy: Optional[PolicyConfig],
     teacher_sharding: str = "replicate",
     loss: Optional[LossConfig] = None,
@@ -32,8 +32,8 @@ def check_module_arguments(
         raise ConfigError("model.teacher is required when model.kd_ratio > 0 (set kd_ratio: 0 to fine-tune alone)")
     if not student.has_source and (student.layers is None or teacher is None):
         raise ConfigError("model.student needs a source (path, gguf_file or config) or `layers` of the teacher")
-    if chunk_size is not None and chunk_size < 1:
-        raise ConfigError(f"model.chunk_size must be a positive number of rows or null, got {chunk_size}")
+    if chunk_size not in (None, "auto") and (isinstance(chunk_size, (bool, str)) or chunk_size < 1):  # type: ignore
+        raise ConfigError(f"model.chunk_size must be a positive number of rows, auto or null, got {chunk_size!r}")
     if teacher_cache is not None and teacher is None:
         raise ConfigError("model.teacher_cache needs model.teacher: it names the teacher the cache was built from")
     if samples_students_outputs(policy) and teacher_cache is not None:

@@ -30,7 +30,7 @@ from lit_kd.data.collate import teacher_view
 from lit_kd.data.tokenize import response_mask
 from lit_kd.errors import ConfigError
 from lit_kd.losses import LossConfig
-from lit_kd.losses.chunked import TokenSums
+from lit_kd.losses.chunked import TokenSums, rows_per_chunk
 from lit_kd.losses.cross_vocab import cross_vocab_token_sums
 from lit_kd.losses.cross_vocab_chunked import chunked_cross_vocab_token_sums
 from lit_kd.models.head import final_hidden_states, output_head
@@ -122,10 +122,10 @@ def cross_token_sums(module: Any, batch: dict[str, Any], stage: str, diagnostics
     else:
         hidden = final_hidden_states(module.student, batch["input_ids"], batch["attention_mask"])[:, :-1][mask]
         teacher_hidden = source.hidden_rows(teacher_batch, teacher_mask, stage) if source is not None else None
+        head = output_head(module.student, module.vocab_size)
         sums = chunked_cross_vocab_token_sums(
-            loss, hidden, output_head(module.student, module.vocab_size), teacher_hidden, source and source.head,
-            targets, teacher_targets, groups, module.vocabulary, module.kd_ratio, cross.uld_weight, module.chunk_size,
-            diagnostics,
+            loss, hidden, head, teacher_hidden, source and source.head, targets, teacher_targets, groups,
+            module.vocabulary, module.kd_ratio, cross.uld_weight, rows_per_chunk(module.chunk_size, head), diagnostics,
         )  # fmt: skip
     if source is not None:
         source.release()

@@ -13,7 +13,7 @@ FSDP). With ``teacher: null`` and ``kd_ratio: 0`` it fine-tunes with the LM loss
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 import lightning as L
 import torch
@@ -55,7 +55,8 @@ class DistillModule(L.LightningModule):
         val_rouge: Optional[ValidationRouge] = None,
         nonfinite: str = "raise",
         teacher_cache: Optional[str] = None,
-        chunk_size: Optional[int] = 512,
+        chunk_size: Union[int, Literal["auto"], None] = "auto",
+        compile_loss: bool = False,
         policy: Optional[PolicyConfig] = None,
         max_length: Optional[int] = None,
         teacher_sharding: str = "replicate",
@@ -78,8 +79,9 @@ class DistillModule(L.LightningModule):
             teacher_cache: A teacher cache directory (``python -m lit_kd cache-teacher``) built for ``teacher``,
                 the tokenizer and the data: the teacher's logits are recomputed exactly from its stored hidden
                 states, and its body is never run (nor loaded, unless the student is cut from its layers).
-            chunk_size: Response rows per chunk of the fused-head loss: at most one ``[chunk_size, V]`` block
-                of each model's logits exists at a time. ``null`` computes the full logits (the former path).
+            chunk_size: Response rows per chunk of the fused-head loss (a few ``[chunk_size, V]`` blocks at a
+                time; ``auto``: from V and the student's hidden size, ``auto_chunk_size``); ``null``: full logits.
+            compile_loss: Run the fused loss kernels through ``torch.compile`` (eager, with one line, if it fails).
             policy: Student-generated outputs (``lit_kd.modules.policy``): ``student_fraction`` λ of each batch
                 gets responses sampled by the current student, scored by the live teacher; null: the data's.
             max_length: The longest sequence (the CLI links ``data.max_length``): the student's samples are cut to it.
@@ -94,8 +96,9 @@ class DistillModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"], logger=False)
         self.teacher_config, self.student_config, self.loss_config = teacher, student, loss
         self.kd_ratio, self.chunk_size, self.diagnostics = kd_ratio, chunk_size, diagnostics
-        self.val_rouge, self.policy, self.teacher_cache_path = val_rouge, policy, teacher_cache
-        self.teacher_sharding, self.nonfinite = teacher_sharding, NonFinitePolicy(nonfinite)
+        self.compile_loss, self.val_rouge, self.policy = compile_loss, val_rouge, policy
+        self.teacher_cache_path, self.teacher_sharding = teacher_cache, teacher_sharding
+        self.nonfinite = NonFinitePolicy(nonfinite)
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
         self.normalizer, self.cross_tokenizer = StepNormalizer(), cross_tokenizer
         self.batch_size_seen: tuple[Tensor | int, int] = (0, 0)  # (tokens, response rows) of the last batch
@@ -179,7 +182,7 @@ class DistillModule(L.LightningModule):
             teacher_hidden = source.hidden_rows(batch, mask, stage) if source is not None else None
             head, teacher_head = output_head(self.student, self.vocab_size), source and source.head
             sums = chunked_token_sums(hidden, head, targets, loss, ratio, self.chunk_size, teacher_hidden, teacher_head,
-                                      diagnostics)  # fmt: skip
+                                      diagnostics, self.compile_loss)  # fmt: skip
         if source is not None:
             source.release()
         return sums
@@ -217,8 +220,8 @@ class DistillModule(L.LightningModule):
             if name != "kd_loss" or (self.kd_ratio > 0 and self.teacher_source is not None):
                 self.log(f"train/{name}", value, prog_bar=name == "loss")
 
-    def on_train_epoch_start(self) -> None:  # a window never spans epochs
-        self.normalizer.reset()
+    def on_train_epoch_start(self) -> None:
+        self.normalizer.reset()  # a window never spans epochs
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self.evaluation_step("val", batch, batch_idx)

@@ -85,12 +85,15 @@ def test_the_shared_base_is_the_cli_default_and_no_config_restates_it(capsys):
 # what the layered configs are meant to change in a paper run's resolved settings (nothing else may differ):
 # ModelCheckpoint's every_n_epochs null is its own default, which saves every epoch like the former explicit 1;
 # model.teacher_sharding and model.loss.tau_schedule ... tau_target_entropy are new arguments whose defaults
-# (replicate; a constant τ, no per-token rule) are what runs always did
+# (replicate; a constant τ, no per-token rule) are what runs always did; model.chunk_size auto resolves to the former
+# 512 rows for GPT-2 (d 768) and 1,024 for OPT-1.3B (d 2,048), and model.compile_loss false is the former eager loss
 NEW_DEFAULTS = {"tau_schedule": "constant", "tau_end": None, "tau_horizon": None, "tau_horizon_unit": "steps",
                 "tau_rule": "none", "tau_min": 0.05, "tau_max": 100.0, "tau_target_entropy": 1.0}  # fmt: skip
 MEANT_TO_DIFFER = {
     ("checkpoint", "every_n_epochs"): (1, None),
     ("model", "teacher_sharding"): (None, "replicate"),
+    ("model", "chunk_size"): (512, "auto"),
+    ("model", "compile_loss"): (None, False),
     **{("model", "loss", key): (None, value) for key, value in NEW_DEFAULTS.items() if value is not None},
 }
 
