@@ -65,16 +65,17 @@ class Workspace:
         return self._buffers[name][:rows]
 
 
-def _log_softmax_(z: Tensor, tau: Temperature, probs: Tensor) -> None:
-    """z ← log softmax(z/τ) and probs ← softmax(z/τ), row by row, in place."""
+def _log_softmax_(z: Tensor, tau: Temperature) -> Tensor:
+    """z ← log softmax(z/τ), row by row, in place: torch's own kernel writing over its input, so the very values
+    ``log_softmax_at`` gives the objectives (the full path's); under ``torch.compile``, its steps, which inductor
+    fuses with what follows."""
     if isinstance(tau, Tensor) or tau != 1.0:
         z.div_(tau)
-    top = z.amax(-1, keepdim=True)
-    z.sub_(torch.where(torch.isfinite(top), top, torch.zeros_like(top)))
-    torch.exp(z, out=probs)
-    total = probs.sum(-1, keepdim=True)
-    probs.div_(total)
-    z.sub_(total.log_())
+    if torch.compiler.is_compiling():
+        top = z.amax(-1, keepdim=True)
+        z.sub_(torch.where(torch.isfinite(top), top, torch.zeros_like(top)))
+        return z.sub_(z.exp().sum(-1, keepdim=True).log())
+    return torch.log_softmax(z, -1, out=z)
 
 
 def _pullback_(q: Tensor, u: Tensor, tau: Temperature) -> None:
@@ -89,8 +90,8 @@ def _zero_where_(values: Tensor, probs: Tensor) -> Tensor:
 
 def _both_log_softmax_(s: Tensor, t: Tensor, g: Tensor, tau_s: Temperature, tau_t: Temperature) -> None:
     """t ← log p, s ← log q, g ← q."""
-    _log_softmax_(t, tau_t, g)
-    _log_softmax_(s, tau_s, g)
+    _log_softmax_(t, tau_t)
+    torch.exp(_log_softmax_(s, tau_s), out=g)
 
 
 def _fkl_(s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature) -> Tensor:
@@ -330,13 +331,23 @@ _COMPILED: list[Callable] = []
 _FAILED: set[str] = set()
 
 
+def _step_on_copies(
+    s: Tensor, t: Optional[Tensor], g: Tensor, x: Optional[Tensor], c: Optional[Tensor], *rest
+) -> tuple[Tensor, Tensor, Optional[Tensor], Tensor]:
+    """``chunk_step`` on copies of the logits and fresh scratch: to ``torch.compile`` a function of the logits that
+    writes ``g`` only, whose intermediate blocks inductor need not materialize (the in-place form, compiled, keeps
+    every mutated buffer: 0.72 against 0.62 GiB for JS at 4,096 rows × 50,257)."""
+    x, c = (None if buffer is None else torch.empty_like(s) for buffer in (x, c))
+    return chunk_step(s.clone(), None if t is None else t.clone(), g, x, c, *rest)
+
+
 def compiled_step(name: str) -> Optional[Callable]:
     """``chunk_step`` through ``torch.compile`` (inductor: C++ on CPU, Triton on CUDA; dynamic row counts); None
     once compilation has failed for objective ``name`` (``compile_failed``)."""
     if name in _FAILED:
         return None
     if not _COMPILED:
-        _COMPILED.append(torch.compile(chunk_step, dynamic=True))
+        _COMPILED.append(torch.compile(_step_on_copies, dynamic=True))
     return _COMPILED[0]
 
 
