@@ -307,8 +307,8 @@ def chunked_token_sums(
                 combined, ce, kd, flags = fused_chunk(config, workspace, logits, teacher_logits, fill, chunk_targets,
                                                      kd_ratio, compiled)  # fmt: skip
                 nonfinite |= flags
-                accumulate_gradients(workspace("g", end - start), hidden, student_head,
-                                     (grad_hidden[start:end], grad_weight, grad_bias))  # type: ignore[index]  # fmt: skip
+                grads = (grad_hidden[start:end], grad_weight, grad_bias)  # type: ignore[index]
+                accumulate_gradients(workspace("g", end - start), hidden, student_head, grads)  # type: ignore[arg-type]
                 chunk_total = combined.sum()
             else:
                 teacher_logits = teacher_head.logits(teacher_hidden[start:end]) if with_teacher else None

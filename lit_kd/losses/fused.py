@@ -3,7 +3,7 @@
 Every objective is a function f(log q) of the student's q = softmax(z_s/τ_s) (p = softmax(z_t/τ_t) fixed), so its
 gradient is the softmax pull-back (``../shared/reference/objectives.md`` §1)
 
-    ∂d/∂z_s,j = (1/τ_s)·(u_j − q_j·Σ_k u_k),    u_k = ∂f/∂log q_k,
+    ∂d/∂z_s,j = (1/τ_s)·(u_j − q_j·Σ_k u_k),    u_k = ∂f/∂log q_k (up to a multiple of q, which this removes),
 
 and each kernel gives u (zero where q_k = 0, so −inf-masked entries stay out):
 
@@ -20,8 +20,9 @@ objectives' own formulas. A kernel works on four ``[n, V]`` buffers of a ``Works
 student's and the teacher's logits on entry and are overwritten, ``g`` holds ∂(s·d)/∂z_s on exit, ``x`` is scratch
 — so the chunk costs at most four blocks however many terms its objective has, and the buffers are reused from
 chunk to chunk (no fresh allocation, no page faults). ``chunk_step`` adds the CE (its value always; its gradient only
-when ``kd_ratio < 1``, in a fifth buffer) and the non-finite flags. ``torch.compile`` of ``chunk_step`` (``compiled``)
-fuses the passes; it is used where asked and falls back to this eager code with one line when compilation fails.
+when ``kd_ratio < 1``, in a fifth buffer) and the non-finite flags. ``compiled_step`` is ``chunk_step`` through
+``torch.compile``, run on copies of the logits so that inductor fuses the passes without materializing the
+intermediate blocks; it is used where asked and falls back to this eager code with one line when it fails.
 The logit-standardization rule (whose student τ carries a gradient) and AB's limit cases have no kernel here: the
 chunked path differentiates them with autograd.
 """
@@ -342,12 +343,14 @@ def _step_on_copies(
 
 
 def compiled_step(name: str) -> Optional[Callable]:
-    """``chunk_step`` through ``torch.compile`` (inductor: C++ on CPU, Triton on CUDA; dynamic row counts); None
+    """``chunk_step`` through ``torch.compile`` (inductor: C++ on CPU, Triton on CUDA; its default automatic dynamic
+    shapes: a second compilation when the row count first changes, then none — ``dynamic=True`` would also trace the
+    objective's float hyperparameters as inputs, which gave wrong JS values for β ≠ 0.1 here); None
     once compilation has failed for objective ``name`` (``compile_failed``)."""
     if name in _FAILED:
         return None
     if not _COMPILED:
-        _COMPILED.append(torch.compile(_step_on_copies, dynamic=True))
+        _COMPILED.append(torch.compile(_step_on_copies))
     return _COMPILED[0]
 
 

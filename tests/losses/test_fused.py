@@ -106,13 +106,19 @@ def test_nonfinite_values_are_flagged_per_model():
     assert flags.tolist() == [False, True, True, False]
 
 
-def test_the_compiled_step_equals_the_eager_one():
+@pytest.mark.parametrize(
+    "name", [n if n in ("js", "drkl") else pytest.param(n, marks=pytest.mark.slow) for n in sorted(OBJECTIVES)]
+)
+def test_the_compiled_step_equals_the_eager_one(name, monkeypatch):
     """torch.compile (inductor, C++ on this CPU) of ``chunk_step``: the same values and gradients, and the same
-    chunked sums over chunks of several sizes (one compilation: the row count is dynamic)."""
+    chunked sums over chunks of several sizes (the row count turns dynamic at its first change). JS and DRKL (the
+    longest kernel) in the default run, the others with ``-m slow`` (about 8 s of compilation each)."""
+    torch.compiler.reset()
+    monkeypatch.setattr(fused, "_COMPILED", [])
     student, teacher, targets = logits(dtype=torch.float32)
-    config = LossConfig(name="js", tau=2.0)
+    config = LossConfig(name=name, tau=2.0, **HPARAMS.get(name, {}))
     eager = run_kernel(config, student, teacher, targets, kd_ratio=0.5)
-    compiled = run_kernel(config, student, teacher, targets, kd_ratio=0.5, step=fused.compiled_step("js"))
+    compiled = run_kernel(config, student, teacher, targets, kd_ratio=0.5, step=fused.compiled_step(name))
     for a, b in zip(compiled, eager):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     hidden, head, teacher_hidden, teacher_head, rows_targets = head_problem()
@@ -122,7 +128,7 @@ def test_the_compiled_step_equals_the_eager_one():
     torch.testing.assert_close(sums[1].loss, sums[0].loss, rtol=1e-5, atol=0)
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert "js" not in fused._FAILED
+    assert name not in fused._FAILED
 
 
 def test_a_failing_compilation_runs_the_eager_kernel_with_one_line(monkeypatch, caplog):
