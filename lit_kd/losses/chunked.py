@@ -250,7 +250,7 @@ def auto_chunk_size(vocab: int, hidden_size: int) -> int:
 def rows_per_chunk(chunk_size: int | str, head: OutputHead) -> int:
     """``chunk_size`` itself, or ``auto_chunk_size`` of the head's vocabulary and hidden size for ``"auto"``."""
     if chunk_size == "auto":
-        return auto_chunk_size(head_width(head), head.hidden_size)
+        return auto_chunk_size(head.width, head.hidden_size)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows or 'auto', got {chunk_size!r}")
     return chunk_size
@@ -277,9 +277,9 @@ def chunked_token_sums(
     weight, bias = student_head.weight, student_head.bias
     needs_grad = torch.is_grad_enabled() and (student_hidden.requires_grad or weight.requires_grad)
     with_teacher = teacher_hidden is not None and teacher_head is not None and kd_ratio > 0
-    vocab = head_width(student_head)
-    if with_teacher and head_width(teacher_head) != vocab:  # type: ignore[arg-type]
-        raise ValueError(f"student logits [{rows}, {vocab}] and teacher logits [{rows}, {head_width(teacher_head)}] "
+    vocab = student_head.width
+    if with_teacher and teacher_head.width != vocab:  # type: ignore[arg-type]
+        raise ValueError(f"student logits [{rows}, {vocab}] and teacher logits [{rows}, {teacher_head.width}] "
                          "differ in shape: compare over the shared vocabulary")  # fmt: skip
     zero = torch.zeros((), device=student_hidden.device, dtype=torch.promote_types(student_hidden.dtype, torch.float32))
     total, lm_sum = zero.clone(), zero.clone()
@@ -346,11 +346,6 @@ def add_diagnostics(sums: dict[str, Tensor], config: LossConfig, logits: Tensor,
     """Add a chunk's KD diagnostics, weighted by its rows, to ``sums``."""
     for name, value in kd_diagnostics(config, logits, teacher_logits, targets).items():
         sums[name] = sums.get(name, 0.0) + value * targets.shape[0]
-
-
-def head_width(head: OutputHead) -> int:
-    """The number of logits ``head.logits`` gives per row."""
-    return head.weight.shape[0] if head.vocab_size is None else head.vocab_size
 
 
 def fill_logits(

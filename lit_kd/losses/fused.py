@@ -237,7 +237,7 @@ def has_kernel(config: LossConfig) -> bool:
     if config.name not in KERNELS or config.tau_rule == "logit_standardization":
         return False
     if config.name == "ab":
-        alpha, beta = config.hparam_values()["alpha"], config.hparam_values()["beta"]
+        alpha, beta = config.ab_alpha, config.ab_beta
         return alpha != 0 and beta != 0 and alpha + beta != 0
     return True
 

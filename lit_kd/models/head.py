@@ -38,6 +38,11 @@ class OutputHead:
     vocab_size: Optional[int] = None
     """compare over the first ``vocab_size`` logits (a head padded to a multiple of 64 has extra rows)"""
 
+    @property
+    def width(self) -> int:
+        """The number of logits ``logits`` gives per row: ``vocab_size``, or every row of the weight."""
+        return self.weight.shape[0] if self.vocab_size is None else self.vocab_size
+
     def logits(self, hidden: Tensor) -> Tensor:
         """``[rows, d] → [rows, vocab_size]`` in the head's dtype."""
         weight = self.weight if self.vocab_size is None else self.weight[: self.vocab_size]
