@@ -30,13 +30,14 @@ from pathlib import Path
 import torch
 
 from lit_kd.data.alignment import Alignment, GroupRows, encode_pair_example
+from lit_kd.data.rendering import DollyRendering
 from lit_kd.data.tokenize import IGNORE_INDEX, encode_example
 from lit_kd.losses import LossConfig
 from lit_kd.losses.chunked import chunked_token_sums, token_sums_from_logits
 from lit_kd.losses.cross_vocab import cross_vocab_token_sums
 from lit_kd.losses.cross_vocab_chunked import chunked_cross_vocab_token_sums
-from lit_kd.models.head import OutputHead
 from lit_kd.models import ModelConfig
+from lit_kd.models.head import OutputHead
 from lit_kd.models.loading import load_tokenizer
 from lit_kd.models.tokenizer_training import save_tokenizer, train_bpe_tokenizer
 from lit_kd.models.vocab_map import VocabularyMap, build_vocabulary_map
@@ -163,8 +164,9 @@ def main() -> None:
     records = read_records(args.train, args.examples)
     fields = [(r["instruction"], r.get("input", ""), r["output"]) for r in records]
     same_rate, _ = rate(lambda f: encode_example(teacher, *f, args.max_length), fields, args.repeats)
-    pair_rate, pairs = rate(lambda f: encode_pair_example(teacher, student, *f, args.max_length), fields,
-                            args.repeats)  # fmt: skip
+    both = DollyRendering(teacher), DollyRendering(student)
+    pair_rate, pairs = rate(lambda f: encode_pair_example(*both, dict(zip(("instruction", "input", "output"), f)),
+                                                          args.max_length), fields, args.repeats)  # fmt: skip
     pairs = [p for p in pairs if not p["dropped"]]
     shapes = Alignment([((t0, t1), (s0, s1)) for p in pairs for t0, t1, s0, s1 in p["groups"]]).shape_counts()
     total = sum(shapes.values())

@@ -17,6 +17,7 @@ import time
 import torch
 
 from lit_kd.data import load_records
+from lit_kd.data.rendering import DollyRendering
 from lit_kd.eval.generate import SamplingConfig, encode_prompts, generate_ids
 from lit_kd.modules.loading import module_from_checkpoint, module_from_config
 
@@ -36,7 +37,7 @@ def main() -> None:
     model = (module.student if args.model == "student" else module.teacher).to(args.device)
     tokenizer = module.tokenizer
     records = load_records("data/demo/instructions.jsonl")[: args.prompts]
-    prompts = encode_prompts(tokenizer, records, SamplingConfig(max_new_tokens=args.new_tokens))
+    prompts = encode_prompts(DollyRendering(tokenizer), records, SamplingConfig(max_new_tokens=args.new_tokens))
     print(f"{args.model}: {sum(p.numel() for p in model.parameters()):,} parameters on {args.device}; "
           f"{len(prompts)} prompts, {args.new_tokens} new tokens each")  # fmt: skip
 

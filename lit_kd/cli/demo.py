@@ -32,6 +32,7 @@ from lit_kd.utils.io import atomic_write_text, numbered_paths
 
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 TABLE_SEEDS = (10, 20, 30)
+OTHER_FORMAT = {"chat_template": "dolly", "dolly": "chat_template"}
 
 
 def demo_cache(model, data, save_dir: Path) -> Path:
@@ -53,10 +54,11 @@ def main(args: Optional[list[str]] = None) -> dict[str, float]:
     trainer, model, data = run.trainer, run.module, run.datamodule
     if model.teacher_cache_path is None and model.kd_ratio > 0:
         model.teacher_cache_path = str(demo_cache(model, data, Path(run.config.trainer.logger.init_args.save_dir)))
-        model.use_teacher_cache(TeacherCache.open(model.teacher_cache_path))  # checked as it was written
+        model.teacher_cache = TeacherCache.open(model.teacher_cache_path)  # checked as it was written
 
     model.configure_model()
-    held_out = Benchmark("demo test", "data/demo/instructions.jsonl (test split)", data.load_split_records()["test"])
+    source = f"{data.raw or data.sources['test']} (test split)"
+    held_out = Benchmark("demo test", source, data.load_split_records()["test"])
     settings = model.val_rouge.generation if model.val_rouge is not None else SamplingConfig(max_new_tokens=96)
     rows: list[EvalResult] = []
     generations: list[dict] = []
@@ -64,7 +66,7 @@ def main(args: Optional[list[str]] = None) -> dict[str, float]:
     def score(label: str, lm) -> None:
         with new_progress() as progress:
             rows.append(
-                evaluate_model(lm, model.tokenizer, [held_out], TABLE_SEEDS, settings, label, progress, generations)
+                evaluate_model(lm, model.rendering, [held_out], TABLE_SEEDS, settings, label, progress, generations)
             )
 
     # with model.teacher_cache the module never holds the teacher's body: load it for its ROUGE-L row only
@@ -88,6 +90,8 @@ def main(args: Optional[list[str]] = None) -> dict[str, float]:
     loss = model.loss_config
     print()
     print("lit_kd demo — distillation summary")
+    other = OTHER_FORMAT[data.prompt_format]
+    print(f"  prompt format: {data.prompt_format} (--data.prompt_format {other} for the other)")
     kd = f"KD, {loss.name} at tau={loss.tau}"
     print(f"  validation loss ({kd}): {before['val/loss']:.4f} before -> {after['val/loss']:.4f} after")
     print(f"  validation CE on the references: {before['val/lm_loss']:.4f} before -> {after['val/lm_loss']:.4f} after")

@@ -7,13 +7,14 @@ under the run's directory.
     python -m lit_kd evaluate --ckpt configs/demo.yaml --model student      # the student before distillation
     python -m lit_kd evaluate --ckpt path/to/hf_dir                         # an exported / hub model
     python -m lit_kd evaluate --ckpt ... --benchmarks '[vicuna=question.jsonl]' --references '{vicuna: answers.jsonl}'
+    python -m lit_kd evaluate --ckpt path/to/hf_dir --prompt_format chat_template  # prompts through its chat template
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from lit_kd.errors import ConfigError
 from lit_kd.eval.benchmarks import PAPER_BENCHMARKS, load_benchmarks
@@ -49,6 +50,7 @@ def evaluate(
     references: Optional[dict[str, str]] = None,
     calibration: bool = True,
     self_bleu_order: int = 4,
+    prompt_format: Optional[Literal["dolly", "chat_template"]] = None,
 ) -> Path:
     """Evaluate a model: ROUGE-L on benchmarks × seeds, as mean ± std over seeds.
 
@@ -70,6 +72,9 @@ def evaluate(
             responses (one teacher-forced pass per benchmark); Distinct-n and Self-BLEU always come with ROUGE-L.
         self_bleu_order: The n-gram order of Self-BLEU (4, as Texygen; 2 still ranks students whose samples share
             no 4-gram, where Self-BLEU-4 is 0 for all).
+        prompt_format: How each benchmark prompt is rendered: ``dolly`` (MiniLLM's template) or ``chat_template``
+            (the model's own chat template, an instruction and its input as one user turn); default: the one the
+            checkpoint, config or lit_kd export was trained with (``dolly`` for any other model).
     """
     import torch
 
@@ -83,13 +88,13 @@ def evaluate(
     loaded = load_benchmarks(benchmarks, data_dir, max_examples, references=references)  # before any model loads
     target_dir = Path(out_dir) if out_dir else default_out_dir(ckpt, source_label(ckpt, model))
     ensure_writable_dir(target_dir.parent, "output folder")
-    lm, tokenizer, label = model_from_source(ckpt, model)
+    lm, rendering, label = model_from_source(ckpt, model, prompt_format)
     lm.to(resolve_device(device))
     directory = fresh_directory(target_dir)
     generations: list[dict] = []
     with new_progress() as progress:
         result = evaluate_model(
-            lm, tokenizer, loaded, seeds, generation, label, progress, generations, calibration, self_bleu_order
+            lm, rendering, loaded, seeds, generation, label, progress, generations, calibration, self_bleu_order
         )
     settings = {
         "source": ckpt,
@@ -101,6 +106,7 @@ def evaluate(
         "references": dict(references or {}),
         "calibration": calibration,
         "self_bleu_order": self_bleu_order,
+        "prompt_format": rendering.name,
     }
     paths = write_results(directory, [result], generations, settings)
     print(results_markdown([result]))

@@ -20,7 +20,8 @@ def export(ckpt: str, out: str, model: str = "student") -> Path:
         model: ``student`` or ``teacher``.
     """
     check_export_target(out)  # before any model loads
-    lm, tokenizer, label = model_from_source(ckpt, model)
-    target = export_hf(lm, tokenizer, out)
+    lm, rendering, label = model_from_source(ckpt, model)
+    target = export_hf(lm, rendering.tokenizer, out, rendering.name)
+
     print(f"exported {label} to {target}")
     return target

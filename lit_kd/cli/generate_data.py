@@ -8,8 +8,11 @@ files for sequence-level KD (``configs/regimes/seqkd.yaml`` trains on them).
 
 Writes ``<out>/train.jsonl`` with the teacher's responses (``--splits`` adds ``val`` or ``test``), and the other
 splits as they are (``val.jsonl``, ``test.jsonl``: validation and test keep their human references, so ROUGE-L
-is comparable across regimes). Batched with the KV cache, the training prompt template, seeded; resumable after
-a kill (``lit_kd.data.generated``); a progress bar in a terminal, plain lines in a log.
+is comparable across regimes). Batched with the KV cache, the training prompt format (``data.prompt_format``:
+under ``chat_template`` the turns before a conversation's last reply with the generation prompt, the reply
+sampled until the end-of-turn token), seeded; resumable after a kill (``lit_kd.data.generated``); a progress bar
+in a terminal, plain lines in a log.
+
 """
 
 from __future__ import annotations
@@ -65,14 +68,16 @@ def main(args: list[str]) -> Path:
     settings = SamplingConfig(**vars(options.sampling))
     out = Path(options.out)
     teacher = load_model(module.teacher_config, "teacher").to(resolve_device(options.device)).eval()
+    rendering = module.teacher_rendering or module.rendering  # a cross-tokenizer teacher renders with its own
     generated_by = {
         "teacher": teacher_identity(module.teacher_config),
         "sampling": vars(settings),
         "seed": options.seed,
+        "prompt_format": {"name": rendering.name, "fingerprint": rendering.fingerprint},
     }
 
     def generate(batch: list[dict[str, Any]], seed: int) -> list[str]:
-        return generate_responses(teacher, module.teacher_tokenizer or module.tokenizer, batch, settings, seed)
+        return generate_responses(teacher, rendering, batch, settings, seed)
 
     generated = {name: len(rows) for name, rows in records.items() if name in options.splits}
     targets = generated_split_paths(out, records)

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from lit_kd.data.conversation import is_conversation
 from lit_kd.data.prompt import format_prompt
 from lit_kd.data.records import load_records
 from lit_kd.data.tokenize import records_fingerprint
@@ -31,7 +32,8 @@ def train_tokenizer(
     """Train a student tokenizer (SentencePiece-style BPE with byte fallback) on instruction data.
 
     Args:
-        data: Instruction records (a Dolly/MiniLLM-layout file or a hub dataset name), as ``data.train`` reads them.
+        data: Instruction records or conversations (a file in any layout ``data.train`` reads, or a hub dataset
+            name): their prompts and responses, or every turn's text.
         out: The tokenizer directory to write (Hugging Face layout: ``AutoTokenizer.from_pretrained`` loads it).
         vocab_size: Entries in all, the 3 special tokens and the 256 byte entries included.
         min_frequency: The least count of a pair the trainer merges.
@@ -55,7 +57,8 @@ def train_tokenizer(
             "directory (nothing was written)"
         )
     ensure_writable_dir(target.parent, "--out's folder")
-    texts = (format_prompt(r["instruction"], r["input"]) + r["output"] for r in records)
+    texts = ("\n".join(m["content"] for m in r["messages"]) if is_conversation(r)
+             else format_prompt(r["instruction"], r["input"]) + r["output"] for r in records)  # fmt: skip
     tokenizer = train_bpe_tokenizer(texts, vocab_size, min_frequency)
     with atomic_directory(target) as tmp:
         tokenizer.save_pretrained(str(tmp))

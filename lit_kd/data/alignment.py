@@ -2,8 +2,13 @@
 same bytes, for distillation across vocabularies.
 
 Only the response is aligned: KD is taken on response tokens, and each side encodes its prompt (its own template,
-BOS or chat format) however its tokenizer does. Each side tokenizes the response text alone, without special
-tokens (as ``lit_kd.data.tokenize.encode_example`` does), so the two token sequences spell the same string.
+BOS or chat format) however its tokenizer does. Under the Dolly template each side tokenizes the response text
+alone, without special tokens (as ``lit_kd.data.tokenize.encode_example`` does), so the two token sequences spell
+the same string. Under each model's chat template (``lit_kd.data.chat_template``) each side renders the whole
+conversation with its own template, and every supervised reply is aligned on its own: the tokens of its content
+(their offsets in each side's rendered text, so the bytes both sides share), then each side's end-of-turn token as
+one 1:1 group (as EOS is); template text is never aligned. A reply that one side dropped with its earliest
+exchanges (``max_length``) is aligned on neither.
 
 A tokenization can be **cut** at text position c when every token before ends at or before c and every token after
 starts at or after c (offsets from the fast tokenizer's ``offset_mapping``; a character position, converted to its
@@ -24,15 +29,17 @@ part in the cross-vocabulary KD term.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor
-
 from transformers import PreTrainedTokenizerBase
 
-from lit_kd.data.tokenize import encode_example, head_tokens, response_length
+from lit_kd.data.tokenize import head_tokens, response_length
 from lit_kd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lit_kd.data.rendering import Rendering
 
 Span = tuple[int, int]
 """A token range ``[start, end)`` of a side's response tokens."""
@@ -208,48 +215,72 @@ def response_alignment(
 
 
 def encode_pair_example(
-    teacher_tokenizer: PreTrainedTokenizerBase,
-    student_tokenizer: PreTrainedTokenizerBase,
-    instruction: str,
-    input: str,
-    output: str,
-    max_length: int,
+    teacher: "Rendering", student: "Rendering", record: dict[str, Any], max_length: int
 ) -> dict[str, Any]:
-    """One example for a cross-tokenizer pair: the student's ``input_ids``/``labels`` (``encode_example``), the
-    teacher's as ``teacher_input_ids``/``teacher_labels`` (each side its own prompt encoding and truncation), and
-    ``groups``: ``[teacher start, teacher end, student start, student end]`` per group, indices into each side's
-    response tokens (EOS included). Dropped on either side: dropped."""
-    student = encode_example(student_tokenizer, instruction, input, output, max_length)
-    teacher = encode_example(teacher_tokenizer, instruction, input, output, max_length)
-    if student["dropped"] or teacher["dropped"]:
-        return {**student, "dropped": True, "teacher_input_ids": [], "teacher_labels": [], "groups": []}
-    kept_s, kept_t = response_length(student["labels"]), response_length(teacher["labels"])
-    alignment = response_alignment(teacher_tokenizer, student_tokenizer, output, kept_t, kept_s)
+    """One example for a cross-tokenizer pair: the student's ``input_ids``/``labels``/``prompt_length`` (its
+    rendering's ``encode``), the teacher's as ``teacher_input_ids``/``teacher_labels``/``teacher_prompt_length``
+    (each side its own prompt format, template and truncation), and ``groups``: ``[teacher start, teacher end,
+    student start, student end]`` per group, indices into each side's response tokens (end tokens included).
+    Dropped on either side: dropped."""
+    if teacher.name != student.name:
+        raise ConfigError(f"a cross-tokenizer pair renders both sides alike, got {teacher.name} and {student.name}")
+    if student.name == "dolly":
+        student_side, teacher_side = student.encode(record, max_length), teacher.encode(record, max_length)
+        groups = None
+    else:
+        require_offsets(teacher.tokenizer, "teacher")
+        require_offsets(student.tokenizer, "student")
+        student_side, student_turns = student.encode_turns(record, max_length, with_turns=True)
+        teacher_side, teacher_turns = teacher.encode_turns(record, max_length, with_turns=True)
+        groups = turn_groups(teacher_turns, student_turns)
+    if student_side["dropped"] or teacher_side["dropped"]:
+        return {**student_side, "dropped": True, "teacher_input_ids": [], "teacher_labels": [],
+                "teacher_prompt_length": 0, "groups": []}  # fmt: skip
+    if groups is None:
+        kept_s, kept_t = response_length(student_side["labels"]), response_length(teacher_side["labels"])
+        output = student.fields(record)[2]
+        groups = response_alignment(teacher.tokenizer, student.tokenizer, output, kept_t, kept_s).groups
     return {
-        **student,
-        "truncated": student["truncated"] or teacher["truncated"],
-        "teacher_input_ids": teacher["input_ids"],
-        "teacher_labels": teacher["labels"],
-        "groups": [[t0, t1, s0, s1] for (t0, t1), (s0, s1) in alignment.groups],
+        **student_side,
+        "truncated": student_side["truncated"] or teacher_side["truncated"],
+        "shortened": student_side["shortened"] or teacher_side["shortened"],
+        "teacher_input_ids": teacher_side["input_ids"],
+        "teacher_labels": teacher_side["labels"],
+        "teacher_prompt_length": teacher_side["prompt_length"],
+        "groups": [[t0, t1, s0, s1] for (t0, t1), (s0, s1) in groups],
     }
 
 
+def turn_groups(teacher: Sequence[Any], student: Sequence[Any]) -> list[tuple[Span, Span]]:
+    """The groups of two chat encodings' supervised replies (``lit_kd.data.chat_template.TurnTokens``), as rows of
+    each side's response rows: each reply both sides kept is aligned over its content's tokens, then its end-of-turn
+    tokens are one group when both kept them."""
+    by_turn = {turn.turn: turn for turn in student}
+    groups: list[tuple[Span, Span]] = []
+    for t in teacher:
+        s = by_turn.get(t.turn)
+        if s is None:
+            continue
+        content = align_tokens(Tokenized(t.ids, t.tokens, t.spans), Tokenized(s.ids, s.tokens, s.spans))
+        groups += [((t0 + t.first_row, t1 + t.first_row), (s0 + s.first_row, s1 + s.first_row))
+                   for (t0, t1), (s0, s1) in content.groups]  # fmt: skip
+        if t.end_row is not None and s.end_row is not None:
+            groups.append(((t.end_row, t.end_row + 1), (s.end_row, s.end_row + 1)))
+    return groups
+
+
 def encode_pair_response(
-    teacher_tokenizer: PreTrainedTokenizerBase,
-    student_tokenizer: PreTrainedTokenizerBase,
-    text: str,
-    ended: bool,
-    teacher_room: int,
-    student_room: int,
+    teacher: "Rendering", student: "Rendering", text: str, ended: bool, teacher_room: int, student_room: int
 ) -> tuple[list[int], list[int], list[list[int]]]:
     """A response given as text (a student's sample, decoded) encoded for both sides after their prompts: (student
-    response ids, teacher response ids, groups). Each side tokenizes the text (no special tokens), appends its EOS
-    when the sample ``ended`` with one, and keeps at most its ``*_room`` tokens (at least one: an empty response is
-    the side's EOS)."""
+    response ids, teacher response ids, groups). Each side tokenizes the text (no special tokens), appends the
+    token its replies end with (``end_id``: EOS, or its template's end-of-turn token) when the sample ``ended`` with
+    one, and keeps at most its ``*_room`` tokens (at least one: an empty response is that end token)."""
     sides = []
-    for tokenizer, room in ((teacher_tokenizer, teacher_room), (student_tokenizer, student_room)):
-        ids = head_tokens(tokenizer, text, max(room, 1)) + ([tokenizer.eos_token_id] if ended or not text else [])
+    for rendering, room in ((teacher, teacher_room), (student, student_room)):
+        ids = head_tokens(rendering.tokenizer, text, max(room, 1)) + ([rendering.end_id] if ended or not text else [])
         sides.append(ids[: max(room, 1)])
     teacher_ids, student_ids = sides
-    alignment = response_alignment(teacher_tokenizer, student_tokenizer, text, len(teacher_ids), len(student_ids))
+    alignment = response_alignment(teacher.tokenizer, student.tokenizer, text, len(teacher_ids), len(student_ids))
     return student_ids, teacher_ids, [[t0, t1, s0, s1] for (t0, t1), (s0, s1) in alignment.groups]
+

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from lit_kd.data.alignment import GroupRows
-from lit_kd.data.tokenize import IGNORE_INDEX
+from lit_kd.data.tokenize import IGNORE_INDEX, prompt_end
 
 
 class IndexedExamples(Dataset):
@@ -41,7 +41,8 @@ def pad(sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad
 
 class PadCollator:
     """Right-pads ``input_ids`` with ``pad_id`` and ``labels`` with -100; builds the attention mask.
-    A ``reference`` (the response text) passes through as the list ``references``, an ``index`` as a tensor.
+    A ``reference`` (the response text) passes through as the list ``references``, an ``index`` as a tensor, a
+    ``prompt_length`` (where the reply that generation would sample starts) as the tensor ``prompt_lengths``.
     Examples of a cross-tokenizer pair (``lit_kd.data.alignment.encode_pair_example``) also give the teacher's
     ``teacher_input_ids``/``teacher_attention_mask``/``teacher_labels`` (padded with ``teacher_pad_id``) and their
     aligned ``groups`` as rows of the batch's flattened response rows (``GroupRows``)."""
@@ -60,6 +61,9 @@ class PadCollator:
                           self.teacher_pad_id)  # fmt: skip
             batch.update(zip(("teacher_input_ids", "teacher_attention_mask", "teacher_labels"), teacher))
             batch["groups"] = GroupRows.of_batch(examples)
+        for key in ("prompt_length", "teacher_prompt_length"):
+            if key in examples[0]:
+                batch[f"{key}s"] = torch.tensor([example[key] for example in examples], dtype=torch.long)
         if "reference" in examples[0]:
             batch["references"] = [example["reference"] for example in examples]
         if "index" in examples[0]:  # the examples' positions in their split (the teacher cache's keys)
@@ -69,11 +73,21 @@ class PadCollator:
 
 def teacher_view(batch: dict[str, Any]) -> dict[str, Any]:
     """The batch as the teacher reads it: a cross-tokenizer batch's ``teacher_*`` fields as ``input_ids``,
-    ``attention_mask`` and ``labels`` (``index`` kept: the teacher cache's key); any other batch as it is."""
+    ``attention_mask``, ``labels`` and ``prompt_lengths`` (``index`` kept: the teacher cache's key); any other
+    batch as it is."""
     if "teacher_input_ids" not in batch:
         return batch
-    view = {name: batch[f"teacher_{name}"] for name in ("input_ids", "attention_mask", "labels")}
+    names = ("input_ids", "attention_mask", "labels", "prompt_lengths")
+    view = {name: batch[f"teacher_{name}"] for name in names if f"teacher_{name}" in batch}
     return view | ({"index": batch["index"]} if "index" in batch else {})
+
+
+def prompt_lengths(batch: dict[str, Any]) -> list[int]:
+    """Where each row's last reply starts (the prompt generation continues): the batch's ``prompt_lengths``, or, in
+    a batch built without them, each row's first supervised token (the same for one-reply examples)."""
+    if "prompt_lengths" in batch:
+        return batch["prompt_lengths"].tolist()
+    return [prompt_end(row) for row in batch["labels"]]
 
 
 def batch_rows(batch: dict[str, Any]) -> int:

@@ -11,13 +11,16 @@ Two forms, exactly one per config::
       val: ../shared/data/minillm/dolly/dev.jsonl
       test: ../shared/data/minillm/dolly/valid.jsonl   # MiniLLM calls its test file valid.jsonl
 
+Rows may be instructions (Dolly, MiniLLM, ...) or conversations (``messages`` or ShareGPT ``conversations``:
+``lit_kd.data.conversation``); ``prompt_format`` renders them (``lit_kd.data.rendering``): ``dolly`` (MiniLLM's
+template, the paper's) or ``chat_template`` (each model's own chat template, the assistant's tokens supervised).
 The tokenizer comes from the model (``connect``; LightningCLI calls it), so it is named once.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import lightning as L
 import torch
@@ -28,6 +31,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lit_kd.data.collate import IndexedExamples, PadCollator
 from lit_kd.data.records import DataFormatError, load_records
+from lit_kd.data.rendering import PROMPT_FORMATS, SUPERVISED_TURNS, Rendering, pair_renderings
 from lit_kd.data.sampler import EpochShuffleSampler
 from lit_kd.data.tokenize import (
     DataFingerprints,
@@ -78,6 +82,8 @@ class DollyDataModule(L.LightningDataModule):
         cache_dir: Optional[str] = None,
         shuffle_seed: Optional[int] = None,
         max_examples: Optional[dict[str, int]] = None,
+        prompt_format: Literal["dolly", "chat_template"] = "dolly",
+        supervised_turns: Literal["all", "last"] = "all",
     ) -> None:
         """
         Args:
@@ -98,6 +104,11 @@ class DollyDataModule(L.LightningDataModule):
                 and small teacher caches.
             shuffle_seed: Seed of the training order (epoch e is shuffled with ``shuffle_seed + e``); default:
                 the run's ``seed_everything``.
+            prompt_format: How records become text (``lit_kd.data.rendering``): ``dolly``, MiniLLM's instruction
+                template (the paper's), or ``chat_template``, each model's own chat template (conversations, several
+                turns; the assistant's tokens supervised). Validation ROUGE-L, ``evaluate``, sampling and the teacher
+                cache follow it.
+            supervised_turns: Under ``chat_template``: the loss on ``all`` assistant turns or on the ``last`` one.
         """
         super().__init__()
         if raw is not None and any(s is not None for s in (train, val, test)):
@@ -112,6 +123,12 @@ class DollyDataModule(L.LightningDataModule):
             raise ConfigError(f"data.max_length must be at least 2, got {max_length}")
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ConfigError("data.batch_size and data.eval_batch_size must be positive")
+        if prompt_format not in PROMPT_FORMATS or supervised_turns not in SUPERVISED_TURNS:
+            raise ConfigError(
+                f"data.prompt_format must be one of {', '.join(PROMPT_FORMATS)} and data.supervised_turns one of "
+                f"{', '.join(SUPERVISED_TURNS)}, got {prompt_format!r} and {supervised_turns!r}"
+            )
+        self.prompt_format, self.supervised_turns = prompt_format, supervised_turns
         self.raw, self.sources = raw, {"train": train, "val": val, "test": test}
         self.split_sizes = tuple(int(s) for s in split_sizes)
         self.split_seed = split_seed
@@ -130,6 +147,8 @@ class DollyDataModule(L.LightningDataModule):
                 )
         self.tokenizer: Optional[PreTrainedTokenizerBase] = None
         self.teacher_tokenizer: Optional[PreTrainedTokenizerBase] = None
+        self.rendering: Optional[Rendering] = None
+        self.teacher_rendering: Optional[Rendering] = None
         self.data_fingerprints: Optional[DataFingerprints] = None
         self.records: dict[str, list[dict[str, Any]]] = {}
         self.splits: dict[str, TokenizedSplit] = {}
@@ -138,8 +157,13 @@ class DollyDataModule(L.LightningDataModule):
         self, tokenizer: PreTrainedTokenizerBase, teacher_tokenizer: Optional[PreTrainedTokenizerBase] = None
     ) -> None:
         """Give the data module the model's tokenizer (LightningCLI does this after instantiation), and the
-        teacher's when it has one of its own (``model.cross_tokenizer``: examples then hold both tokenizations)."""
+        teacher's when it has one of its own (``model.cross_tokenizer``: examples then hold both tokenizations, each
+        rendered with its own template under ``chat_template``). A tokenizer the prompt format cannot serve (no chat
+        template) is refused here, before any data is read."""
         self.tokenizer, self.teacher_tokenizer = tokenizer, teacher_tokenizer
+        self.rendering, self.teacher_rendering = pair_renderings(
+            tokenizer, teacher_tokenizer, self.prompt_format, self.supervised_turns
+        )
         self.data_fingerprints = None
         self.splits = {}
 
@@ -150,27 +174,32 @@ class DollyDataModule(L.LightningDataModule):
         if self.data_fingerprints is None:
             records = self.load_split_records()
             splits = {name: records_fingerprint(rows) for name, rows in records.items()}
-            self.data_fingerprints = DataFingerprints(tokenizer_fingerprint(self.tokenizer), splits)
+            rendering = self.rendering.fingerprint
+            if self.teacher_rendering is not None:
+                rendering += "+" + self.teacher_rendering.fingerprint
+            self.data_fingerprints = DataFingerprints(tokenizer_fingerprint(self.tokenizer), splits, rendering)
         return self.data_fingerprints
 
     def load_split_records(self) -> dict[str, list[dict[str, Any]]]:
         """Validated records of every available split (no tokenizer needed)."""
         if not self.records:
+            single = self.prompt_format == "dolly"  # a conversation of several turns needs a chat template
             if self.raw is not None:
-                rows = load_records(self.raw, split=self.hub_split)
-                self.records = split_records(rows, self.split_sizes, self.split_seed, source=self.raw)
+                rows = load_records(self.raw, split=self.hub_split, single_exchange=single)
+                records = split_records(rows, self.split_sizes, self.split_seed, source=self.raw)
                 unused = len(rows) - sum(self.split_sizes)
                 if unused:
                     rank_zero_info(f"{self.raw}: {unused} of {len(rows)} rows are beyond split_sizes and not used")
             else:  # a hub dataset's splits are read as train / validation / test (or name@split)
-                self.records = {
-                    name: load_records(source, split=HUB_SPLITS[name])
+                records = {
+                    name: load_records(source, split=HUB_SPLITS[name], single_exchange=single)
                     for name, source in self.sources.items()
                     if source is not None
                 }
             for name, count in self.max_examples.items():
-                if name in self.records:
-                    self.records[name] = self.records[name][:count]
+                if name in records:
+                    records[name] = records[name][:count]
+            self.records = records
         return self.records
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -186,12 +215,12 @@ class DollyDataModule(L.LightningDataModule):
             if name in self.splits:
                 continue
             split = tokenize_records(
-                records[name], self.tokenizer, self.max_length, self.cache_dir, desc=f"Tokenizing {name}",
-                fingerprints=(hashes.splits[name], hashes.tokenizer), teacher_tokenizer=self.teacher_tokenizer,
+                records[name], self.rendering, self.max_length, self.cache_dir, desc=f"Tokenizing {name}",
+                fingerprints=(hashes.splits[name], hashes.tokenizer), teacher_rendering=self.teacher_rendering,
             )  # fmt: skip
             if len(split.dataset) == 0:
                 raise DataFormatError(f"{name} split: every example was dropped (prompts longer than max_length)")
-            if split.dropped or split.truncated:
+            if split.dropped or split.truncated or split.shortened:
                 rank_zero_warn(split.summary(name))
             else:
                 rank_zero_info(split.summary(name))

@@ -1,7 +1,8 @@
 """Teacher-generated training data (sequence-level KD, Kim & Rush 2016): the teacher's sampled response to every
-prompt of a split, written as a Dolly-format file that ``fit`` reads like any other.
+prompt of a split, written as a file in the split's own layout that ``fit`` reads like any other.
 
-Each line: ``instruction``, ``context``, ``response`` (the teacher's), ``category`` when known, and
+Each line: ``instruction``, ``context``, ``response`` (the teacher's) for an instruction record, or ``messages``
+for a conversation (its turns with the teacher's sample as the last assistant turn); ``category`` when known, and
 ``generated_by`` (the teacher, the sampling settings and seed). Lines are written batch by batch to
 ``.<name>.partial`` (flushed and fsynced); a killed run leaves that file, and the next run checks that its
 lines are this data's prompts with these settings, keeps them and continues after the last complete line;
@@ -16,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional, Sequence
 
+from lit_kd.data.conversation import is_conversation, prompt_messages, with_response
 from lit_kd.errors import DataFormatError
 from lit_kd.utils.io import atomic_write_text, is_out_of_space, out_of_space_error
 
@@ -26,8 +28,14 @@ def generated_split_paths(out_dir: str | os.PathLike, split_names: Iterable[str]
     return {name: Path(out_dir) / f"{name}.jsonl" for name in split_names}
 
 
-def dolly_line(record: dict[str, Any], response: str, generated_by: Optional[dict[str, Any]] = None) -> str:
-    row: dict[str, Any] = {"instruction": record["instruction"], "context": record["input"], "response": response}
+def record_line(record: dict[str, Any], response: str, generated_by: Optional[dict[str, Any]] = None) -> str:
+    """One JSON line: a Dolly row (instruction, context, response) or a conversation whose last reply is
+    ``response``."""
+    row: dict[str, Any]
+    if is_conversation(record):
+        row = {"messages": with_response(record, response)["messages"]}
+    else:
+        row = {"instruction": record["instruction"], "context": record["input"], "response": response}
     if "category" in record:
         row["category"] = record["category"]
     if generated_by is not None:
@@ -36,8 +44,18 @@ def dolly_line(record: dict[str, Any], response: str, generated_by: Optional[dic
 
 
 def write_records(path: Path, records: Sequence[dict[str, Any]]) -> Path:
-    """A split as given (its own responses, e.g. the validation references), in Dolly layout, atomically."""
-    return atomic_write_text(path, "".join(dolly_line(r, r["output"]) for r in records))
+    """A split as given (its own responses, e.g. the validation references), in its layout, atomically."""
+    return atomic_write_text(path, "".join(record_line(r, r["output"]) for r in records))
+
+
+def same_prompt(row: Any, record: dict[str, Any]) -> bool:
+    """Whether a written line holds ``record``'s prompt (instruction and context, or the turns before the reply)."""
+    if not isinstance(row, dict):
+        return False
+    if is_conversation(record):
+        messages = row.get("messages")
+        return isinstance(messages, list) and messages[:-1] == prompt_messages(record)
+    return row.get("instruction") == record["instruction"] and row.get("context") == record["input"]
 
 
 def _kept_lines(partial: Path, records: Sequence[dict[str, Any]], generated_by: dict[str, Any]) -> list[str]:
@@ -54,12 +72,7 @@ def _kept_lines(partial: Path, records: Sequence[dict[str, Any]], generated_by: 
                 f"{partial}:{number + 1}: not a line lit_kd wrote; run again with --restart true to start over"
             )
         record = records[number] if number < len(records) else None
-        same = (
-            record is not None
-            and row.get("instruction") == record["instruction"]
-            and row.get("context") == record["input"]
-            and row.get("generated_by") == generated_by
-        )
+        same = record is not None and same_prompt(row, record) and row.get("generated_by") == generated_by
         if not same:
             raise DataFormatError(
                 f"{partial}:{number + 1} was written for other data or settings; run again with --restart true to "
@@ -96,7 +109,8 @@ def write_generated_split(
             for start in range(done, len(records), batch_size):
                 batch = records[start : start + batch_size]
                 responses = generate(batch, seed + start // batch_size)
-                stream.writelines(dolly_line(r, text, generated_by) for r, text in zip(batch, responses))
+                stream.writelines(record_line(r, text, generated_by) for r, text in zip(batch, responses))
+
                 stream.flush()
                 os.fsync(stream.fileno())
                 if progress is not None:

@@ -10,11 +10,14 @@ These layouts are recognised (from the first row of a source, or a whole JSON fi
 * FastChat's ``question.jsonl``: ``question_id``, ``turns`` (the first turn is the instruction), no responses:
   its records have ``output: None`` and need references from another file (``attach_references``);
 * a Super-NaturalInstructions task file (one JSON object): ``Definition`` (the instruction) and ``Instances``
-  (``input``, ``output``: a list, several references).
+  (``input``, ``output``: a list, several references);
+* conversations: ``messages: [{role, content}]`` (OpenAI / Hugging Face chat) or ShareGPT's
+  ``conversations: [{from, value}]`` (``lit_kd.data.conversation``).
 
-Every row becomes ``{"instruction", "input", "output"}`` (+ ``category`` when known). A malformed line,
-a missing or non-string field, an empty response or a row of no known layout is a ``DataFormatError`` naming
-the file and line (and the layouts accepted).
+Every instruction row becomes ``{"instruction", "input", "output"}`` (+ ``category`` when known), every
+conversation ``{"messages", "output"}`` (``output``: its last assistant turn). A malformed line, a missing or
+non-string field, an empty response, a conversation that breaks the rules of ``lit_kd.data.conversation`` or a row
+of no known layout is a ``DataFormatError`` naming the file and line (and the layouts accepted).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from lit_kd.data.conversation import CHAT_LAYOUTS, chat_layout_field, check_single_exchange, conversation_record
 from lit_kd.errors import DataFormatError
 
 LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
@@ -39,15 +43,20 @@ class Layout:
     input: str
     output: str
     input_required: bool
+    chat_field: Optional[str] = None
+    """``messages`` or ``conversations`` for a chat layout (``lit_kd.data.conversation``)"""
 
 
 DOLLY_RAW = Layout("raw Dolly (instruction/context/response)", input="context", output="response", input_required=True)
 MINILLM = Layout("MiniLLM (instruction/input/output)", input="input", output="output", input_required=False)
 SELF_INSTRUCT = Layout("Self-Instruct (instruction/instances)", input="input", output="output", input_required=False)
 FASTCHAT = Layout("FastChat questions (question_id/turns)", input="input", output="output", input_required=False)
+CHATS = {field: Layout(spec[0], input="", output="", input_required=False, chat_field=field)
+         for field, spec in CHAT_LAYOUTS.items()}  # fmt: skip
 SUPER_NI = "a Super-NaturalInstructions task file (Definition/Instances)"
 ACCEPTED = (
-    f"{DOLLY_RAW.name}, {MINILLM.name}, {SELF_INSTRUCT.name} rows, {FASTCHAT.name} rows, or {SUPER_NI}"
+    f"{DOLLY_RAW.name}, {MINILLM.name}, {', '.join(layout.name for layout in CHATS.values())}, "
+    f"{SELF_INSTRUCT.name} rows, {FASTCHAT.name} rows, or {SUPER_NI}"
 )
 
 
@@ -189,6 +198,9 @@ def super_ni_rows(task: dict[str, Any], where: str) -> Iterator[tuple[str, Any]]
 def detect_layout(row: Any, where: str) -> Layout:
     if not isinstance(row, dict):
         raise DataFormatError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+    chat = chat_layout_field(row)
+    if chat is not None:
+        return CHATS[chat]
     if "response" in row:
         return DOLLY_RAW
     if "output" in row:
@@ -222,9 +234,16 @@ def expand_row(row: Any, layout: Layout, where: str) -> Iterator[tuple[str, Any]
 
 def normalize_row(row: Any, layout: Layout, where: str, multi_reference: bool = False) -> dict[str, Any]:
     """One row as ``{"instruction", "input", "output"[, "category"]}``; ``output`` is a list when
-    ``multi_reference`` (evaluation sets whose rows carry several references)."""
+    ``multi_reference`` (evaluation sets whose rows carry several references). A conversation becomes
+    ``{"messages", "output"}`` (``output``: its last assistant turn, the one reference)."""
     if not isinstance(row, dict):
         raise DataFormatError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+    if layout.chat_field is not None:
+        if layout.chat_field not in row:
+            raise DataFormatError(f"{where}: field {layout.chat_field!r} is missing (the source's first row is "
+                                  f"in the {layout.name} layout)")  # fmt: skip
+        return conversation_record(row, layout.chat_field, where)
+
     record: dict[str, Any] = {
         "instruction": _string_field(row, "instruction", where, required=True, allow_empty=False),
         "input": _string_field(row, layout.input, where, required=layout.input_required, allow_empty=True),
@@ -249,9 +268,12 @@ def normalize_row(row: Any, layout: Layout, where: str, multi_reference: bool = 
     return record
 
 
-def load_records(source: str, split: str = "train", multi_reference: bool = False) -> list[dict[str, Any]]:
+def load_records(
+    source: str, split: str = "train", multi_reference: bool = False, single_exchange: bool = False
+) -> list[dict[str, Any]]:
     """All rows of a source, validated and normalised. For a hub dataset (or a local dataset folder)
-    ``split`` names the split to read; ``name@split`` in ``source`` overrides it."""
+    ``split`` names the split to read; ``name@split`` in ``source`` overrides it. ``single_exchange`` (the Dolly
+    template): a conversation other than one user turn and one reply is an error naming its line."""
     if is_local_source(source) and not os.path.isdir(source):
         rows = iter_local_rows(Path(os.path.expanduser(source)))
     else:  # a hub dataset name, or a local dataset folder that `datasets` understands
@@ -263,6 +285,8 @@ def load_records(source: str, split: str = "train", multi_reference: bool = Fals
         layout = layout or detect_layout(row, where)
         for item_where, item in expand_row(row, layout, where):
             records.append(normalize_row(item, layout, item_where, multi_reference))
+            if single_exchange and layout.chat_field is not None:
+                check_single_exchange(records[-1]["messages"], item_where)
     if not records:
         raise DataFormatError(f"{source}: no rows (the data file is empty)")
     return records

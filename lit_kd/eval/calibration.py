@@ -1,8 +1,9 @@
 """How sure a model is on the reference responses (teacher-forced, τ = 1): the DRKL paper's claim that RKL makes
 the student overconfident, measured.
 
-For every response token t of every example's first reference, with p = softmax(z) the model's next-token
-distribution given the prompt and the reference so far:
+For every response token t of every example's first reference (its reply, rendered as in training: the Dolly
+template, or the chat template with the last reply supervised, its end-of-turn token included), with
+p = softmax(z) the model's next-token distribution given the prompt and the reference so far:
 
 * **mean token entropy** H(p) = −Σ_k p_k log p_k (nats), averaged over the tokens;
 * **expected calibration error** of the next-token confidence max_k p_k against whether argmax_k p_k = t:
@@ -21,10 +22,12 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
 from lit_kd.data.collate import PadCollator
-from lit_kd.data.tokenize import encode_example, response_mask
+from lit_kd.data.conversation import with_response
+from lit_kd.data.rendering import Rendering
+from lit_kd.data.tokenize import response_mask
 from lit_kd.losses.core import entropy
 from lit_kd.models.head import final_hidden_states, output_head
 
@@ -34,7 +37,7 @@ CALIBRATION_BINS = 15
 @torch.no_grad()
 def reference_confidence(
     model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    rendering: Rendering,
     records: Sequence[dict[str, Any]],
     max_length: int,
     batch_size: int = 8,
@@ -43,6 +46,7 @@ def reference_confidence(
     """``{"entropy", "ece"}`` of ``model`` on the first reference of each record (see the module docstring)."""
     from torchmetrics.classification import BinaryCalibrationError
 
+    tokenizer, rendering = rendering.tokenizer, rendering.for_turns("last")
     vocab = min(model.get_output_embeddings().weight.shape[0], len(tokenizer))  # a padded head's extra rows: no
     head = output_head(model, vocab)
     device = head.weight.device
@@ -52,7 +56,8 @@ def reference_confidence(
     for record in records:
         references = record["output"]
         reference = references if isinstance(references, str) else references[0]
-        encoded = encode_example(tokenizer, record["instruction"], record.get("input", ""), reference, max_length)
+        encoded = rendering.encode(with_response(record, reference), max_length)
+
         if not encoded["dropped"]:
             examples.append({"input_ids": encoded["input_ids"], "labels": encoded["labels"]})
     examples.sort(key=lambda example: len(example["input_ids"]))

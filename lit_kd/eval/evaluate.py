@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
+from lit_kd.data.conversation import prompt_view
+from lit_kd.data.rendering import Rendering
 from lit_kd.eval.benchmarks import Benchmark
 from lit_kd.eval.calibration import reference_confidence
 from lit_kd.eval.diversity import DISTINCT_ORDERS, distinct_n, self_bleu
@@ -95,7 +97,7 @@ def new_progress() -> Progress:
 
 def evaluate_model(
     model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    rendering: Rendering,
     benchmarks: Sequence[Benchmark],
     seeds: Sequence[int],
     settings: SamplingConfig,
@@ -105,18 +107,21 @@ def evaluate_model(
     calibration: bool = True,
     self_bleu_order: int = 4,
 ) -> EvalResult:
-    """Score ``model`` on every benchmark and seed; append each generation to ``generations`` if given."""
+    """Score ``model`` on every benchmark and seed, its prompts rendered by ``rendering`` (the prompt format and
+    tokenizer it was trained with); append each generation to ``generations`` if given."""
     result = EvalResult(label, self_bleu_order=self_bleu_order)
+    tokenizer = rendering.tokenizer
     for benchmark in benchmarks:
         result.scores[benchmark.name], result.distinct[benchmark.name] = {}, {}
         samples: list[list[str]] = [[] for _ in benchmark.records]  # per prompt, one sample per seed
-        prompts = encode_prompts(tokenizer, benchmark.records, settings)  # the same prompts for every seed
+        prompts = encode_prompts(rendering, benchmark.records, settings)  # the same prompts for every seed
         for seed in seeds:
             task = None
             if progress is not None:
                 task = progress.add_task(f"{label} · {benchmark.name} · seed {seed}", total=len(benchmark.records))
             on_batch = (lambda n, task=task: progress.advance(task, n)) if task is not None else None
-            outputs = decode_responses(tokenizer, generate_ids(model, tokenizer, prompts, settings, seed, on_batch))
+            ids = generate_ids(model, tokenizer, prompts, settings, seed, on_batch, stop_ids=rendering.stop_ids)
+            outputs = decode_responses(tokenizer, ids)
             metric = RougeL()
             metric.update(outputs, [r["output"] for r in benchmark.records])
             result.scores[benchmark.name][seed] = metric.compute().item()
@@ -131,8 +136,7 @@ def evaluate_model(
                             "benchmark": benchmark.name,
                             "seed": seed,
                             "index": index,
-                            "instruction": record["instruction"],
-                            "input": record.get("input", ""),
+                            **prompt_view(record),
                             "reference": record["output"],
                             "output": output,
                         }
@@ -140,8 +144,9 @@ def evaluate_model(
         result.self_bleu[benchmark.name] = self_bleu(samples, self_bleu_order)
         if calibration:
             result.confidence[benchmark.name] = reference_confidence(
-                model, tokenizer, benchmark.records, settings.max_length, batch_size=min(settings.batch_size, 8)
+                model, rendering, benchmark.records, settings.max_length, batch_size=min(settings.batch_size, 8)
             )
+
     return result
 
 

@@ -1,4 +1,5 @@
-"""Batched generation: left-padded prompts, KV cache, seeded sampling, stop at EOS.
+"""Batched generation: left-padded prompts, KV cache, seeded sampling, stop at EOS (and at a chat template's
+end-of-turn token: the rendering's ``stop_ids``).
 
 The paper's protocol samples at temperature 1 with no top-k/top-p truncation; ``greedy`` is an option.
 Sampling runs inside ``torch.random.fork_rng`` seeded with ``seed`` (the caller's RNG state is restored
@@ -9,13 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_kd.data.prompt import format_prompt
 from lit_kd.errors import ConfigError
+
+if TYPE_CHECKING:
+    from lit_kd.data.rendering import Rendering
 
 
 @dataclass
@@ -47,7 +50,9 @@ class SamplingConfig:
         if self.max_length <= self.max_new_tokens:
             raise ConfigError(f"generation: max_length ({self.max_length}) must exceed max_new_tokens")
 
-    def hf_config(self, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+    def hf_config(
+        self, tokenizer: PreTrainedTokenizerBase, stop_ids: Optional[Sequence[int]] = None
+    ) -> GenerationConfig:
         """A Hugging Face generation config with every logits-shaping field set explicitly: transformers fills
         each field left ``None`` from the model's ``generation_config`` and then from its global defaults
         (which include top_k=50), so "unset" would not mean "off". ``generate_ids`` also hides the model's
@@ -66,21 +71,19 @@ class SamplingConfig:
             do_sample=not self.greedy,
             temperature=self.temperature if not self.greedy else 1.0,
             max_new_tokens=self.max_new_tokens,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=list(stop_ids) if stop_ids and len(stop_ids) > 1 else tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
             use_cache=True,
             **neutral,
         )
 
 
-def encode_prompts(
-    tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], settings: SamplingConfig
-) -> list[list[int]]:
-    """Token ids of each record's prompt (the training template). A prompt longer than
+def encode_prompts(rendering: "Rendering", records: Sequence[dict], settings: SamplingConfig) -> list[list[int]]:
+    """Token ids of each record's prompt, rendered as in training (``rendering.prompt_ids``: the Dolly template, or
+    the turns before the reply with the chat template's generation prompt). A prompt longer than
     ``max_length − max_new_tokens`` keeps its last tokens: its beginning (template header, start of the
-    instruction) is lost, the input and the ``### Response:`` marker are kept."""
-    ids = [tokenizer(format_prompt(r["instruction"], r.get("input", "")))["input_ids"] for r in records]
-    return [fit_prompt(prompt, settings) for prompt in ids]
+    instruction) is lost, the input and the ``### Response:`` marker (the assistant header) are kept."""
+    return [fit_prompt(rendering.prompt_ids(record), settings) for record in records]
 
 
 def fit_prompt(prompt: Sequence[int], settings: SamplingConfig) -> list[int]:
@@ -98,21 +101,23 @@ def generate_ids(
     on_batch: Optional[Callable[[int], None]] = None,
     min_new_tokens: int = 0,
     keep_eos: bool = False,
+    stop_ids: Optional[Sequence[int]] = None,
 ) -> list[list[int]]:
-    """Generated token ids per prompt, cut at the first EOS (kept with ``keep_eos``: the training target of a
-    sampled response ends with it). ``on_batch(n)`` reports progress."""
+    """Generated token ids per prompt, cut at the first stop token (``stop_ids``, default the EOS; kept with
+    ``keep_eos``: the training target of a sampled response ends with it). ``on_batch(n)`` reports progress."""
     device = next(model.parameters()).device
     was_training, model_defaults = model.training, model.generation_config
-    config = settings.hf_config(tokenizer)
+    stops = list(stop_ids) if stop_ids else [tokenizer.eos_token_id]
+    config = settings.hf_config(tokenizer, stops)
     config.min_new_tokens = min_new_tokens or None
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     try:
         model.eval()
         model.generation_config = GenerationConfig()  # the model's own sampling defaults must not leak in
         with torch.random.fork_rng(devices=devices):  # manual_seed reseeds every device: restore them all
             torch.manual_seed(seed)
-            outputs = _generate_batches(model, prompts, settings, config, pad, eos, device, on_batch, keep_eos)
+            outputs = _generate_batches(model, prompts, settings, config, pad, stops, device, on_batch, keep_eos)
     finally:
         model.generation_config = model_defaults
         model.train(was_training)
@@ -125,12 +130,12 @@ def _generate_batches(
     settings: SamplingConfig,
     config: GenerationConfig,
     pad: int,
-    eos: int,
+    stops: Sequence[int],
     device: torch.device,
     on_batch: Optional[Callable[[int], None]],
     keep_eos: bool = False,
 ) -> list[list[int]]:
-    """Left-pad each batch so every prompt ends where generation starts; cut each row at its first EOS."""
+    """Left-pad each batch so every prompt ends where generation starts; cut each row at its first stop token."""
     outputs: list[list[int]] = []
     for start in range(0, len(prompts), settings.batch_size):
         chunk = prompts[start : start + settings.batch_size]
@@ -144,7 +149,8 @@ def _generate_batches(
             input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
         )
         for row in generated[:, width:].tolist():
-            outputs.append(row[: row.index(eos) + keep_eos] if eos in row else row)
+            end = next((i for i, token in enumerate(row) if token in stops), None)
+            outputs.append(row if end is None else row[: end + keep_eos])
         if on_batch is not None:
             on_batch(len(chunk))
     return outputs
@@ -157,12 +163,15 @@ def decode_responses(tokenizer: PreTrainedTokenizerBase, ids: Sequence[Sequence[
 
 def generate_responses(
     model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    rendering: "Rendering",
     records: Sequence[dict],
     settings: SamplingConfig,
     seed: int,
     on_batch: Optional[Callable[[int], None]] = None,
 ) -> list[str]:
-    """The model's response text to each record's prompt."""
-    ids = generate_ids(model, tokenizer, encode_prompts(tokenizer, records, settings), settings, seed, on_batch)
+    """The model's response text to each record's prompt (its reply: a conversation's last assistant turn)."""
+    tokenizer = rendering.tokenizer
+    prompts = encode_prompts(rendering, records, settings)
+    ids = generate_ids(model, tokenizer, prompts, settings, seed, on_batch, stop_ids=rendering.stop_ids)
     return decode_responses(tokenizer, ids)
+

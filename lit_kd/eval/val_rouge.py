@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 
-from lit_kd.data.tokenize import prompt_end
+from lit_kd.data.collate import prompt_lengths
 from lit_kd.errors import ConfigError
 from lit_kd.eval.generate import SamplingConfig, decode_responses, fit_prompt, generate_ids
 from lit_kd.eval.rouge import RougeL
@@ -74,12 +74,13 @@ class GenerationRouge(L.Callback):
         take = min(quota - self.generated, batch["input_ids"].shape[0])
         if take <= 0 or "references" not in batch:
             return
-        prompts = [  # the prompt is everything before the first supervised token
-            fit_prompt(batch["input_ids"][row, : prompt_end(batch["labels"][row])].tolist(), self.settings.generation)
-            for row in range(take)
-        ]
+        ends = prompt_lengths(batch)  # the prompt is everything before the last reply
+        prompts = [fit_prompt(batch["input_ids"][row, : ends[row]].tolist(), self.settings.generation)
+                   for row in range(take)]  # fmt: skip
         seed = self.settings.seed + 1_000_003 * trainer.global_rank + self.generated
-        outputs = generate_ids(pl_module.student, pl_module.tokenizer, prompts, self.settings.generation, seed)
+        outputs = generate_ids(pl_module.student, pl_module.tokenizer, prompts, self.settings.generation, seed,
+                               stop_ids=pl_module.rendering.stop_ids)  # fmt: skip
+
         self.metric.update(decode_responses(pl_module.tokenizer, outputs), batch["references"][:take])
         self.generated += take
 

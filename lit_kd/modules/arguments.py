@@ -9,7 +9,7 @@ from lit_kd.errors import ConfigError
 from lit_kd.losses import LossConfig
 from lit_kd.models import ModelConfig, StudentConfig
 from lit_kd.modules.cross_tokenizer import CrossTokenizerConfig, check_cross_tokenizer
-from lit_kd.modules.policy import PolicyConfig
+from lit_kd.modules.policy import PolicyConfig, samples_students_outputs
 
 TEACHER_SHARDING = ("replicate", "shard")
 
@@ -59,8 +59,3 @@ def check_module_arguments(
             "model.kd_ratio 0): remove it or give the run a teacher and kd_ratio > 0"
         )
     check_cross_tokenizer(cross_tokenizer, student, teacher, loss)
-
-
-def samples_students_outputs(policy: Optional[PolicyConfig]) -> bool:
-    """Whether the policy replaces any responses with the student's samples (now or, adaptively, later)."""
-    return policy is not None and (policy.student_fraction > 0 or policy.adaptive is not None)

@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from transformers import PreTrainedModel
 
+from lit_kd.data.rendering import pair_renderings
 from lit_kd.data.tokenize import response_mask
 from lit_kd.eval.val_rouge import GenerationRouge, ValidationRouge
 from lit_kd.losses import LossConfig
@@ -29,7 +30,7 @@ from lit_kd.losses.chunked import TokenSums, chunked_token_sums, token_sums_from
 from lit_kd.models import ModelConfig, StudentConfig
 from lit_kd.models.head import final_hidden_states, output_head
 from lit_kd.models.pair import check_student_layers
-from lit_kd.modules.arguments import check_module_arguments, samples_students_outputs
+from lit_kd.modules.arguments import check_module_arguments
 from lit_kd.modules.assembly import assemble
 from lit_kd.modules.cross_tokenizer import CrossTokenizerConfig, cross_token_sums, pair_tokenizers
 from lit_kd.modules.fsdp import check_teacher_sharding, shard_models
@@ -61,6 +62,7 @@ class DistillModule(L.LightningModule):
         max_length: Optional[int] = None,
         teacher_sharding: str = "replicate",
         cross_tokenizer: Optional[CrossTokenizerConfig] = None,
+        prompt_format: Literal["dolly", "chat_template"] = "dolly",
     ) -> None:
         """
         Args:
@@ -89,6 +91,7 @@ class DistillModule(L.LightningModule):
                 process holds 1/W of the frozen teacher, gathered block by block for its forward).
             cross_tokenizer: Teacher and student read the text with tokenizers of their own, compared over aligned
                 token groups (``lit_kd.modules.cross_tokenizer``); null: one shared tokenizer.
+            prompt_format: How records become text (linked to ``data.prompt_format``): where generations stop.
         """
         super().__init__()
         check_module_arguments(student, teacher, kd_ratio, teacher_cache, chunk_size, policy, teacher_sharding, loss,
@@ -103,12 +106,12 @@ class DistillModule(L.LightningModule):
         self.normalizer, self.cross_tokenizer = StepNormalizer(), cross_tokenizer
         self.batch_size_seen: tuple[Tensor | int, int] = (0, 0)  # (tokens, response rows) of the last batch
         self.tokenizer, self.teacher_tokenizer, self.vocabulary = pair_tokenizers(student, teacher, cross_tokenizer)
+        self.rendering, self.teacher_rendering = pair_renderings(self.tokenizer, self.teacher_tokenizer, prompt_format)
         check_student_layers(student, teacher)  # before any data is tokenized
-        sampling = samples_students_outputs(policy)
-        self.student_policy = StudentPolicy(policy, self.tokenizer.pad_token_id, max_length) if sampling else None
+        self.student_policy = StudentPolicy.of(policy, self.tokenizer.pad_token_id, max_length)
         self.student: Optional[PreTrainedModel] = None  # built in configure_model
         self.teacher_source: Optional[TeacherSource] = None
-        self.teacher_cache: Optional[TeacherCache] = None  # opened (and checked) by the builder, else here
+        self.teacher_cache: Optional[TeacherCache] = None  # opened and checked by the builder, else configure_model
         self.vocab_size: Optional[int] = None
         self.student_parameters = 0  # counted once, for flops_per_batch
 
@@ -122,10 +125,6 @@ class DistillModule(L.LightningModule):
     @property
     def teacher(self) -> Optional[PreTrainedModel]:  # the live teacher (None when read from a cache, or absent)
         return self.teacher_source.model if self.teacher_source is not None else None
-
-    def use_teacher_cache(self, cache: TeacherCache) -> None:
-        """Read the teacher from ``cache``, opened and checked by ``lit_kd.training.build`` (else configure_model)."""
-        self.teacher_cache = cache
 
     def configure_model(self) -> None:
         """Load (or derive) the models and the teacher source, and shard them under FSDP2 (``device_mesh``, from
@@ -189,7 +188,7 @@ class DistillModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Optional[Tensor]:
         if self.student_policy is not None:  # on-/mixed-policy: a share of the responses sampled by the student
-            batch, sampled = self.student_policy.mix(batch, self.student, self.tokenizer, self.teacher_tokenizer)
+            batch, sampled = self.student_policy.mix(batch, self.student, self.rendering, self.teacher_rendering)
             policy = {"train/student_fraction": self.student_policy.fraction, "train/sampled_rows": float(sampled)}
             self.log_dict(policy, batch_size=batch["input_ids"].shape[0])
         logging = (self.trainer.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0
@@ -224,12 +223,8 @@ class DistillModule(L.LightningModule):
         self.normalizer.reset()  # a window never spans epochs
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.evaluation_step("val", batch, batch_idx)
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.evaluation_step("test", batch, batch_idx)
-
-    def evaluation_step(self, stage: str, batch: dict[str, Tensor], batch_idx: int) -> None:
+        """The loss terms' token means of a validation (or test: ``test_step`` is this step) split."""
+        stage = "test" if self.trainer.testing else "val"
         sums = self.compute_losses(batch, stage)
         if not self.nonfinite.usable(sums, stage, batch_idx, self):
             return
@@ -238,6 +233,8 @@ class DistillModule(L.LightningModule):
             if value is not None:
                 # weighted by its tokens: the epoch value is a token mean (sync_dist: over processes too)
                 self.log(f"{stage}/{name}", value, prog_bar=name == "loss", batch_size=sums.tokens, sync_dist=True)
+
+    test_step = validation_step
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         store_module_state(checkpoint, self.hparams, self.nonfinite, self.student_policy)

@@ -7,12 +7,14 @@ import inspect
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
+from lit_kd.data.rendering import make_rendering
 from lit_kd.errors import CheckpointError, ConfigError, LitKDError
 from lit_kd.models import ModelConfig, load_model, load_tokenizer
+from lit_kd.models.export import exported_prompt_format
 from lit_kd.modules.distill import DistillModule
 from lit_kd.modules.state import HPARAMS_KEY, check_student_state
 from lit_kd.utils.yaml_files import load_yaml_file
@@ -60,11 +62,15 @@ def build_module(section: dict[str, Any], source: str, need_teacher: bool = True
 
 
 def module_from_config(path: str, need_teacher: bool = True) -> DistillModule:
-    """The ``model:`` section of a fit config as a ``DistillModule`` with its models loaded (untrained student)."""
+    """The ``model:`` section of a fit config as a ``DistillModule`` with its models loaded (untrained student), and
+    the prompt format of its ``data:`` section (linked to the module's, as the CLI links them)."""
     content = load_yaml_file(path)
     section = content.get("model") if isinstance(content, dict) else None
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: no `model:` section")
+    data = content.get("data")
+    if isinstance(data, dict) and "prompt_format" in data:
+        section = {**section, "prompt_format": data["prompt_format"]}
     return build_module(section, path, need_teacher)
 
 
@@ -143,8 +149,10 @@ def source_label(source: str, which: str = "student") -> str:
     return Path(source.rstrip("/")).name
 
 
-def model_from_source(source: str, which: str = "student"):
-    """(model, tokenizer, label) from a .ckpt, a fit config (.yaml), or a Hugging Face directory / hub id."""
+def model_from_source(source: str, which: str = "student", prompt_format: Optional[str] = None):
+    """(model, rendering, label) from a .ckpt, a fit config (.yaml), or a Hugging Face directory / hub id. The
+    rendering (``lit_kd.data.rendering``) is the model's tokenizer under ``prompt_format``; by default the one the
+    checkpoint, config or export was trained with (``dolly`` for any other Hugging Face model)."""
     label = source_label(source, which)
     if source.endswith((".ckpt", ".yaml", ".yml")):
         load = module_from_checkpoint if source.endswith(".ckpt") else module_from_config
@@ -153,6 +161,9 @@ def model_from_source(source: str, which: str = "student"):
         if model is None:
             raise ConfigError(f"{source} has no teacher")
         own = module.teacher_tokenizer if which == "teacher" else None  # a cross-tokenizer teacher reads its own
-        return model, own or module.tokenizer, label
+        trained = module.hparams.get("prompt_format", "dolly")
+        return model, make_rendering(own or module.tokenizer, prompt_format or trained), label
     config = ModelConfig(path=source)
-    return load_model(config, "model"), load_tokenizer(config, "model"), label
+    tokenizer = load_tokenizer(config, "model")
+    exported = exported_prompt_format(source) if os.path.isdir(source) else None  # a lit_kd export names its own
+    return load_model(config, "model"), make_rendering(tokenizer, prompt_format or exported or "dolly"), label

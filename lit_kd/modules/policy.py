@@ -26,11 +26,12 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
 from lit_kd.data.alignment import encode_pair_response, split_groups
-from lit_kd.data.collate import PadCollator
-from lit_kd.data.tokenize import IGNORE_INDEX, prompt_end
+from lit_kd.data.collate import PadCollator, prompt_lengths, teacher_view
+from lit_kd.data.rendering import Rendering
+from lit_kd.data.tokenize import IGNORE_INDEX
 from lit_kd.errors import ConfigError
 from lit_kd.eval.generate import SamplingConfig, generate_ids
 
@@ -79,6 +80,11 @@ class PolicyConfig:
             raise ConfigError(f"model.policy.student_fraction must be in [0, 1], got {self.student_fraction}")
 
 
+def samples_students_outputs(policy: Optional[PolicyConfig]) -> bool:
+    """Whether the policy replaces any responses with the student's samples (now or, adaptively, later)."""
+    return policy is not None and (policy.student_fraction > 0 or policy.adaptive is not None)
+
+
 class StudentPolicy:
     """Replaces a share λ of a batch's responses with the student's own samples (``mix``)."""
 
@@ -89,6 +95,12 @@ class StudentPolicy:
         self.previous_val_loss: Optional[float] = None
         self.collate = PadCollator(pad_id)
         self.max_length = max_length
+
+    @classmethod
+    def of(cls, config: Optional[PolicyConfig], pad_id: int, max_length: Optional[int], seed: int = 0
+           ) -> Optional["StudentPolicy"]:  # fmt: skip
+        """The policy of ``model.policy``, None when it samples nothing (null, or λ = 0 without an adaptive rule)."""
+        return cls(config, pad_id, max_length, seed) if samples_students_outputs(config) else None
 
     @property
     def active(self) -> bool:
@@ -106,22 +118,25 @@ class StudentPolicy:
         self,
         batch: dict[str, Any],
         student: PreTrainedModel,
-        tokenizer: PreTrainedTokenizerBase,
-        teacher_tokenizer: Optional[PreTrainedTokenizerBase] = None,
+        rendering: Rendering,
+        teacher_rendering: Optional[Rendering] = None,
     ) -> tuple[dict[str, Any], int]:
         """The batch with the chosen rows' responses sampled by ``student``; returns it and the rows resampled.
-        Off-policy rows are kept token for token; every row is re-padded (right padding, labels −100). With a
-        ``teacher_tokenizer`` of its own (``model.cross_tokenizer``) a sample is decoded to text and both sides
-        encode that text after their own prompts, aligned again (``encode_pair_response``): the student learns on
-        the canonical tokenization of what it sampled, which can differ from its sampled ids in rare merges."""
+        A row's sampled response replaces its last reply (what follows ``prompt_lengths``; a conversation's earlier
+        turns, and their labels, are kept), up to the first stop token of ``rendering`` (EOS, or the chat
+        template's end-of-turn token), which is kept and supervised. Off-policy rows are kept token for token;
+        every row is re-padded (right padding, labels −100). With a ``teacher_rendering`` of its own
+        (``model.cross_tokenizer``) a sample is decoded to text and both sides encode that text after their own
+        prompts, aligned again (``encode_pair_response``): the student learns on the canonical tokenization of
+        what it sampled, which can differ from its sampled ids in rare merges."""
         if self.fraction <= 0:
             return batch, 0
         rows = self.rows_to_sample(batch["input_ids"].shape[0])
         if not rows:
             return batch, 0
         seed = int(torch.randint(0, 2**31 - 1, (), generator=self.generator))
-        labels, lengths = batch["labels"], batch["attention_mask"].sum(dim=1).tolist()
-        prompts = [batch["input_ids"][r, : prompt_end(labels[r])].tolist() for r in rows]
+        labels, lengths, ends = batch["labels"], batch["attention_mask"].sum(dim=1).tolist(), prompt_lengths(batch)
+        prompts = [batch["input_ids"][r, : ends[r]].tolist() for r in rows]
         limit = self.max_length or max(lengths)
         sampling = self.config.sampling
         settings = SamplingConfig(
@@ -131,28 +146,32 @@ class StudentPolicy:
             batch_size=len(rows),
             max_length=max(len(p) for p in prompts) + sampling.max_new_tokens,
         )
-        generated = generate_ids(student, tokenizer, prompts, settings, seed, keep_eos=True)
+        tokenizer = rendering.tokenizer
+        generated = generate_ids(student, tokenizer, prompts, settings, seed, keep_eos=True,
+                                 stop_ids=rendering.stop_ids)  # fmt: skip
         sampled = dict(zip(rows, zip(prompts, generated)))
-        teacher = TeacherRows(batch, tokenizer, teacher_tokenizer, self.max_length) if teacher_tokenizer else None
+        teacher = TeacherRows(batch, rendering, teacher_rendering, self.max_length) if teacher_rendering else None
         examples = []
         for r in range(batch["input_ids"].shape[0]):
             if r in sampled and teacher is not None:
-                example = teacher.sampled(r, *sampled[r], limit)
+                example = teacher.sampled(r, *sampled[r], labels[r, : ends[r]].tolist(), limit)
             elif r in sampled:
                 prompt, response = sampled[r]
-                response = response[: max(limit - len(prompt), 1)] or [tokenizer.eos_token_id]
-                example = {"input_ids": prompt + response, "labels": [IGNORE_INDEX] * len(prompt) + response}
+                response = response[: max(limit - len(prompt), 1)] or [rendering.end_id]
+                example = {"input_ids": prompt + response, "labels": labels[r, : ends[r]].tolist() + response}
             else:
                 example = {"input_ids": batch["input_ids"][r, : lengths[r]].tolist(),
                            "labels": labels[r, : lengths[r]].tolist()}  # fmt: skip
                 if teacher is not None:
                     example.update(teacher.kept(r))
+            example["prompt_length"] = ends[r]
             if "index" in batch:
                 example["index"] = int(batch["index"][r])
             if "references" in batch:
                 example["reference"] = batch["references"][r]
             examples.append(example)
-        collate = PadCollator(self.collate.pad_id, teacher_tokenizer.pad_token_id) if teacher else self.collate
+        teacher_pad = teacher_rendering.tokenizer.pad_token_id if teacher_rendering else None
+        collate = PadCollator(self.collate.pad_id, teacher_pad) if teacher else self.collate
         mixed = collate(examples)
         return {k: v.to(batch["input_ids"].device) if torch.is_tensor(v) else v for k, v in mixed.items()}, len(rows)
 
@@ -186,33 +205,44 @@ class TeacherRows:
     """The teacher's side of a cross-tokenizer batch, row by row: kept as it is for an off-policy row, encoded again
     from the text of a student's sample (``StudentPolicy.mix``)."""
 
-    def __init__(self, batch: dict[str, Any], tokenizer: PreTrainedTokenizerBase,
-                 teacher_tokenizer: PreTrainedTokenizerBase, max_length: Optional[int]) -> None:  # fmt: skip
-        self.batch, self.tokenizer, self.teacher_tokenizer = batch, tokenizer, teacher_tokenizer
+    def __init__(self, batch: dict[str, Any], rendering: Rendering, teacher_rendering: Rendering,
+                 max_length: Optional[int]) -> None:  # fmt: skip
+        self.batch, self.rendering, self.teacher_rendering = batch, rendering, teacher_rendering
         self.lengths = batch["teacher_attention_mask"].sum(dim=1).tolist()
         self.limit = max_length or max(self.lengths)
         responses = [(batch[key] != IGNORE_INDEX).sum(dim=1).tolist() for key in ("teacher_labels", "labels")]
         self.groups = split_groups(batch["groups"], *responses)
+        self.teacher_ends = prompt_lengths(teacher_view(batch))
 
     def kept(self, r: int) -> dict[str, Any]:
         length, labels = self.lengths[r], self.batch["teacher_labels"][r]
         return {"teacher_input_ids": self.batch["teacher_input_ids"][r, :length].tolist(),
-                "teacher_labels": labels[:length].tolist(), "groups": self.groups[r]}  # fmt: skip
+                "teacher_labels": labels[:length].tolist(), "teacher_prompt_length": self.teacher_ends[r],
+                "groups": self.groups[r]}  # fmt: skip
 
-    def sampled(self, r: int, prompt: list[int], response: list[int], limit: int) -> dict[str, Any]:
-        eos = self.tokenizer.eos_token_id
-        ended = bool(response) and response[-1] == eos
-        text = self.tokenizer.decode(response[:-1] if ended else response, skip_special_tokens=True)
-        teacher_prompt = self.batch["teacher_input_ids"][r, : prompt_end(self.batch["teacher_labels"][r])].tolist()
+    def sampled(self, r: int, prompt: list[int], response: list[int], prompt_labels: list[int],
+                limit: int) -> dict[str, Any]:  # fmt: skip
+        """A student's sample as both sides' last reply; a conversation's earlier replies keep their labels and
+        their groups."""
+        stops = self.rendering.stop_ids
+        ended = bool(response) and response[-1] in stops
+        text = self.rendering.tokenizer.decode(response[:-1] if ended else response, skip_special_tokens=True)
+        end = self.teacher_ends[r]
+        teacher_prompt = self.batch["teacher_input_ids"][r, :end].tolist()
         student_ids, teacher_ids, groups = encode_pair_response(
-            self.teacher_tokenizer, self.tokenizer, text, ended, self.limit - len(teacher_prompt), limit - len(prompt)
+            self.teacher_rendering, self.rendering, text, ended, self.limit - len(teacher_prompt), limit - len(prompt)
         )
+        prompt_rows = sum(label != IGNORE_INDEX for label in prompt_labels)
+        teacher_labels = self.batch["teacher_labels"][r, :end].tolist()
+        teacher_rows = sum(label != IGNORE_INDEX for label in teacher_labels)
         return {
             "input_ids": prompt + student_ids,
-            "labels": [IGNORE_INDEX] * len(prompt) + student_ids,
+            "labels": prompt_labels + student_ids,
             "teacher_input_ids": teacher_prompt + teacher_ids,
-            "teacher_labels": [IGNORE_INDEX] * len(teacher_prompt) + teacher_ids,
-            "groups": groups,
+            "teacher_labels": teacher_labels + teacher_ids,
+            "teacher_prompt_length": end,
+            "groups": [g for g in self.groups[r] if g[1] <= teacher_rows and g[3] <= prompt_rows]
+            + [[t0 + teacher_rows, t1 + teacher_rows, s0 + prompt_rows, s1 + prompt_rows] for t0, t1, s0, s1 in groups],
         }
 
 

@@ -15,14 +15,14 @@ examples (no copy of the file in memory, pages shared between processes), with n
 ``datasets`` format, has no bfloat16), and a library transformers already depends on. Shards (about
 ``shard_bytes`` each) keep the memory of the writer bounded.
 
-The cache is keyed by the teacher's identity, the tokenizer, the prompt template, ``max_length`` and each
-split's content: a cache built for anything else is refused with the fields that differ.
+The cache is keyed by the teacher's identity, the tokenizer, the rendering (``data.prompt_format``, and under
+``chat_template`` the template itself and the supervised turns: ``lit_kd.data.rendering``), ``max_length`` and
+each split's content: a cache built for anything else is refused with the fields that differ.
 """
 
 from __future__ import annotations
 
 import bisect
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import Tensor
 
-from lit_kd.data.prompt import PROMPT_NO_INPUT, PROMPT_WITH_INPUT
+from lit_kd.data.rendering import make_rendering
 from lit_kd.data.tokenize import DataFingerprints, records_fingerprint, response_mask, tokenizer_fingerprint
 from lit_kd.errors import CacheError
 from lit_kd.models.config import ModelConfig
@@ -99,7 +99,7 @@ class CacheKey:
             pair = ("a pair" if "+" in cached.tokenizer else "one") + " of tokenizers"
             found.append(f"tokenizer (the cache was built for {pair}: other tokenizers than this run's)")
         if cached.template != self.template:
-            found.append("prompt template")
+            found.append("prompt format (data.prompt_format, or the chat template and supervised turns)")
         if cached.max_length != self.max_length:
             found.append(f"max_length (cache: {cached.max_length}, this run: {self.max_length})")
         for split, fingerprint in self.splits.items():  # a split the cache lacks is an error only when read
@@ -107,9 +107,6 @@ class CacheKey:
                 found.append(f"{split} data (another file or content)")
         return found
 
-
-def template_fingerprint() -> str:
-    return hashlib.sha256((PROMPT_NO_INPUT + "\0" + PROMPT_WITH_INPUT).encode()).hexdigest()[:16]
 
 
 def cache_key(
@@ -121,12 +118,15 @@ def cache_key(
     teacher_tokenizer: Any = None,
 ) -> CacheKey:
     """The key of a cache for this teacher, tokenizer and data (the records of each split, ``max_length``);
-    ``fingerprints``: the tokenizer's and the splits' hashes when already computed. A ``teacher_tokenizer`` of its
+    ``fingerprints``: the tokenizer's, the splits' and the rendering's hashes when already computed (without them:
+    the Dolly template). A ``teacher_tokenizer`` of its
     own (``model.cross_tokenizer``): the cache holds the teacher's rows of its own tokenization, and which examples
     and rows there are depends on both tokenizers, so the key names both (``student+teacher``)."""
     if fingerprints is None:
         fingerprints = DataFingerprints(
-            tokenizer_fingerprint(tokenizer), {name: records_fingerprint(rows) for name, rows in records.items()}
+            tokenizer_fingerprint(tokenizer),
+            {name: records_fingerprint(rows) for name, rows in records.items()},
+            make_rendering(tokenizer).fingerprint,
         )
     tokenizers = fingerprints.tokenizer[:16]
     if teacher_tokenizer is not None:
@@ -134,7 +134,8 @@ def cache_key(
     return CacheKey(
         teacher=teacher_identity(teacher),
         tokenizer=tokenizers,
-        template=template_fingerprint(),
+        template=fingerprints.rendering,
+
         max_length=int(max_length),
         splits={name: fingerprints.splits[name][:16] for name in records},
     )

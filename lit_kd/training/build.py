@@ -249,8 +249,10 @@ class LitKDCLI(LightningCLI):
                 "last_checkpoint.enable_version_counter": False,
             }
         )
-        # sampled sequences are cut like the data's (on-/mixed-policy)
+        # sampled sequences are cut like the data's (on-/mixed-policy), and rendered and stopped like its replies
         parser.link_arguments("data.max_length", "model.max_length")
+        parser.link_arguments("data.prompt_format", "model.prompt_format")
+
         if self.options is not None:
             self.options(parser)
 
@@ -304,7 +306,7 @@ class LitKDCLI(LightningCLI):
         key = cache_key(module.teacher_config, module.tokenizer, records, data.max_length, data.fingerprints(),
                         module.teacher_tokenizer)  # fmt: skip
         cache.check(key, command_hint=" --config <this config> --out " + str(module.teacher_cache_path))
-        module.use_teacher_cache(cache)
+        module.teacher_cache = cache
 
     def check_checkpoint_student(self) -> None:
         """A ``--ckpt_path`` saved for another student is refused now, from its stored hyperparameters,

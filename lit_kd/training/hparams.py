@@ -13,7 +13,8 @@ from lit_kd.modules import DistillModule
 
 def run_hparams(pl_module: L.LightningModule) -> dict[str, Any]:
     """What distinguishes a run, for TensorBoard's HParams tab: the objective, τ (and its schedule or per-token
-    rule when set) and each of its hyperparameters that applies, τ² scaling, kd_ratio, the seed, the student and the teacher (and where it comes from)."""
+    rule when set) and each of its hyperparameters that applies, τ² scaling, kd_ratio, the seed, the student and
+    the teacher (and where it comes from), and the prompt format."""
     params: dict[str, Any] = {"seed": int(os.environ.get("PL_GLOBAL_SEED", -1))}
     if not isinstance(pl_module, DistillModule):
         return params
@@ -36,6 +37,7 @@ def run_hparams(pl_module: L.LightningModule) -> dict[str, Any]:
     params["student_fraction"] = policy.student_fraction if policy is not None else 0.0
     params["adaptive_policy"] = policy is not None and policy.adaptive is not None
     params["teacher_cache"] = pl_module.teacher_cache_path is not None
+    params["prompt_format"] = pl_module.rendering.name  # dolly or chat_template: how the data was rendered
     return params
 
 

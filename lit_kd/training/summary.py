@@ -94,4 +94,4 @@ class ExportBest(L.Callback):
         else:
             rank_zero_warn("ExportBest: no monitored checkpoint; exporting the final weights")
         if trainer.is_global_zero:
-            export_hf(pl_module.student, pl_module.tokenizer, self.out_dir)
+            export_hf(pl_module.student, pl_module.tokenizer, self.out_dir, pl_module.rendering.name)

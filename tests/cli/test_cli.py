@@ -19,9 +19,9 @@ STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
 
 
 def config_stack(config):
-    """A shipped config with what it is layered on: an objective file or a strategy switch on the tiny
+    """A shipped config with what it is layered on: an objective, strategy, regime or data file on the tiny
     config; a model pair, the demo, tiny and the SFT configs alone (the base is the CLI's own default)."""
-    if config.parent.name in ("objectives", "strategies", "regimes"):
+    if config.parent.name in ("objectives", "strategies", "regimes", "data"):
         return [ROOT / "configs" / "tiny.yaml", config]
     return [config]
 
@@ -86,7 +86,9 @@ def test_the_shared_base_is_the_cli_default_and_no_config_restates_it(capsys):
 # ModelCheckpoint's every_n_epochs null is its own default, which saves every epoch like the former explicit 1;
 # model.teacher_sharding and model.loss.tau_schedule ... tau_target_entropy are new arguments whose defaults
 # (replicate; a constant τ, no per-token rule) are what runs always did; model.chunk_size auto resolves to the former
-# 512 rows for GPT-2 (d 768) and 1,024 for OPT-1.3B (d 2,048), and model.compile_loss false is the former eager loss
+# 512 rows for GPT-2 (d 768) and 1,024 for OPT-1.3B (d 2,048), and model.compile_loss false is the former eager loss;
+# data.prompt_format dolly is the MiniLLM template every run used, and data.supervised_turns all means nothing to it
+# (one reply per example)
 NEW_DEFAULTS = {"tau_schedule": "constant", "tau_end": None, "tau_horizon": None, "tau_horizon_unit": "steps",
                 "tau_rule": "none", "tau_min": 0.05, "tau_max": 100.0, "tau_target_entropy": 1.0}  # fmt: skip
 MEANT_TO_DIFFER = {
@@ -94,6 +96,8 @@ MEANT_TO_DIFFER = {
     ("model", "teacher_sharding"): (None, "replicate"),
     ("model", "chunk_size"): (512, "auto"),
     ("model", "compile_loss"): (None, False),
+    ("data", "prompt_format"): (None, "dolly"),
+    ("data", "supervised_turns"): (None, "all"),
     **{("model", "loss", key): (None, value) for key, value in NEW_DEFAULTS.items() if value is not None},
 }
 

@@ -60,3 +60,11 @@ def test_a_malformed_data_line_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bad.jsonl" in err and ":2" in err, err
     assert not (tmp_path / "tok").exists()
+
+
+def test_it_trains_on_conversations_too(tmp_path):
+    out = tmp_path / "tok"
+    conversations = DEMO_DATA.parent / "conversations.jsonl"
+    main(["train-tokenizer", "--data", str(conversations), "--out", str(out), "--vocab_size", "400"])
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert len(tokenizer) == 400 and json.loads((out / PROVENANCE).read_text())["records"] == 120

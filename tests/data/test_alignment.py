@@ -202,6 +202,7 @@ def test_pair_examples_collate_into_groups_of_the_flattened_response_rows(sides)
     both sides; truncation and EOS as ``response_alignment`` says."""
     from lit_kd.data.alignment import encode_pair_example
     from lit_kd.data.collate import PadCollator
+    from lit_kd.data.rendering import DollyRendering
     from lit_kd.losses.cross_vocab import cross_vocab_term
     from lit_kd.losses.registry import LossConfig
     from lit_kd.models.vocab_map import build_vocabulary_map
@@ -209,7 +210,8 @@ def test_pair_examples_collate_into_groups_of_the_flattened_response_rows(sides)
     teacher, student = sides["byte_level"], sides["digits"]
     records = [("Count.", "", "in 2024 we sold 12345 apples 😀"), ("Say hi", "to me", "hi there, naïve café"),
                ("Long one", "", "word " * 300)]  # fmt: skip  (the last is truncated at max_length 256)
-    examples = [encode_pair_example(teacher, student, i, x, o, 256) for i, x, o in records]
+    pair = DollyRendering(teacher), DollyRendering(student)
+    examples = [encode_pair_example(*pair, {"instruction": i, "input": x, "output": o}, 256) for i, x, o in records]
     assert not any(e["dropped"] for e in examples) and examples[2]["truncated"]
     batch = PadCollator(teacher.pad_token_id or 0, student.pad_token_id or 0)(examples)
     rows_s = batch["labels"][:, 1:] != -100

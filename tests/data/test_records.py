@@ -97,3 +97,67 @@ def test_shared_minillm_splits_load_as_given():
     assert len(load_records(str(root / "dev.jsonl"))) == 1000
     test = load_records(str(root / "valid.jsonl"))
     assert len(test) == 500 and test[0]["category"]
+
+
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Name a prime."},
+    {"role": "assistant", "content": "Seven."},
+    {"role": "user", "content": "Another?"},
+    {"role": "assistant", "content": "Eleven."},
+]
+SHAREGPT = [{"from": {"system": "system", "user": "human", "assistant": "gpt"}[m["role"]], "value": m["content"]}
+            for m in CHAT]  # fmt: skip
+
+
+def test_chat_messages_and_sharegpt_conversations_are_the_same_conversation(tmp_path):
+    messages = load_records(str(write_jsonl(tmp_path / "m.jsonl", [{"messages": CHAT, "category": "math"}])))
+    sharegpt = load_records(str(write_jsonl(tmp_path / "s.jsonl", [{"id": "x", "conversations": SHAREGPT}])))
+    assert messages == [{"messages": CHAT, "output": "Eleven.", "category": "math"}]
+    assert sharegpt == [{"messages": CHAT, "output": "Eleven."}]
+    # a hub-style dataset folder of chat rows goes through `datasets` the same way
+    write_jsonl(tmp_path / "ds" / "train.jsonl", [{"messages": CHAT}] * 2)
+    assert load_records(str(tmp_path / "ds"), split="train") == [{"messages": CHAT, "output": "Eleven."}] * 2
+
+
+@pytest.mark.parametrize(
+    "turns, message",
+    [
+        ([{"role": "tool", "content": "x"}], r"c\.jsonl:2: messages\[0\]: unknown role 'tool' \(accepted: system"),
+        ([{"role": "user", "content": "hi"}], r"c\.jsonl:2: the conversation has no assistant turn"),
+        (CHAT[:4], r"c\.jsonl:2: the conversation ends with a turn after its last assistant turn"),
+        ([CHAT[1], {"role": "assistant", "content": "  "}], r"c\.jsonl:2: assistant turn 1 is empty"),
+        ([CHAT[2], CHAT[1], CHAT[2]], r"c\.jsonl:2: the conversation must open with a user turn"),
+        ([*CHAT[1:3], CHAT[0], *CHAT[3:]], r"c\.jsonl:2: turn 2 is a system turn; only the first may be"),
+        ([CHAT[1], {"role": "assistant", "content": ["parts"]}], r"messages\[1\]: 'content' must be a string, got"),
+        ([], r"c\.jsonl:2: field 'messages' must be a non-empty list of turns"),
+    ],
+)
+def test_a_conversation_that_breaks_a_rule_is_refused_with_its_line(tmp_path, turns, message):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"messages": CHAT}, {"messages": turns}])
+    with pytest.raises(DataFormatError, match=message):
+        load_records(str(path))
+
+
+def test_an_unknown_sharegpt_speaker_and_a_row_of_another_layout_are_refused(tmp_path):
+    path = write_jsonl(tmp_path / "s.jsonl", [{"conversations": [{"from": "bing", "value": "x"}]}])
+    with pytest.raises(DataFormatError, match=r"unknown role 'bing' \(accepted: system, human, user, gpt, assistant"):
+        load_records(str(path))
+    path = write_jsonl(tmp_path / "mixed.jsonl", [{"messages": CHAT}, {"instruction": "a", "output": "b"}])
+    with pytest.raises(DataFormatError, match=r"mixed\.jsonl:2: field 'messages' is missing"):
+        load_records(str(path))
+    path = write_jsonl(tmp_path / "other.jsonl", [{"text": "x"}])
+    with pytest.raises(DataFormatError, match=r"accepted: .*chat messages .*ShareGPT"):
+        load_records(str(path))
+
+
+def test_a_teacher_generated_conversation_may_end_with_an_empty_reply(tmp_path):
+    rows = [{"messages": [CHAT[1], {"role": "assistant", "content": ""}], "generated_by": {"seed": 1}}]
+    assert load_records(str(write_jsonl(tmp_path / "g.jsonl", rows)))[0]["output"] == ""
+
+
+def test_the_dolly_template_refuses_a_multi_turn_conversation_with_its_line(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"messages": CHAT[1:3]}, {"messages": CHAT}])
+    assert len(load_records(str(path), single_exchange=False)) == 2
+    with pytest.raises(DataFormatError, match=r"c\.jsonl:2: a conversation of 5 turns .*data.prompt_format chat_templ"):
+        load_records(str(path), single_exchange=True)

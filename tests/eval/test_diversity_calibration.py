@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lit_kd.data.rendering import DollyRendering
+from lit_kd.data.tokenize import encode_example
 from lit_kd.eval.calibration import CALIBRATION_BINS, reference_confidence
 from lit_kd.eval.diversity import distinct_n, self_bleu
-from lit_kd.data.tokenize import encode_example
 from lit_kd.models import ModelConfig, load_model
 from tests.conftest import tiny_llama_config
 
@@ -73,10 +74,11 @@ def test_entropy_and_calibration_error_on_the_references_match_a_full_logits_ref
         {"instruction": f"Question {i}?", "input": "" if i % 2 else "some context", "output": [f"answer {i} is {i}"]}
         for i in range(5)
     ]
-    measured = reference_confidence(model, tiny_tokenizer, records, max_length=256, batch_size=2, chunk_size=3)
+    rendering = DollyRendering(tiny_tokenizer)
+    measured = reference_confidence(model, rendering, records, max_length=256, batch_size=2, chunk_size=3)
     entropy, ece = brute_force(model, tiny_tokenizer, records, 256)
     assert measured["entropy"] == pytest.approx(entropy, rel=1e-5)
     assert measured["ece"] == pytest.approx(ece, abs=1e-5)
-    assert reference_confidence(model, tiny_tokenizer, records, 256, batch_size=5, chunk_size=512) == pytest.approx(
+    assert reference_confidence(model, rendering, records, 256, batch_size=5, chunk_size=512) == pytest.approx(
         measured, rel=1e-5
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lit_kd.data.rendering import DollyRendering
 from lit_kd.errors import ConfigError
 from lit_kd.eval import SamplingConfig, encode_prompts, generate_ids, generate_responses
 from lit_kd.models import ModelConfig, load_model
@@ -26,9 +27,9 @@ def tiny_model():
 
 def test_same_seed_same_text_and_different_seeds_differ(tiny_model, tiny_tokenizer):
     settings = SamplingConfig(max_new_tokens=12, batch_size=2)
-    a = generate_responses(tiny_model, tiny_tokenizer, RECORDS, settings, seed=10)
-    b = generate_responses(tiny_model, tiny_tokenizer, RECORDS, settings, seed=10)
-    c = generate_responses(tiny_model, tiny_tokenizer, RECORDS, settings, seed=20)
+    a = generate_responses(tiny_model, DollyRendering(tiny_tokenizer), RECORDS, settings, seed=10)
+    b = generate_responses(tiny_model, DollyRendering(tiny_tokenizer), RECORDS, settings, seed=10)
+    c = generate_responses(tiny_model, DollyRendering(tiny_tokenizer), RECORDS, settings, seed=20)
     assert a == b
     assert a != c
 
@@ -37,12 +38,13 @@ def test_sampling_leaves_the_callers_rng_alone(tiny_model, tiny_tokenizer):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    generate_responses(tiny_model, tiny_tokenizer, RECORDS[:2], SamplingConfig(max_new_tokens=4), seed=1)
+    rendering = DollyRendering(tiny_tokenizer)
+    generate_responses(tiny_model, rendering, RECORDS[:2], SamplingConfig(max_new_tokens=4), seed=1)
     assert torch.equal(torch.rand(3), expected)
 
 
 def test_batched_left_padded_greedy_equals_one_prompt_at_a_time(tiny_model, tiny_tokenizer):
-    prompts = encode_prompts(tiny_tokenizer, RECORDS, SamplingConfig())
+    prompts = encode_prompts(DollyRendering(tiny_tokenizer), RECORDS, SamplingConfig())
     assert len({len(p) for p in prompts}) > 1  # different lengths: padding matters
     batched = generate_ids(tiny_model, tiny_tokenizer, prompts, SamplingConfig(max_new_tokens=10, greedy=True), 0)
     single = generate_ids(
@@ -60,14 +62,39 @@ def test_responses_end_at_the_first_eos(tiny_model, tiny_tokenizer, monkeypatch)
         return torch.cat([input_ids, torch.tensor(continuations)], dim=1)
 
     monkeypatch.setattr(tiny_model, "generate", fake_generate)
-    prompts = encode_prompts(tiny_tokenizer, RECORDS[:2], SamplingConfig())
+    prompts = encode_prompts(DollyRendering(tiny_tokenizer), RECORDS[:2], SamplingConfig())
     assert generate_ids(tiny_model, tiny_tokenizer, prompts, SamplingConfig(max_new_tokens=4), 0) == [[7, 8], []]
+
+
+def test_responses_end_at_a_chat_templates_end_of_turn_token_or_eos(tiny_model, monkeypatch):
+    """Under a chat template generation stops at the end-of-turn token as well as at EOS (kept with keep_eos: the
+    target of a sampled reply ends with it)."""
+    from lit_kd.data.rendering import make_rendering
+    from tests.data.chat_templates import chat_tokenizer
+
+    rendering = make_rendering(chat_tokenizer("chatml"), "chat_template")
+    tokenizer, end_of_turn, eos = rendering.tokenizer, rendering.end_of_turn, rendering.tokenizer.eos_token_id
+    assert rendering.stop_ids == sorted({end_of_turn, eos}) and end_of_turn != eos
+    continuations = [[7, end_of_turn, 9], [8, eos, 5], [5, 6, 7]]
+
+    def fake_generate(input_ids, attention_mask, generation_config):
+        assert sorted(generation_config.eos_token_id) == rendering.stop_ids  # HF stops a row at either
+        return torch.cat([input_ids, torch.tensor(continuations)], dim=1)
+
+    monkeypatch.setattr(tiny_model, "generate", fake_generate)
+    prompts = encode_prompts(rendering, RECORDS[:3], SamplingConfig())
+    assert all(tokenizer.decode(p).endswith("<|im_start|>assistant\n") for p in prompts)
+    settings = SamplingConfig(max_new_tokens=3)
+    stops = rendering.stop_ids
+    assert generate_ids(tiny_model, tokenizer, prompts, settings, 0, stop_ids=stops) == [[7], [8], [5, 6, 7]]
+    assert generate_ids(tiny_model, tokenizer, prompts, settings, 0, stop_ids=stops, keep_eos=True) == [
+        [7, end_of_turn], [8, eos], [5, 6, 7]]  # fmt: skip
 
 
 def test_long_prompts_keep_their_end(tiny_tokenizer):
     settings = SamplingConfig(max_new_tokens=16, max_length=40)
     long = [{"instruction": "word " * 200, "input": ""}]
-    (ids,) = encode_prompts(tiny_tokenizer, long, settings)
+    (ids,) = encode_prompts(DollyRendering(tiny_tokenizer), long, settings)
     assert len(ids) == 24 and tiny_tokenizer.decode(ids).endswith("### Response:\n")
 
 
@@ -95,7 +122,7 @@ def test_the_models_own_generation_defaults_do_not_leak_in(tiny_model, tiny_toke
         return processors
 
     monkeypatch.setattr(tiny_model, "_get_logits_processor", recording)
-    prompts = encode_prompts(tiny_tokenizer, RECORDS[:2], SamplingConfig())
+    prompts = encode_prompts(DollyRendering(tiny_tokenizer), RECORDS[:2], SamplingConfig())
     generate_ids(tiny_model, tiny_tokenizer, prompts, SamplingConfig(max_new_tokens=3, greedy=greedy), seed=0)
     assert seen == [[]]  # no top-k, top-p, repetition penalty, n-gram ban or temperature warper
     assert tiny_model.generation_config.top_k == 5  # the model's own config is left as it was

@@ -382,6 +382,7 @@ def test_a_sweep_builds_the_teacher_cache_once_and_every_run_reads_it(tmp_path, 
         params, metrics = hparams_of(sweep.run_dir(spec))
         assert params["objective"] == spec.objective and params["tau"] == spec.tau and params["seed"] == spec.seed
         assert params["kd_ratio"] == 1.0 and params["student"] == "cut from the teacher" and params["teacher_cache"]
+        assert params["prompt_format"] == "dolly"
         assert params["student.layers"] == "[0, 3]" and "loss.skew_alpha" not in params
         assert metrics["hp/best_val_rougeL"] >= 0 and metrics["hp/best_val_loss"] > 0
         status = RunStatus.read(sweep.run_dir(spec) / "status.json")

@@ -180,7 +180,7 @@ def test_student_samples_are_encoded_for_both_sides_and_aligned_again(tmp_path, 
                            max_length=128, cross_tokenizer=CrossTokenizerConfig())  # fmt: skip
     module.configure_model()
     batch = first_batch(tmp_path, module)
-    mixed, sampled = module.student_policy.mix(batch, module.student, module.tokenizer, module.teacher_tokenizer)
+    mixed, sampled = module.student_policy.mix(batch, module.student, module.rendering, module.teacher_rendering)
     assert sampled == int(fraction * 4)
     rows = mixed["groups"]
     student_ids = mixed["labels"][:, 1:][mixed["labels"][:, 1:] != -100]
@@ -220,7 +220,7 @@ def test_a_teacher_cache_of_a_cross_tokenizer_pair_equals_the_live_teacher_and_n
     cache = TeacherCache.open(path)
     assert "+" in cache.key.tokenizer  # the student's and the teacher's tokenizers
     cached = DistillModule(**arguments, teacher_cache=str(path))
-    cached.use_teacher_cache(cache)
+    cached.teacher_cache = cache
     cached.configure_model()
     assert cached.teacher is None
     cached.student.load_state_dict(live.student.state_dict())
@@ -282,9 +282,9 @@ def test_sequence_level_data_is_sampled_and_decoded_with_the_teachers_own_tokeni
 
     used, original = [], generate_data.generate_responses
 
-    def spy(model, tokenizer, *args, **kwargs):
-        used.append(tokenizer)
-        return original(model, tokenizer, *args, **kwargs)
+    def spy(model, rendering, *args, **kwargs):
+        used.append(rendering.tokenizer)
+        return original(model, rendering, *args, **kwargs)
 
     monkeypatch.setattr(generate_data, "generate_responses", spy)
     main(["generate-data", "--config", str(ROOT / "configs" / "tiny.yaml"), "--model.teacher.tokenizer",
@@ -293,3 +293,95 @@ def test_sequence_level_data_is_sampled_and_decoded_with_the_teachers_own_tokeni
           student_tokenizer_dir, "--out", str(tmp_path / "seqkd"), "--sampling.max_new_tokens", "6"])  # fmt: skip
     assert used and all(tokenizer.eos_token == "<|endoftext|>" and len(tokenizer) == 1000 for tokenizer in used)
     assert len(load_records(str(tmp_path / "seqkd" / "train.jsonl"))) == 6
+
+
+def test_two_chat_templates_align_over_the_assistant_content_only(tmp_path, student_tokenizer_dir):
+    """A ChatML teacher (byte-level BPE) and a Llama-3-style student (its own SentencePiece-style vocabulary): each
+    side renders a multi-turn conversation with its own template, and the groups cover exactly each reply's
+    content (the same bytes on both sides) and its end-of-turn tokens, never template text."""
+    from transformers import AutoTokenizer
+
+    from lit_kd.data.alignment import encode_pair_example
+    from lit_kd.data.rendering import make_rendering
+    from tests.data.chat_templates import FAMILIES, LLAMA3, chat_tokenizer
+
+    teacher = make_rendering(chat_tokenizer("chatml"), "chat_template", role="the teacher's")
+    student_tokenizer = AutoTokenizer.from_pretrained(student_tokenizer_dir)
+    student_tokenizer.add_special_tokens(FAMILIES["llama3"][1])
+    student_tokenizer.chat_template = LLAMA3
+    student = make_rendering(student_tokenizer, "chat_template")
+    replies = ["Seven is prime, and so is 11.", "Naïve café owners sold 12345 croissants 😀."]
+    record = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name primes."},
+                           {"role": "assistant", "content": replies[0]}, {"role": "user", "content": "And sales?"},
+                           {"role": "assistant", "content": replies[1]}], "output": replies[1]}  # fmt: skip
+    example = encode_pair_example(teacher, student, record, 512)
+    assert not example["dropped"] and not example["truncated"]
+
+    def rows(ids: list[int], labels: list[int]) -> list[int]:  # each side's response rows: its supervised tokens
+        return [token for token, label in zip(ids[1:], labels[1:]) if label != -100]
+
+    teacher_rows = rows(example["teacher_input_ids"], example["teacher_labels"])
+    student_rows = rows(example["input_ids"], example["labels"])
+    texts = []
+    for t0, t1, s0, s1 in example["groups"]:
+        t_text = teacher.tokenizer.decode(teacher_rows[t0:t1])
+        s_text = student_tokenizer.decode(student_rows[s0:s1])
+        if t_text == "<|im_end|>":  # the end-of-turn tokens: one group, each side its own
+            assert s_text == "<|eot_id|>"
+            texts.append("<end>")
+        else:
+            assert t_text.encode() == s_text.encode() or t_text.strip() == s_text.strip(), (t_text, s_text)
+            texts.append(t_text)
+    assert "".join(texts) == f"{replies[0]}<end>{replies[1]}<end>"
+    for template_text in ("system", "user", "assistant", "Be brief", "Name primes"):
+        assert template_text not in "".join(texts)
+
+
+def test_student_samples_replace_the_last_reply_of_conversations_under_two_chat_templates(tmp_path,
+                                                                                         student_tokenizer_dir):
+    """On-policy across tokenizers and templates: each sampled row keeps its conversation's first reply (labels and
+    groups) and takes the student's sample as its last, encoded and aligned for both sides, each ending with its own
+    end-of-turn token when the sample ended."""
+    from transformers import AutoTokenizer
+
+    from tests.data.chat_templates import CHAT_VOCAB, FAMILIES, LLAMA3, save_chat_tokenizer
+
+    student_tokenizer = AutoTokenizer.from_pretrained(student_tokenizer_dir)
+    student_tokenizer.add_special_tokens(FAMILIES["llama3"][1])
+    student_tokenizer.chat_template = LLAMA3
+    student_tokenizer.save_pretrained(tmp_path / "student")
+    teacher = ModelConfig(config=tiny_llama_config(4, vocab_size=CHAT_VOCAB, max_position_embeddings=1024),
+                          tokenizer=save_chat_tokenizer(tmp_path / "teacher"))  # fmt: skip
+    student = StudentConfig(config=tiny_llama_config(2, vocab_size=608, eos_token_id=1, pad_token_id=2,
+                                                     max_position_embeddings=1024), tokenizer=str(tmp_path / "student"))
+    policy = PolicyConfig(student_fraction=1.0, sampling=PolicySampling(max_new_tokens=12))
+    module = DistillModule(student=student, teacher=teacher, policy=policy, max_length=1024,
+                           cross_tokenizer=CrossTokenizerConfig(), prompt_format="chat_template")  # fmt: skip
+    module.configure_model()
+    data = DollyDataModule(raw=str(DEMO_DATA.parent / "conversations.jsonl"), split_sizes=(16, 4, 4), max_length=1024,
+                           batch_size=4, cache_dir=str(tmp_path / "cache"), prompt_format="chat_template")  # fmt: skip
+    data.connect(module.tokenizer, module.teacher_tokenizer)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    mixed, sampled = module.student_policy.mix(batch, module.student, module.rendering, module.teacher_rendering)
+    assert sampled == 4
+    ends = {"<|im_end|>": "<|eot_id|>"}
+    for r in range(4):
+        prompt = int(batch["prompt_lengths"][r])
+        assert torch.equal(mixed["labels"][r, :prompt], batch["labels"][r, :prompt])  # the first reply is kept
+        assert (mixed["labels"][r, :prompt] != -100).any()
+    rows = mixed["groups"]
+    student_ids = mixed["labels"][:, 1:][mixed["labels"][:, 1:] != -100]
+    teacher_ids = mixed["teacher_labels"][:, 1:][mixed["teacher_labels"][:, 1:] != -100]
+    ended = 0
+    for g in range(len(rows)):  # every group spells the same text on both sides, or is a pair of end tokens
+        s = module.tokenizer.decode(student_ids[rows.student_start[g] : rows.student_end[g]].tolist())
+        t = module.teacher_tokenizer.decode(teacher_ids[rows.teacher_start[g] : rows.teacher_end[g]].tolist())
+        if t in ends:
+            assert s == ends[t]
+            ended += 1
+        else:
+            assert s.strip() == t.strip(), (s, t)
+    assert ended >= 4  # at least every first reply's end-of-turn pair
+    sums = module.compute_losses(mixed)
+    assert torch.isfinite(sums.loss) and sums.tokens == student_ids.numel()

@@ -58,7 +58,7 @@ def test_lambda_one_trains_on_the_students_samples_scored_on_the_sampled_sequenc
     module = make_module(tiny_model_configs, policy)
     batch = first_batch(tmp_path, module)
     torch.manual_seed(1)
-    mixed, sampled = module.student_policy.mix(batch, module.student, module.tokenizer)
+    mixed, sampled = module.student_policy.mix(batch, module.student, module.rendering)
     assert sampled == batch["input_ids"].shape[0]  # every row resampled
     eos = module.tokenizer.eos_token_id
     for row in range(sampled):
@@ -91,7 +91,7 @@ def test_a_tau_rule_scores_the_students_samples_at_each_tokens_own_temperature(t
     module = make_module(tiny_model_configs, policy, loss=loss)
     batch = first_batch(tmp_path, module)
     torch.manual_seed(2)
-    mixed, _ = module.student_policy.mix(batch, module.student, module.tokenizer)
+    mixed, _ = module.student_policy.mix(batch, module.student, module.rendering)
     with torch.no_grad():
         sums = module.compute_losses(mixed, "train")
         student = module.student(input_ids=mixed["input_ids"], attention_mask=mixed["attention_mask"]).logits
@@ -110,7 +110,7 @@ def test_sampling_is_seeded_and_mixed_batches_keep_the_other_rows(tmp_path, tiny
     runs = []
     for _ in range(2):
         module.student_policy.reseed(7)  # the policy draws rows and seeds from its own generator
-        runs.append(module.student_policy.mix(batch, module.student, module.tokenizer))
+        runs.append(module.student_policy.mix(batch, module.student, module.rendering))
     (first, k), (second, _) = runs
     assert torch.equal(first["input_ids"], second["input_ids"]) and torch.equal(first["labels"], second["labels"])
     kept = [r for r in range(batch["input_ids"].shape[0]) if torch.equal(first["index"][r], batch["index"][r])
@@ -149,3 +149,38 @@ def test_a_policy_with_a_teacher_cache_is_refused_before_any_model_loads(tiny_mo
     teacher, student = tiny_model_configs
     with pytest.raises(ConfigError, match="only a live teacher can score"):
         DistillModule(student=student, teacher=teacher, teacher_cache="somewhere", policy=PolicyConfig(0.5))
+
+
+def test_a_sample_replaces_a_conversations_last_reply_and_ends_at_the_end_of_turn_token(tmp_path):
+    """Under a chat template the student samples after the last reply's prompt (the earlier turns, their labels
+    kept), and a sample that stopped keeps the stop token it stopped at (end-of-turn or EOS) as its last target."""
+    from lit_kd.data import DollyDataModule
+    from lit_kd.models import ModelConfig, StudentConfig
+    from tests.conftest import ROOT, tiny_llama_config
+    from tests.data.chat_templates import CHAT_VOCAB, save_chat_tokenizer
+
+    teacher = ModelConfig(config=tiny_llama_config(4, vocab_size=CHAT_VOCAB, max_position_embeddings=1024),
+                          tokenizer=save_chat_tokenizer(tmp_path / "tokenizer"))  # fmt: skip
+    policy = PolicyConfig(student_fraction=1.0, sampling=PolicySampling(max_new_tokens=12))
+    module = DistillModule(student=StudentConfig(layers=[0, 3]), teacher=teacher, loss=LossConfig("fkl", tau=2.0),
+                           policy=policy, prompt_format="chat_template")  # fmt: skip
+    module.configure_model()
+    data = DollyDataModule(raw=str(ROOT / "data" / "demo" / "conversations.jsonl"), split_sizes=(8, 4, 4),
+                           batch_size=4, max_length=1024, cache_dir=str(tmp_path / "cache"),
+                           prompt_format="chat_template")  # fmt: skip
+    data.connect(module.tokenizer)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    torch.manual_seed(1)
+    mixed, sampled = module.student_policy.mix(batch, module.student, module.rendering)
+    assert sampled == 4
+    stops = module.rendering.stop_ids
+    for row in range(4):
+        prompt, length = int(batch["prompt_lengths"][row]), int(mixed["attention_mask"][row].sum())
+        assert torch.equal(mixed["input_ids"][row, :prompt], batch["input_ids"][row, :prompt])
+        assert torch.equal(mixed["labels"][row, :prompt], batch["labels"][row, :prompt])  # the first reply kept
+        assert (mixed["labels"][row, :prompt] != -100).sum() > 0 and int(mixed["prompt_lengths"][row]) == prompt
+        reply = mixed["labels"][row, prompt:length].tolist()
+        assert reply == mixed["input_ids"][row, prompt:length].tolist()
+        assert all(token not in stops for token in reply[:-1])  # sampling stopped at the first stop token
+        assert len(reply) == 12 or reply[-1] in stops

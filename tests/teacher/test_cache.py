@@ -356,3 +356,45 @@ def test_the_teachers_identity_covers_every_byte_of_its_weights(tmp_path, monkey
     data[middle] ^= 0x01
     weights.write_bytes(bytes(data))
     assert teacher_identity(config)["files"]["model.safetensors"] != first["files"]["model.safetensors"]
+
+
+def test_the_cached_teacher_equals_the_live_one_under_a_chat_template_and_is_keyed_by_it(tmp_path):
+    """Multi-turn conversations through a ChatML template, every reply supervised: cached = live loss and
+    gradients; a cache of these replies is refused for the last reply only (another rendering)."""
+    from lit_kd.errors import CacheError
+    from lit_kd.teacher import cache_key
+    from tests.data.chat_templates import CHAT_VOCAB, save_chat_tokenizer
+
+    teacher = ModelConfig(config=tiny_llama_config(3, vocab_size=CHAT_VOCAB),
+                          tokenizer=save_chat_tokenizer(tmp_path / "tokenizer"))  # fmt: skip
+    arguments = dict(student=StudentConfig(layers=[0, 2]), teacher=teacher, loss=LossConfig("js", tau=2.0),
+                     chunk_size=6, kd_ratio=0.8, prompt_format="chat_template")  # fmt: skip
+    live = DistillModule(**arguments)
+    live.configure_model()
+    conversations = str(ROOT / "data" / "demo" / "conversations.jsonl")
+    data = tiny_data(tmp_path, live.tokenizer, raw=conversations, split_sizes=(12, 4, 4), max_length=512,
+                     prompt_format="chat_template")  # fmt: skip
+    cache = TeacherCache.open(write_teacher_cache(live.teacher_config, live.tokenizer, data, tmp_path / "cache"))
+    assert cache.key.template == data.rendering.fingerprint and cache.key.template.startswith("chat-")
+    cached = DistillModule(**arguments, teacher_cache=str(cache.path))
+    cached.configure_model()
+    for split, loader in (("train", data.train_dataloader()), ("val", data.val_dataloader())):
+        batch = next(iter(loader))
+        records = data.load_split_records()[split]
+        assert all(sum(m["role"] == "assistant" for m in record["messages"]) == 2 for record in records)
+        results = []
+        for module in (live, cached):
+            module.student.zero_grad()
+            sums = module.compute_losses(batch, split)
+            (sums.loss / sums.tokens).backward()
+            results.append((sums, [p.grad.clone() for p in module.student.parameters()]))
+        (a, grads_a), (b, grads_b) = results
+        assert a.tokens == b.tokens == int((batch["labels"][:, 1:] != -100).sum())
+        assert float(b.mean("loss")) == pytest.approx(float(a.mean("loss")), rel=1e-5, abs=1e-6), split
+        for x, y in zip(grads_a, grads_b):
+            assert (x - y).abs().max() <= 1e-5 * max(y.abs().max(), 1e-6)
+    last = tiny_data(tmp_path, live.tokenizer, raw=conversations, split_sizes=(12, 4, 4), max_length=512,
+                     prompt_format="chat_template", supervised_turns="last")  # fmt: skip
+    key = cache_key(teacher, live.tokenizer, last.load_split_records(), 512, last.fingerprints())
+    with pytest.raises(CacheError, match="prompt format"):
+        cache.check(key)
