@@ -7,7 +7,8 @@ from lit_kd.data.dolly import DollyDataModule, split_records
 from lit_kd.data.prompt import format_prompt
 from lit_kd.data.records import DataFormatError, load_records
 from lit_kd.data.rendering import DollyRendering, make_rendering
-from lit_kd.data.tokenize import IGNORE_INDEX, TokenizedSplit, encode_example, tokenize_records
+from lit_kd.data.tokenize import IGNORE_INDEX, encode_example
+from lit_kd.data.tokenized import TokenizedSplit, tokenize_records
 
 __all__ = [
     "IGNORE_INDEX",

@@ -141,12 +141,18 @@ def require_offsets(tokenizer: PreTrainedTokenizerBase, side: str) -> None:
         )
 
 
+def byte_positions(text: str) -> list[int]:
+    """``positions[c]``: the UTF-8 byte position of character ``c`` of ``text`` (one more entry: its end)."""
+    positions = [0]
+    for char in text:
+        positions.append(positions[-1] + len(char.encode("utf-8")))
+    return positions
+
+
 def tokenize_with_spans(tokenizer: PreTrainedTokenizerBase, text: str) -> Tokenized:
     """The tokens of ``text`` (no special tokens) with their UTF-8 byte spans."""
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    byte_at = [0]  # byte_at[c] = the UTF-8 byte position of character c
-    for char in text:
-        byte_at.append(byte_at[-1] + len(char.encode("utf-8")))
+    byte_at = byte_positions(text)
     spans = [(byte_at[start], byte_at[end]) for start, end in encoded["offset_mapping"]]
     ids = list(encoded["input_ids"])
     return Tokenized(ids, tokenizer.convert_ids_to_tokens(ids), spans)

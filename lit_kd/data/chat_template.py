@@ -48,6 +48,7 @@ from typing import Any, Optional
 
 from transformers import PreTrainedTokenizerBase
 
+from lit_kd.data.alignment import byte_positions
 from lit_kd.data.conversation import messages_of, prompt_messages
 from lit_kd.data.tokenize import IGNORE_INDEX
 from lit_kd.errors import ConfigError, DataFormatError
@@ -316,10 +317,7 @@ class ChatRendering:
         return encoded, turns
 
     def turn_tokens(self, layout: Layout, reply: Reply, kept: int, first_row: int) -> TurnTokens:
-        content = layout.text[reply.start : reply.stop]
-        byte_at = [0]
-        for char in content:
-            byte_at.append(byte_at[-1] + len(char.encode("utf-8")))
+        byte_at = byte_positions(layout.text[reply.start : reply.stop])
         indices = range(reply.first, min(reply.content_end, kept))
         spans = []
         for i in indices:

@@ -33,13 +33,8 @@ from lit_kd.data.collate import IndexedExamples, PadCollator
 from lit_kd.data.records import DataFormatError, load_records
 from lit_kd.data.rendering import PROMPT_FORMATS, SUPERVISED_TURNS, Rendering, pair_renderings
 from lit_kd.data.sampler import EpochShuffleSampler
-from lit_kd.data.tokenize import (
-    DataFingerprints,
-    TokenizedSplit,
-    records_fingerprint,
-    tokenize_records,
-    tokenizer_fingerprint,
-)
+from lit_kd.data.tokenize import DataFingerprints, records_fingerprint, tokenizer_fingerprint
+from lit_kd.data.tokenized import TokenizedSplit, tokenize_records
 from lit_kd.errors import ConfigError
 
 SPLITS = ("train", "val", "test")

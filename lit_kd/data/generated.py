@@ -110,7 +110,6 @@ def write_generated_split(
                 batch = records[start : start + batch_size]
                 responses = generate(batch, seed + start // batch_size)
                 stream.writelines(record_line(r, text, generated_by) for r, text in zip(batch, responses))
-
                 stream.flush()
                 os.fsync(stream.fileno())
                 if progress is not None:

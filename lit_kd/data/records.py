@@ -243,7 +243,6 @@ def normalize_row(row: Any, layout: Layout, where: str, multi_reference: bool = 
             raise DataFormatError(f"{where}: field {layout.chat_field!r} is missing (the source's first row is "
                                   f"in the {layout.name} layout)")  # fmt: skip
         return conversation_record(row, layout.chat_field, where)
-
     record: dict[str, Any] = {
         "instruction": _string_field(row, "instruction", where, required=True, allow_empty=False),
         "input": _string_field(row, layout.input, where, required=layout.input_required, allow_empty=True),

@@ -9,7 +9,8 @@ import importlib.util
 import pytest
 
 from lit_kd.data.rendering import DollyRendering, make_rendering
-from lit_kd.data.tokenize import IGNORE_INDEX, tokenize_records
+from lit_kd.data.tokenize import IGNORE_INDEX
+from lit_kd.data.tokenized import tokenize_records
 from lit_kd.errors import ConfigError, DataFormatError
 from tests.data.chat_templates import chat_tokenizer
 
