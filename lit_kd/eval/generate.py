@@ -16,6 +16,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from lit_kd.errors import ConfigError
+from lit_kd.models.adapters import base_model
 
 if TYPE_CHECKING:
     from lit_kd.data.rendering import Rendering
@@ -106,7 +107,8 @@ def generate_ids(
     """Generated token ids per prompt, cut at the first stop token (``stop_ids``, default the EOS; kept with
     ``keep_eos``: the training target of a sampled response ends with it). ``on_batch(n)`` reports progress."""
     device = next(model.parameters()).device
-    was_training, model_defaults = model.training, model.generation_config
+    base = base_model(model)  # a student with adapters generates through its base model's generation config
+    was_training, model_defaults = model.training, base.generation_config
     stops = list(stop_ids) if stop_ids else [tokenizer.eos_token_id]
     config = settings.hf_config(tokenizer, stops)
     config.min_new_tokens = min_new_tokens or None
@@ -114,12 +116,12 @@ def generate_ids(
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     try:
         model.eval()
-        model.generation_config = GenerationConfig()  # the model's own sampling defaults must not leak in
+        base.generation_config = GenerationConfig()  # the model's own sampling defaults must not leak in
         with torch.random.fork_rng(devices=devices):  # manual_seed reseeds every device: restore them all
             torch.manual_seed(seed)
             outputs = _generate_batches(model, prompts, settings, config, pad, stops, device, on_batch, keep_eos)
     finally:
-        model.generation_config = model_defaults
+        base.generation_config = model_defaults
         model.train(was_training)
     return outputs
 

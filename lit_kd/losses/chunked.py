@@ -179,27 +179,17 @@ def detached_term(term: KDTerm) -> KDTerm:
 class _PrecomputedGradient(torch.autograd.Function):
     """Returns ``value``; its backward hands out gradients computed in the forward, scaled by ``grad_output`` in
     place (no second ``[V, d]`` copy; a second backward through the same graph is refused by autograd's check of the
-    saved tensors' versions)."""
+    saved tensors' versions). A frozen head (``None`` gradients) gets none."""
 
     @staticmethod
     def forward(ctx, value, hidden, weight, bias, grad_hidden, grad_weight, grad_bias):  # type: ignore[override]
-        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias if grad_bias is not None else grad_weight)
-        ctx.has_bias = grad_bias is not None
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         return value.detach().clone()
 
     @staticmethod
     def backward(ctx, grad_output):  # type: ignore[override]
-        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        scale = grad_output.to(grad_weight.dtype)
-        return (
-            None,
-            grad_hidden.mul_(grad_output.to(grad_hidden.dtype)),
-            grad_weight.mul_(scale),
-            grad_bias.mul_(scale) if ctx.has_bias else None,
-            None,
-            None,
-            None,
-        )
+        grads = [g.mul_(grad_output.to(g.dtype)) if g is not None else None for g in ctx.saved_tensors]
+        return (None, *grads, None, None, None)
 
 
 def _autograd_chunk(
@@ -214,22 +204,23 @@ def _autograd_chunk(
     start: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Optional[KDTerm]]:
     """One chunk by autograd (objectives without a closed form): its loss terms, with the gradients of its hidden
-    rows and of the head accumulated into ``grads`` = (hidden, weight, bias)."""
+    rows and of the head accumulated into ``grads`` = (hidden, weight, bias; ``None`` for a frozen head)."""
     grad_hidden, grad_weight, grad_bias = grads
     with torch.enable_grad() if needs_grad else torch.no_grad():
         hidden = hidden.detach().requires_grad_(needs_grad)
-        leaf_weight = student_head.weight.detach().requires_grad_(needs_grad)
-        leaf_bias = student_head.bias.detach().requires_grad_(needs_grad) if student_head.bias is not None else None
+        bias = student_head.bias
+        leaf_weight = student_head.weight.detach().requires_grad_(grad_weight is not None)
+        leaf_bias = bias.detach().requires_grad_(grad_bias is not None) if bias is not None else None
         logits = OutputHead(leaf_weight, leaf_bias, student_head.vocab_size).logits(hidden)
         combined, ce, kd = token_terms(logits, teacher_logits, targets, config, kd_ratio)
         chunk_total = combined.sum()
         if needs_grad:
-            inputs = [hidden, leaf_weight] + ([leaf_bias] if leaf_bias is not None else [])
-            computed = torch.autograd.grad(chunk_total, inputs)
+            leaves = [(leaf, grad) for leaf, grad in ((leaf_weight, grad_weight), (leaf_bias, grad_bias))
+                      if grad is not None]  # fmt: skip
+            computed = torch.autograd.grad(chunk_total, [hidden] + [leaf for leaf, _ in leaves])
             grad_hidden[start : start + hidden.shape[0]] = computed[0]
-            grad_weight += computed[1]
-            if leaf_bias is not None:
-                grad_bias += computed[2]
+            for (_, grad), value in zip(leaves, computed[1:]):
+                grad += value
     return chunk_total, logits, combined, ce, kd
 
 
@@ -276,6 +267,7 @@ def chunked_token_sums(
     rows = student_hidden.shape[0]
     weight, bias = student_head.weight, student_head.bias
     needs_grad = torch.is_grad_enabled() and (student_hidden.requires_grad or weight.requires_grad)
+    head_grad = needs_grad and weight.requires_grad  # a frozen head (adapters on the student): no [V, d] gradient
     with_teacher = teacher_hidden is not None and teacher_head is not None and kd_ratio > 0
     vocab = student_head.width
     if with_teacher and teacher_head.width != vocab:  # type: ignore[arg-type]
@@ -285,8 +277,8 @@ def chunked_token_sums(
     total, lm_sum = zero.clone(), zero.clone()
     kd_sum = zero.clone() if with_teacher else None
     grad_hidden = torch.zeros_like(student_hidden) if needs_grad else None
-    grad_weight = torch.zeros_like(weight) if needs_grad else None
-    grad_bias = torch.zeros_like(bias) if needs_grad and bias is not None else None
+    grad_weight = torch.zeros_like(weight) if head_grad else None
+    grad_bias = torch.zeros_like(bias) if head_grad and bias is not None and bias.requires_grad else None
     nonfinite = torch.zeros(len(NONFINITE_KINDS), dtype=torch.bool, device=student_hidden.device)
     diag_sums: dict[str, Tensor] = {}
     terms: list[KDTerm] = []
@@ -373,20 +365,22 @@ def logits_into(out: Tensor, head: OutputHead, hidden: Tensor) -> Tensor:
 
 
 def accumulate_gradients(
-    grad_logits: Tensor, hidden: Tensor, head: OutputHead, grads: tuple[Tensor, Tensor, Optional[Tensor]]
+    grad_logits: Tensor, hidden: Tensor, head: OutputHead, grads: tuple[Tensor, Optional[Tensor], Optional[Tensor]]
 ) -> None:
     """Pass ∂ℓ/∂z ``[n, V]`` through z = h Wᵀ + b: ``grads`` = (the chunk's hidden rows ← ∂ℓ/∂z·W, the head's
-    weight += (∂ℓ/∂z)ᵀ·h, its bias += Σ_rows ∂ℓ/∂z), in place."""
+    weight += (∂ℓ/∂z)ᵀ·h, its bias += Σ_rows ∂ℓ/∂z), in place; a frozen head's (``None``) takes no matmul."""
     grad_hidden, grad_weight, grad_bias = grads
     vocab = grad_logits.shape[1]
     weight = head.weight[:vocab]
     if weight.dtype == grad_logits.dtype == grad_hidden.dtype:
         torch.mm(grad_logits, weight, out=grad_hidden)
-        grad_weight[:vocab].addmm_(grad_logits.T, hidden.to(weight.dtype))
+        if grad_weight is not None:
+            grad_weight[:vocab].addmm_(grad_logits.T, hidden.to(weight.dtype))
     else:
         cast = grad_logits.to(weight.dtype)
         grad_hidden.copy_(cast @ weight)
-        grad_weight[:vocab] += cast.T @ hidden.to(weight.dtype)
+        if grad_weight is not None:
+            grad_weight[:vocab] += cast.T @ hidden.to(weight.dtype)
     if grad_bias is not None:
         grad_bias[:vocab] += grad_logits.sum(0).to(grad_bias.dtype)
 

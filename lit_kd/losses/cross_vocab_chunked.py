@@ -74,8 +74,9 @@ def chunked_cross_vocab_token_sums(
     nonfinite = torch.cat([student_flags, torch.zeros(2, dtype=torch.bool, device=student_flags.device)])
     grad_row = torch.zeros_like(realized)  # ∂L/∂ℓ_i, from the chains
     grad_hidden = torch.zeros_like(student_hidden) if needs_grad else None
-    grad_weight = torch.zeros_like(weight) if needs_grad else None
-    grad_bias = torch.zeros_like(bias) if needs_grad and bias is not None else None
+    head_grad = needs_grad and weight.requires_grad  # a frozen head (adapters on the student): no [V, d] gradient
+    grad_weight = torch.zeros_like(weight) if head_grad else None
+    grad_bias = torch.zeros_like(bias) if head_grad and bias is not None and bias.requires_grad else None
     kd_loss, matched, total = None, [], (1.0 - kd_ratio) * ce.sum() if kd_on else ce.sum()
 
     def backpropagate(rows: Tensor, grad_logits: Tensor) -> None:
@@ -83,7 +84,8 @@ def chunked_cross_vocab_token_sums(
         vocab = grad_logits.shape[-1]
         grad_logits = grad_logits.to(weight.dtype)
         grad_hidden.index_add_(0, rows, (grad_logits @ weight[:vocab]).to(grad_hidden.dtype))
-        grad_weight[:vocab] += grad_logits.T @ student_hidden[rows].to(weight.dtype)
+        if grad_weight is not None:
+            grad_weight[:vocab] += grad_logits.T @ student_hidden[rows].to(weight.dtype)
         if grad_bias is not None:
             grad_bias[:vocab] += grad_logits.sum(0)
 

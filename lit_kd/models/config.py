@@ -11,16 +11,18 @@ Exactly one source per model::
       tokenizer: data/tiny/tokenizer
     student:
       layers: [0, 2]                    # derived from the teacher, keeping these layers (weights copied)
+      peft: {r: 16}                     # LoRA adapters on the frozen student (lit_kd.models.adapters)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from typing import Any, ClassVar, Optional
 
 import torch
 
 from lit_kd.errors import ConfigError
+from lit_kd.models.adapters import AdapterConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -46,6 +48,9 @@ class ModelConfig:
     teacher (never saved in checkpoints) is rebuilt identically when a checkpoint is validated or resumed."""
     cache_gguf_conversion: bool = True
     """Cache the de-quantized GGUF as a Hugging Face directory (``$LIT_KD_CACHE``, default ~/.cache/lit_kd)."""
+    adapter: Optional[str] = None
+    """A ``peft`` adapter directory (``adapter_config.json``) trained on this model, merged into it once when it
+    loads (a teacher fine-tuned with LoRA, given as its base and its adapters)."""
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -65,6 +70,8 @@ class ModelConfig:
 
     def describe(self) -> str:
         """A short human name for error messages."""
+        if self.adapter is not None:
+            return f"{ModelConfig.describe(replace(self, adapter=None))} + adapter {self.adapter}"
         if self.gguf_file is not None:
             return self.gguf_file if self.path is None else f"{self.path}/{self.gguf_file}"
         if self.path is not None:
@@ -81,18 +88,20 @@ class StudentConfig(ModelConfig):
     layers: Optional[list[int]] = None
     """Keep these decoder layers (0-based, increasing) of the source model, or of the teacher when
     the student has no source of its own; weights are copied (DistilBERT-style init)."""
+    peft: Optional[AdapterConfig] = None
+    """Train adapters (LoRA, DoRA: ``lit_kd.models.adapters``) on the frozen student instead of all its weights."""
 
-    ARCHITECTURE: ClassVar[tuple[str, ...]] = ("path", "gguf_file", "config", "layers")
+    ARCHITECTURE: ClassVar[tuple[str, ...]] = ("path", "gguf_file", "config", "layers", "peft")
     """The fields that decide the student's tensors (a checkpoint fits only a student with the same ones)."""
 
     def architecture(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.ARCHITECTURE}
+        return {name: _plain(getattr(self, name)) for name in self.ARCHITECTURE}
 
     @classmethod
     def architecture_of(cls, stored: Any) -> dict[str, Any]:
         """``architecture()`` of a student stored in a checkpoint (a dict, or an older pickled config)."""
         values = stored if isinstance(stored, dict) else {f.name: getattr(stored, f.name) for f in fields(stored)}
-        return {name: values.get(name) for name in cls.ARCHITECTURE}
+        return {name: _plain(values.get(name)) for name in cls.ARCHITECTURE}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,3 +110,8 @@ class StudentConfig(ModelConfig):
                 raise ConfigError("student `layers` must name at least one layer")
             if any(b <= a for a, b in zip(self.layers, self.layers[1:])) or min(self.layers) < 0:
                 raise ConfigError(f"student `layers` must be non-negative and strictly increasing; got {self.layers}")
+
+
+def _plain(value: Any) -> Any:
+    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+

@@ -23,6 +23,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from lit_kd.errors import ConfigError
+from lit_kd.models.adapters import base_model
 
 # config fields of architectures that transform the LM head's output (scaling, soft-capping)
 LOGIT_POSTPROCESSING_FIELDS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -89,8 +90,9 @@ def final_hidden_states(model: PreTrainedModel, input_ids: Tensor, attention_mas
 
 
 def check_logits_to_keep(model: PreTrainedModel, role: str) -> None:
-    """``final_hidden_states`` needs a forward that takes ``logits_to_keep`` (every causal LM of transformers 5)."""
-    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+    """``final_hidden_states`` needs a forward that takes ``logits_to_keep`` (every causal LM of transformers 5; a
+    student with adapters passes it on to its base model's)."""
+    if "logits_to_keep" not in inspect.signature(base_model(model).forward).parameters:
         raise ConfigError(
             f"{role} ({type(model).__name__}): its forward takes no logits_to_keep, which chunked losses and the "
             "teacher cache use to run it without computing logits; set model.chunk_size: null and use a live teacher"

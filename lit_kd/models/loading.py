@@ -91,7 +91,43 @@ def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
 
 
 def load_model(config: ModelConfig, role: str = "model") -> PreTrainedModel:
-    """Build the causal LM a ``ModelConfig`` describes (``role`` names it in errors: teacher, student)."""
+    """Build the causal LM a ``ModelConfig`` describes (``role`` names it in errors: teacher, student), with its
+    ``adapter`` merged into it when it names one."""
+    model = _load_base(config, role)
+    return merge_adapter(model, config, role) if config.adapter is not None else model
+
+
+def merge_adapter(model: PreTrainedModel, config: ModelConfig, role: str) -> PreTrainedModel:
+    """``model`` with the ``peft`` adapter directory ``config.adapter`` merged into its weights. An adapter saved for
+    another local base directory than ``config.path``, or whose tensors do not fit the model, is one error."""
+    from peft import PeftConfig, PeftModel
+
+    directory = adapter_directory(config, role)
+    named = PeftConfig.from_pretrained(directory).base_model_name_or_path
+    if named and config.path is not None and os.path.isdir(named) and os.path.isdir(resolve_path(config.path)):
+        if os.path.realpath(named) != os.path.realpath(resolve_path(config.path)):
+            raise ModelLoadError(
+                f"{role}: the adapter {config.adapter} was trained on {named}, not on {config.path}; give the base it "
+                "was trained on (model.*.path)"
+            )
+    try:
+        return PeftModel.from_pretrained(model, directory).merge_and_unload()
+    except (RuntimeError, ValueError, KeyError) as err:  # shapes or module names that do not fit the base
+        raise ModelLoadError(
+            f"{role}: the adapter {config.adapter} does not fit {config.describe()} (trained on another base?): "
+            f"{str(err).splitlines()[0]}"
+        ) from None
+
+
+def adapter_directory(config: ModelConfig, role: str) -> str:
+    """``config.adapter`` resolved, or one error when it holds no ``adapter_config.json``."""
+    directory = resolve_path(config.adapter or "")
+    if not os.path.isfile(os.path.join(directory, "adapter_config.json")):
+        raise ModelLoadError(f"{role}: adapter directory not found (no adapter_config.json): {directory}")
+    return directory
+
+
+def _load_base(config: ModelConfig, role: str) -> PreTrainedModel:
     if not config.has_source:
         raise ModelLoadError(f"{role} has no source: set `path`, `gguf_file` or `config`")
     try:

@@ -7,8 +7,9 @@ from typing import Callable, Optional
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lit_kd.models.adapters import add_adapters, check_adapters
 from lit_kd.models.config import ModelConfig, StudentConfig
-from lit_kd.models.loading import load_hf_config, load_model, load_tokenizer
+from lit_kd.models.loading import adapter_directory, load_hf_config, load_model, load_tokenizer
 from lit_kd.models.student import check_layers, derive_student
 from lit_kd.models.vocab import check_same_tokenizer, shared_vocab_size
 
@@ -34,13 +35,22 @@ def pair_tokenizers(
     return load_tokenizer(student, "student"), load_tokenizer(teacher, "teacher")
 
 
-def check_student_layers(student: StudentConfig, teacher: Optional[ModelConfig]) -> None:
-    """``student.layers`` against the parent's config (no weights loaded), before any data is tokenized."""
-    if student.layers is None:
+def check_models(student: StudentConfig, teacher: Optional[ModelConfig]) -> None:
+    """What the configs alone show, before any data is tokenized or weights load: an ``adapter`` directory that is
+    not there; ``student.layers`` and ``student.peft`` against the parent's architecture."""
+    for config, role in ((teacher, "teacher"), (student, "student")):
+        if config is not None and config.adapter is not None:
+            adapter_directory(config, role)
+    if student.layers is None and student.peft is None:
         return
     parent, role = (student, "student") if student.has_source else (teacher, "teacher")
-    available = load_hf_config(parent, role).num_hidden_layers
-    check_layers(student.layers, available, f"the {role} ({parent.describe()})")
+    if parent is None:
+        return  # a student of no source and no teacher: check_module_arguments names it
+    architecture = load_hf_config(parent, role)
+    if student.layers is not None:
+        check_layers(student.layers, architecture.num_hidden_layers, f"the {role} ({parent.describe()})")
+    if student.peft is not None:
+        check_adapters(student.peft, architecture, student.layers)
 
 
 @dataclass
@@ -56,9 +66,10 @@ def build_pair(
     keep_teacher: bool = True,
     new_vocabulary: Optional[Callable[[PreTrainedModel], PreTrainedModel]] = None,
 ) -> Pair:
-    """Load the teacher (frozen, eval mode) and load or cut the student. With ``keep_teacher=False`` the
-    teacher's body is loaded only when the student is cut from it, and released at once. ``new_vocabulary``: what
-    gives a student cut from the teacher its own vocabulary (``lit_kd.models.vocab_transplant``)."""
+    """Load the teacher (frozen, eval mode) and load or cut the student, with its adapters (``student.peft``: its
+    base frozen). With ``keep_teacher=False`` the teacher's body is loaded only when the student is cut from it, and
+    released at once. ``new_vocabulary``: what gives a student cut from the teacher its own vocabulary
+    (``lit_kd.models.vocab_transplant``)."""
     needs_teacher = teacher is not None and (keep_teacher or not student.has_source)
     teacher_model = load_model(teacher, "teacher").requires_grad_(False).eval() if needs_teacher else None
     if student.has_source:
@@ -69,7 +80,11 @@ def build_pair(
         student_model = derive_student(teacher_model, student.layers)
         if new_vocabulary is not None:
             student_model = new_vocabulary(student_model)
-    return Pair(student_model.to(student.torch_dtype), teacher_model if keep_teacher else None)
+    student_model = student_model.to(student.torch_dtype)
+    if student.peft is not None:
+        student_model = add_adapters(student_model, student.peft, student.init_seed)
+    return Pair(student_model, teacher_model if keep_teacher else None)
+
 
 
 def pair_vocab_size(

@@ -24,6 +24,8 @@ class Assembly:
     teacher_source: Optional[TeacherSource]
     vocab_size: int
     student_parameters: int
+    trainable_parameters: Optional[int] = None
+    """with adapters (``model.student.peft``): the adapters' parameters (and ``modules_to_save``'s)"""
     teacher_vocab_size: Optional[int] = None
     """the teacher's real vocabulary when it has a tokenizer of its own (``model.cross_tokenizer``)"""
     vocabulary: Optional[VocabularyMap] = None
@@ -36,7 +38,10 @@ class Assembly:
         if self.teacher_vocab_size is not None:
             sizes = f"{self.vocab_size:,} (student) and {self.teacher_vocab_size:,} (teacher)"
             compared = f"vocabularies of {sizes} entries; {self.vocabulary.describe() if self.vocabulary else ''}"
-        return f"student: {self.student_parameters:,} trainable parameters{teacher}; {compared}"
+        trainable = f"{self.student_parameters:,} trainable parameters"
+        if self.trainable_parameters is not None:
+            trainable = f"{self.student_parameters:,} parameters, {self.trainable_parameters:,} trainable (adapters)"
+        return f"student: {trainable}{teacher}; {compared}"
 
 
 def assemble(
@@ -69,7 +74,8 @@ def assemble(
         if pair.teacher is not None:
             verify_head(pair.teacher, "teacher", teacher_size)
     parameters = sum(p.numel() for p in pair.student.parameters())
+    trainable = sum(p.numel() for p in pair.student.parameters() if p.requires_grad) if student.peft else None
     source = teacher_source(pair.teacher, cache, teacher_size)
     if teacher_tokenizer is None:
-        return Assembly(pair.student, source, vocab_size, parameters)
-    return Assembly(pair.student, source, vocab_size, parameters, teacher_size, vocabulary)
+        return Assembly(pair.student, source, vocab_size, parameters, trainable)
+    return Assembly(pair.student, source, vocab_size, parameters, trainable, teacher_size, vocabulary)

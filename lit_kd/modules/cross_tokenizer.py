@@ -75,6 +75,13 @@ def check_cross_tokenizer(
             "with tokenizer), or the teacher's layers with model.student.tokenizer (its embeddings then start from "
             "the teacher's); a student cut from the teacher without one shares the teacher's vocabulary"
         )
+    if student.peft is not None and not student.has_source:
+        raise ConfigError(
+            "model.cross_tokenizer with model.student.peft: a student cut from the teacher gets its own vocabulary's "
+            "embedding and head rows transplanted from the teacher's, which must train, and adapters keep them "
+            "frozen; train the full student, or give the student a source of its own (its embeddings already fit "
+            "its tokenizer)"
+        )
     if loss is not None and loss.tau_rule != "none":
         raise ConfigError(
             f"model.cross_tokenizer cannot be combined with model.loss.tau_rule {loss.tau_rule} yet: the "

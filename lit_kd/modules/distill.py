@@ -29,7 +29,7 @@ from lit_kd.losses import LossConfig
 from lit_kd.losses.chunked import TokenSums, chunked_token_sums, token_sums_from_logits
 from lit_kd.models import ModelConfig, StudentConfig
 from lit_kd.models.head import final_hidden_states, output_head
-from lit_kd.models.pair import check_student_layers
+from lit_kd.models.pair import check_models
 from lit_kd.modules.arguments import check_module_arguments
 from lit_kd.modules.assembly import assemble
 from lit_kd.modules.cross_tokenizer import CrossTokenizerConfig, cross_token_sums, pair_tokenizers
@@ -38,12 +38,12 @@ from lit_kd.modules.nonfinite import NonFinitePolicy
 from lit_kd.modules.normalization import StepNormalizer
 from lit_kd.modules.policy import AdaptivePolicy, PolicyConfig, StudentPolicy
 from lit_kd.modules.schedule import WarmupCosineLR
-from lit_kd.modules.state import restore_module_state, store_module_state
+from lit_kd.modules.state import CheckpointState
 from lit_kd.modules.temperature import scheduled_loss
 from lit_kd.teacher import TeacherCache, TeacherSource
 
 
-class DistillModule(L.LightningModule):
+class DistillModule(CheckpointState, L.LightningModule):
     def __init__(
         self,
         student: StudentConfig,
@@ -101,13 +101,13 @@ class DistillModule(L.LightningModule):
         self.kd_ratio, self.chunk_size, self.diagnostics = kd_ratio, chunk_size, diagnostics
         self.compile_loss, self.val_rouge, self.policy = compile_loss, val_rouge, policy
         self.teacher_cache_path, self.teacher_sharding = teacher_cache, teacher_sharding
-        self.nonfinite = NonFinitePolicy(nonfinite)
+        self.nonfinite, self.normalizer = NonFinitePolicy(nonfinite), StepNormalizer()
         self.optimizer_factory, self.lr_scheduler_factory = optimizer, lr_scheduler
-        self.normalizer, self.cross_tokenizer = StepNormalizer(), cross_tokenizer
+        self.cross_tokenizer, self.strict_loading = cross_tokenizer, student.peft is None  # adapters: saved alone
         self.batch_size_seen: tuple[Tensor | int, int] = (0, 0)  # (tokens, response rows) of the last batch
         self.tokenizer, self.teacher_tokenizer, self.vocabulary = pair_tokenizers(student, teacher, cross_tokenizer)
         self.rendering, self.teacher_rendering = pair_renderings(self.tokenizer, self.teacher_tokenizer, prompt_format)
-        check_student_layers(student, teacher)  # before any data is tokenized
+        check_models(student, teacher)  # before any data is tokenized
         self.student_policy = StudentPolicy.of(policy, self.tokenizer.pad_token_id, max_length)
         self.student: Optional[PreTrainedModel] = None  # built in configure_model
         self.teacher_source: Optional[TeacherSource] = None
@@ -236,14 +236,8 @@ class DistillModule(L.LightningModule):
 
     test_step = validation_step
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        store_module_state(checkpoint, self.hparams, self.nonfinite, self.student_policy)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        restore_module_state(checkpoint, self.state_dict(), self.nonfinite, self.student_policy)
-
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.student.parameters())
+        optimizer = self.optimizer_factory([p for p in self.student.parameters() if p.requires_grad])
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)

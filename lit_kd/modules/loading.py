@@ -13,10 +13,11 @@ import torch
 
 from lit_kd.data.rendering import make_rendering
 from lit_kd.errors import CheckpointError, ConfigError, LitKDError
-from lit_kd.models import ModelConfig, load_model, load_tokenizer
-from lit_kd.models.export import exported_prompt_format
+from lit_kd.models import ModelConfig, load_tokenizer
+from lit_kd.models.adapters import has_adapters
+from lit_kd.models.export import exported_prompt_format, load_export
 from lit_kd.modules.distill import DistillModule
-from lit_kd.modules.state import HPARAMS_KEY, check_student_state
+from lit_kd.modules.state import HPARAMS_KEY, check_adapter_base, check_student_state
 from lit_kd.utils.yaml_files import load_yaml_file
 
 # what rebuilds a module: its own arguments, but not those of training only (optimizer, schedule, student-sampled
@@ -128,14 +129,17 @@ def module_from_checkpoint(path: str, need_teacher: bool = True) -> DistillModul
     if "student" not in hparams or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not a lit_kd DistillModule checkpoint (no student hyperparameters)")
     module = build_module(hparams, path, need_teacher)
+    if has_adapters(module.student):  # adapters only fit the base they were trained on
+        check_adapter_base(checkpoint, module, path)
     load_student_state(module, checkpoint["state_dict"], path)
     return module
 
 
 def load_student_state(module: DistillModule, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load student weights, or explain which architecture the checkpoint came from."""
+    """Load student weights (with adapters: the adapters alone, over the base built from its source), or explain
+    which architecture the checkpoint came from."""
     check_student_state(module.state_dict(), state_dict, source)
-    module.load_state_dict(state_dict)
+    module.load_state_dict(state_dict, strict=module.strict_loading)
 
 
 def source_label(source: str, which: str = "student") -> str:
@@ -166,4 +170,4 @@ def model_from_source(source: str, which: str = "student", prompt_format: Option
     config = ModelConfig(path=source)
     tokenizer = load_tokenizer(config, "model")
     exported = exported_prompt_format(source) if os.path.isdir(source) else None  # a lit_kd export names its own
-    return load_model(config, "model"), make_rendering(tokenizer, prompt_format or exported or "dolly"), label
+    return load_export(config), make_rendering(tokenizer, prompt_format or exported or "dolly"), label

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 from torch import Tensor
 
 from lit_kd.errors import CheckpointError
+from lit_kd.models.adapters import has_adapters, trainable_names
+from lit_kd.teacher.cache import teacher_identity
 
 HPARAMS_KEY = "lit_kd_hyper_parameters"
 """Where checkpoints keep the module's arguments, as plain data (see ``DistillModule.on_save_checkpoint``)."""
@@ -40,27 +42,78 @@ def plain(value: Any) -> Any:
     return value
 
 
-def store_module_state(
-    checkpoint: dict[str, Any], hparams: dict[str, Any], nonfinite: Any, policy: Optional[Any]
-) -> None:
+ADAPTER_BASE_KEY = "lit_kd_adapter_base"
+"""Where a checkpoint of a student with adapters names the frozen base they were trained on."""
+
+
+class CheckpointState:
+    """What a ``DistillModule``'s checkpoints hold (mixed into it): the student's tensors — with adapters
+    (``model.student.peft``) its trainable ones alone (the adapters and ``modules_to_save``), as its ``state_dict``
+    is, so every strategy, FSDP2's sharded checkpoints included, saves and loads just those (the module loads them
+    with ``strict_loading`` off) and the frozen base is rebuilt from its source, identified by ``adapter_base`` —
+    with the module's arguments and counters (``store_module_state``), checked when read back
+    (``restore_module_state``)."""
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        state = super().state_dict(*args, **kwargs)  # type: ignore[misc]
+        if getattr(self, "student", None) is None or not has_adapters(self.student):
+            return state
+        prefix = kwargs.get("prefix", "")
+        kept = trainable_names(self.student, prefix + "student.")
+        for name in [name for name in state if name not in kept]:
+            del state[name]
+        return state
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        store_module_state(checkpoint, self)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        restore_module_state(checkpoint, self)
+
+
+def adapter_base(module: Any) -> dict[str, Any]:
+    """What identifies the frozen base of a student with adapters: its source (or the teacher it is cut from, and
+    the layers kept), with the digests of every byte of its weight files (``teacher_identity``)."""
+    student, teacher = module.student_config, module.teacher_config
+    source = student if student.has_source else teacher
+    return {"source": teacher_identity(source), "layers": student.layers}
+
+
+def store_module_state(checkpoint: dict[str, Any], module: Any) -> None:
     """The module's arguments as plain data under ``lit_kd_hyper_parameters`` (not Lightning's ``hyper_parameters``,
     which LightningCLI would parse back over an explicit ``--model.*`` on resume), the skipped-batch count and the
-    student policy's state."""
+    student policy's state; with adapters, the identity of their base."""
     checkpoint.pop("hyper_parameters", None)
     checkpoint.pop("hparams_name", None)
-    checkpoint[HPARAMS_KEY] = plain(dict(hparams))
-    checkpoint["lit_kd_skipped_batches"] = nonfinite.skipped
-    if policy is not None:
-        checkpoint["lit_kd_policy"] = policy.state_dict()
+    checkpoint[HPARAMS_KEY] = plain(dict(module.hparams))
+    checkpoint["lit_kd_skipped_batches"] = module.nonfinite.skipped
+    if module.student_policy is not None:
+        checkpoint["lit_kd_policy"] = module.student_policy.state_dict()
+    if has_adapters(module.student):
+        checkpoint[ADAPTER_BASE_KEY] = adapter_base(module)
 
 
-def restore_module_state(
-    checkpoint: dict[str, Any], student_state: dict[str, Tensor], nonfinite: Any, policy: Optional[Any]
-) -> None:
-    """Refuse a checkpoint of another student architecture with a clear error; restore what ``store_module_state``
-    kept. (A sharded checkpoint's weights are loaded by the strategy itself, outside this dict.)"""
+def restore_module_state(checkpoint: dict[str, Any], module: Any) -> None:
+    """Refuse a checkpoint of another student architecture, or adapters trained on another base, with a clear
+    error; restore what ``store_module_state`` kept. (A sharded checkpoint's weights are loaded by the strategy
+    itself, outside this dict.)"""
+    if has_adapters(module.student):
+        check_adapter_base(checkpoint, module, "the checkpoint")
     if "state_dict" in checkpoint:
-        check_student_state(student_state, checkpoint["state_dict"], "the checkpoint")
-    nonfinite.skipped = checkpoint.get("lit_kd_skipped_batches", 0)
-    if policy is not None and "lit_kd_policy" in checkpoint:
-        policy.load_state_dict(checkpoint["lit_kd_policy"])
+        check_student_state(module.state_dict(), checkpoint["state_dict"], "the checkpoint")
+    module.nonfinite.skipped = checkpoint.get("lit_kd_skipped_batches", 0)
+    if module.student_policy is not None and "lit_kd_policy" in checkpoint:
+        module.student_policy.load_state_dict(checkpoint["lit_kd_policy"])
+
+
+def check_adapter_base(checkpoint: dict[str, Any], module: Any, source: str) -> None:
+    """Adapters fit only the base they were trained on: one ``CheckpointError`` naming both when it changed."""
+    stored, current = checkpoint.get(ADAPTER_BASE_KEY), adapter_base(module)
+    if stored is None:
+        raise CheckpointError(f"{source} holds no adapters' base (not saved from a student with model.student.peft)")
+    if stored != current:
+        raise CheckpointError(
+            f"{source}'s adapters were trained on another base than this run's student: "
+            f"{stored['source'].get('source')} (layers {stored['layers']}) with other weights or settings than "
+            f"{current['source'].get('source')} (layers {current['layers']}); give the base they were trained on"
+        )

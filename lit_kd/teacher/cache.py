@@ -57,7 +57,8 @@ def weights_digest(path: str) -> str:
 
 def teacher_identity(config: ModelConfig) -> dict[str, Any]:
     """What identifies a teacher without loading it: its source, revision, dtype, and for local files the
-    digests of its config and weights files (a retrained teacher at the same path is another teacher)."""
+    digests of its config and weights files (a retrained teacher at the same path is another teacher), and of the
+    files of an adapter merged into it."""
     identity: dict[str, Any] = {"source": config.describe(), "dtype": config.dtype}
     if config.config is not None:
         identity.update(config=config.config, init_seed=config.init_seed)
@@ -72,6 +73,10 @@ def teacher_identity(config: ModelConfig) -> dict[str, Any]:
                 n for n in os.listdir(path) if n == "config.json" or n.endswith((".safetensors", ".bin", ".pt"))
             )
             identity["files"] = {n: weights_digest(os.path.join(path, n)) for n in names}
+    if config.adapter is not None:  # the adapter merged into it: every byte of its files
+        directory = resolve_path(config.adapter)
+        names = sorted(n for n in os.listdir(directory) if n.endswith((".json", ".safetensors", ".bin")))
+        identity["adapter"] = {n: weights_digest(os.path.join(directory, n)) for n in names}
     return identity
 
 

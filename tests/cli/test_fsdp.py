@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -141,3 +142,18 @@ def test_the_slurm_script_resolves_to_fsdp2_on_every_gpu_of_every_node(tmp_path)
     assert trainer["strategy"]["class_path"] == "lightning.pytorch.strategies.ModelParallelStrategy"
     assert (trainer["num_nodes"], int(trainer["devices"])) == (2, 4)
     assert config["model"]["loss"]["tau"] == 3.5
+
+
+def test_fsdp2_checkpoints_of_a_lora_student_hold_the_adapters_and_resume(tmp_path):
+    """LoRA on the frozen student under FSDP2: the sharded checkpoint holds the adapters alone (the base is
+    rebuilt from its source), and a run resumed from it continues."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    lora = ["--model.student.peft", '{"r": 4, "alpha": 8}']
+    fsdp_cli_fit(tmp_path, *lora)
+    (last,) = tmp_path.glob("logs/tiny/version_0/checkpoints/last.ckpt")
+    keys = [k for k in FileSystemReader(str(last)).read_metadata().state_dict_metadata if k.startswith("state_dict")]
+    assert keys and all("lora_" in key for key in keys)
+    fsdp_cli_fit(tmp_path, *lora, "--ckpt_path", "last", "--trainer.max_epochs", "2")
+    summary = json.loads((tmp_path / "logs" / "tiny" / "version_0" / "fit_summary.json").read_text())
+    assert summary["global_step"] == 8  # the second epoch ran after the first one's checkpoint

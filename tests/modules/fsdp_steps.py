@@ -38,6 +38,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "teacher sharded, chunked": {"chunk_size": 16, "teacher_sharding": "shard"},
     "teacher sharded, full logits": {"chunk_size": None, "teacher_sharding": "shard"},
     "AdamW state": {"chunk_size": 16, "adam": True},
+    "LoRA student, chunked": {"chunk_size": 16, "lora": True},
 }
 
 

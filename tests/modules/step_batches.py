@@ -11,6 +11,7 @@ from lit_kd.data.collate import PadCollator
 from lit_kd.data.tokenize import encode_example
 from lit_kd.losses import LossConfig
 from lit_kd.models import ModelConfig, StudentConfig
+from lit_kd.models.adapters import AdapterConfig
 from lit_kd.modules import DistillModule
 from tests.conftest import TINY_TOKENIZER, tiny_llama_config
 
@@ -28,13 +29,16 @@ def sgd(params):
 
 
 def make_module(
-    chunk_size: int | None = 16, objective: str = "fkl", tied: bool = False, optimizer=sgd, **options: Any
+    chunk_size: int | None = 16, objective: str = "fkl", tied: bool = False, optimizer=sgd, lora: bool = False,
+    **options: Any,
 ) -> DistillModule:
-    """The student cut from layers 0 and 2 of a 3-layer teacher (its LM head tied to its embeddings with ``tied``);
-    ``options`` go to ``DistillModule`` (``teacher_cache``, ``teacher_sharding``)."""
+    """The student cut from layers 0 and 2 of a 3-layer teacher (its LM head tied to its embeddings with ``tied``;
+    rank-4 LoRA adapters on its frozen weights with ``lora``, their B matrices started from a seeded draw instead of
+    zeros so that every adapter weight gets a gradient); ``options`` go to ``DistillModule`` (``teacher_cache``,
+    ``teacher_sharding``)."""
     config = tiny_llama_config(3, tie_word_embeddings=tied)
     module = DistillModule(
-        student=StudentConfig(layers=[0, 2]),
+        student=StudentConfig(layers=[0, 2], peft=AdapterConfig(r=4, alpha=8.0) if lora else None),
         teacher=ModelConfig(config=config, tokenizer=str(TINY_TOKENIZER)),
         loss=LossConfig(objective, tau=2.0),
         kd_ratio=0.7,
@@ -45,6 +49,12 @@ def make_module(
         **options,
     )
     module.configure_model()
+    if lora:
+        generator = torch.Generator().manual_seed(7)
+        with torch.no_grad():
+            for name, parameter in module.student.named_parameters():
+                if "lora_B" in name:
+                    parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
     return module
 
 
@@ -89,4 +99,4 @@ def one_big_batch_gradient(
     module.student.zero_grad()
     sums = module.compute_losses(big, "train")
     (sums.loss / sums.tokens).backward()
-    return {name: p.grad.clone() for name, p in module.student.named_parameters()}
+    return {name: p.grad.clone() for name, p in module.student.named_parameters() if p.requires_grad}

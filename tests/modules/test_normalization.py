@@ -84,7 +84,7 @@ def test_an_fsdp2_step_on_two_processes_equals_one_big_batch(fsdp2_steps):
     """FSDP2 (Lightning's ModelParallelStrategy, student fully sharded), float32, 2 processes with their own
     micro-batches: the step equals one large batch of the same rows (float64 reference, relative 1e-5) with a
     live teacher and full logits or the chunked loss (each of the ten objectives), without accumulation, a tied
-    head, a teacher cache and a sharded teacher."""
+    head, a teacher cache, a sharded teacher and LoRA adapters on a frozen student."""
     from tests.modules.fsdp_steps import VARIANTS
 
     assert set(fsdp2_steps) == set(VARIANTS)
@@ -94,10 +94,14 @@ def test_an_fsdp2_step_on_two_processes_equals_one_big_batch(fsdp2_steps):
             continue
         assert result["units"] == 3, name  # the student's two decoder blocks and its root
         assert result["teacher_units"] == (4 if variant.get("teacher_sharding") == "shard" else 0), name
-        module = make_module(variant.get("chunk_size"), variant.get("objective", "fkl"), variant.get("tied", False))
+        module = make_module(variant.get("chunk_size"), variant.get("objective", "fkl"), variant.get("tied", False),
+                             lora=variant.get("lora", False))  # fmt: skip
         which = [0, 1, 2, 3] if result["accumulate"] == 2 else [0, 1]
         expected = one_big_batch_gradient(module.double(), micro_batches(module.tokenizer), which)
         got = step_gradient(result["before"], result["after"])
+        if variant.get("lora"):  # the frozen base did not move; every adapter weight did
+            assert all("lora_" in n for n in expected) and len(expected) == 28, name
+            assert all(got[n].abs().max() == 0 for n in got if n not in expected), name
         if variant.get("tied"):
             assert torch.equal(got["lm_head.weight"], got["model.embed_tokens.weight"]), name
         try:

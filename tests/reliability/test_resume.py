@@ -250,3 +250,19 @@ def test_ctrl_c_prints_the_command_that_resumes_the_run(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Restoring states from the checkpoint path" in resumed.stdout + resumed.stderr
     assert not (tmp_path / "logs-run" / "tiny" / "version_1").exists()
+
+
+def test_sigkill_mid_epoch_then_resume_a_student_with_adapters(tmp_path):
+    """LoRA on the frozen student: its checkpoints hold the adapters alone (and the base's identity); killed
+    mid-epoch and resumed, it trains exactly as an uninterrupted run (losses, best checkpoint, every weight)."""
+    extra = ["--last_checkpoint.every_n_train_steps", "1", "--model.student.peft", '{"r": 4, "alpha": 8}']
+    reference_then_killed_mid_epoch_and_resumed(tmp_path, extra)
+    expected, got = (outcome(tmp_path / n, tmp_path / f"logs-{n}") for n in ("reference", "run"))
+    assert got["losses"] == pytest.approx(expected["losses"], abs=1e-6, rel=0)
+    assert got["best"] == expected["best"]
+    for key, value in expected["weights"].items():
+        torch.testing.assert_close(got["weights"][key], value, atol=1e-6, rtol=0)
+    assert any("lora_B" in key and value.abs().sum() > 0 for key, value in got["weights"].items())  # it trained
+    (last,) = (tmp_path / "logs-run" / "tiny").glob("version_*/checkpoints/last.ckpt")
+    stored = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+    assert stored and all("lora_" in key for key in stored)
