@@ -20,7 +20,7 @@ layer, ``modules_to_save`` that name no module or name the embeddings or the hea
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
 
 import torch
@@ -82,19 +82,17 @@ def peft_config(settings: AdapterConfig) -> Any:
     )
 
 
-def check_adapters(settings: AdapterConfig, architecture: PretrainedConfig, layers: Optional[list[int]]) -> None:
-    """``target_modules`` and ``modules_to_save`` against the student's architecture, built on the meta device (no
-    weights): one ``ConfigError`` for a name that matches nothing, or for the embeddings or the head."""
+def check_adapters(settings: AdapterConfig, architecture: PretrainedConfig) -> None:
+    """``target_modules`` and ``modules_to_save`` against the student's architecture (its parent's, for a student cut
+    from it: the same module names), built on the meta device (no weights): one ``ConfigError`` for a name that
+    matches nothing, or for the embeddings or the head."""
     from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
 
-    config = architecture
-    if layers is not None:
-        config = type(architecture).from_dict({**architecture.to_dict(), "num_hidden_layers": len(layers)})
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(architecture)
     names = {name for name, _ in model.named_modules() if name}
-    linear = {name for name, module in model.named_modules() if isinstance(module, nn.Linear) or
-              type(module).__name__ == "Conv1D"}  # fmt: skip  (GPT-2's linear layers are transformers' Conv1D)
+    linear = {name for name, module in model.named_modules() if isinstance(module, (nn.Linear, Conv1D))}  # GPT-2's
     head = {name for name, module in model.named_modules() if module is model.get_output_embeddings()}
     if isinstance(settings.target_modules, list):
         unmatched = [t for t in settings.target_modules if not any(_matches(n, t) for n in linear - head)]
@@ -151,7 +149,3 @@ def has_adapters(model: nn.Module) -> bool:
 def trainable_names(model: nn.Module, prefix: str = "") -> set[str]:
     """The state-dict names of ``model``'s trainable parameters (the adapters and ``modules_to_save``)."""
     return {prefix + name for name, parameter in model.named_parameters() if parameter.requires_grad}
-
-
-def settings_dict(settings: Optional[AdapterConfig]) -> Optional[dict[str, Any]]:
-    return asdict(settings) if settings is not None else None

@@ -50,7 +50,7 @@ def check_models(student: StudentConfig, teacher: Optional[ModelConfig]) -> None
     if student.layers is not None:
         check_layers(student.layers, architecture.num_hidden_layers, f"the {role} ({parent.describe()})")
     if student.peft is not None:
-        check_adapters(student.peft, architecture, student.layers)
+        check_adapters(student.peft, architecture)
 
 
 @dataclass

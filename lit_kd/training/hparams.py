@@ -32,6 +32,7 @@ def run_hparams(pl_module: L.LightningModule) -> dict[str, Any]:
     params.update(kd_ratio=pl_module.kd_ratio, chunk_size=pl_module.chunk_size)
     params["student"] = student.describe() if student.has_source else "cut from the teacher"
     params["student.layers"] = str(student.layers) if student.layers is not None else "all"
+    params["student.peft"] = student.peft.describe() if student.peft is not None else "none"  # adapters, or all weights
     params["teacher"] = teacher.describe() if teacher is not None else "none"
     # λ: the share of each batch the student samples itself
     params["student_fraction"] = policy.student_fraction if policy is not None else 0.0

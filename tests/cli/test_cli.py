@@ -19,9 +19,9 @@ STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
 
 
 def config_stack(config):
-    """A shipped config with what it is layered on: an objective, strategy, regime or data file on the tiny
+    """A shipped config with what it is layered on: an objective, strategy, regime, data or student file on the tiny
     config; a model pair, the demo, tiny and the SFT configs alone (the base is the CLI's own default)."""
-    if config.parent.name in ("objectives", "strategies", "regimes", "data"):
+    if config.parent.name in ("objectives", "strategies", "regimes", "data", "students"):
         return [ROOT / "configs" / "tiny.yaml", config]
     return [config]
 
