@@ -26,18 +26,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from loss_memory import reset_peak, status_bytes  # the peak measurement of benchmarks/loss_memory.py
 
 SETTINGS = {"full student": None, "LoRA r 8": 8, "LoRA r 16": 16, "LoRA r 64": 64}
 GPT2_BASE = {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024,
              "vocab_size": 49152, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}  # fmt: skip
-
-
-def status_bytes(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def tensor_bytes(tensors) -> int:
@@ -50,9 +43,7 @@ class Measure(L.Callback):
 
     def on_train_start(self, trainer, module):
         gc.collect()
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")  # VmHWM ← VmRSS
-        self.baseline, self.started = status_bytes("VmRSS"), None
+        self.baseline, self.started = reset_peak(), None  # VmHWM ← VmRSS
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if self.started is None:

@@ -108,13 +108,18 @@ def reference_then_killed_mid_epoch_and_resumed(tmp_path: Path, extra: list[str]
 def test_sigkill_mid_epoch_then_resume_with_student_sampled_outputs(tmp_path):
     """Mixed-policy (λ = 0.5): the student samples inside the step, seeded by the run's RNG; killed mid-epoch and
     resumed, it samples (and trains on) exactly what an uninterrupted run does."""
-    extra = ["--last_checkpoint.every_n_train_steps", "1", *POLICY]
-    reference_then_killed_mid_epoch_and_resumed(tmp_path, extra)
+    reference_then_killed_mid_epoch_and_resumed(tmp_path, ["--last_checkpoint.every_n_train_steps", "1", *POLICY])
+    resumed_as_uninterrupted(tmp_path)
+
+
+def resumed_as_uninterrupted(tmp_path: Path) -> dict:
+    """The resumed run's losses, best checkpoint and final weights equal the reference's; returns the former."""
     expected, got = (outcome(tmp_path / n, tmp_path / f"logs-{n}") for n in ("reference", "run"))
     assert got["losses"] == pytest.approx(expected["losses"], abs=1e-6, rel=0)
     assert got["best"] == expected["best"]
     for key, value in expected["weights"].items():
         torch.testing.assert_close(got["weights"][key], value, atol=1e-6, rtol=0)
+    return got
 
 
 TAU = ["--model.loss.tau", "3", "--model.loss.tau_schedule", "cosine", "--model.loss.tau_end", "1",
@@ -257,11 +262,7 @@ def test_sigkill_mid_epoch_then_resume_a_student_with_adapters(tmp_path):
     mid-epoch and resumed, it trains exactly as an uninterrupted run (losses, best checkpoint, every weight)."""
     extra = ["--last_checkpoint.every_n_train_steps", "1", "--model.student.peft", '{"r": 4, "alpha": 8}']
     reference_then_killed_mid_epoch_and_resumed(tmp_path, extra)
-    expected, got = (outcome(tmp_path / n, tmp_path / f"logs-{n}") for n in ("reference", "run"))
-    assert got["losses"] == pytest.approx(expected["losses"], abs=1e-6, rel=0)
-    assert got["best"] == expected["best"]
-    for key, value in expected["weights"].items():
-        torch.testing.assert_close(got["weights"][key], value, atol=1e-6, rtol=0)
+    got = resumed_as_uninterrupted(tmp_path)
     assert any("lora_B" in key and value.abs().sum() > 0 for key, value in got["weights"].items())  # it trained
     (last,) = (tmp_path / "logs-run" / "tiny").glob("version_*/checkpoints/last.ckpt")
     stored = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
