@@ -107,6 +107,21 @@ def run_function_command(argv: list[str]) -> Any:
     return COMMANDS[name].run(**options)
 
 
+def user_error(raised: BaseException) -> Optional[BaseException]:
+    """The bad input behind ``raised``, or None for a defect of lit_kd's own (which keeps its traceback): a
+    ``LitKDError`` or a parse error, also where jsonargparse wraps one while it builds a class (a dataclass's check
+    inside an ``Optional[...]``, whose union error names every subtype it tried, is raised ``from`` the first
+    subtype's error); a full disk met by any writer."""
+    seen: Optional[BaseException] = raised
+    while seen is not None:
+        if isinstance(seen, (LitKDError, argparse.ArgumentError)):
+            return seen
+        seen = seen.__cause__
+    if isinstance(raised, (OSError, RuntimeError)) and is_out_of_space(raised):
+        return raised
+    return None
+
+
 def main(args: Optional[list[str]] = None) -> None:
     """Dispatch to the command. Bad input (a ``LitKDError`` or a config that does not parse) ends in one line,
     ``lit_kd: error: ...``, and exit status 2; ``LIT_KD_DEBUG=1`` shows the traceback instead."""
@@ -118,12 +133,11 @@ def main(args: Optional[list[str]] = None) -> None:
             command.run(argv[1:])
         else:
             run_function_command(argv)
-    except (LitKDError, argparse.ArgumentError, OSError, RuntimeError) as err:
-        if os.environ.get("LIT_KD_DEBUG"):
+    except Exception as raised:
+        err = user_error(raised)
+        if err is None or os.environ.get("LIT_KD_DEBUG"):
             raise
         if not isinstance(err, (LitKDError, argparse.ArgumentError)):
-            if not is_out_of_space(err):
-                raise
             # a full disk met by a writer that is not lit_kd's own (a logger, the config saver, the Arrow cache)
             where = getattr(err, "filename", None)
             err = out_of_space_error(where) if where else "no space left on the device; free some space and run again"

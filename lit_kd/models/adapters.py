@@ -7,6 +7,11 @@ stay as loaded (or cut from the teacher) and frozen, and only small added matric
 * ``dora`` (Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation"): the same low-rank update, with the
   weight's per-row magnitude learned apart (peft's ``use_dora``).
 
+``quantize`` is QLoRA (Dettmers et al. 2023, "QLoRA: Efficient Finetuning of Quantized LLMs"): the frozen base is
+loaded in 4 bits by bitsandbytes (NF4 or FP4 blocks with double quantization, computing in the student's ``dtype``),
+the adapters train in full precision on top. bitsandbytes' 4-bit kernels need CUDA, so it is one error on a machine
+without it; and it needs a student loaded from its own ``path`` (``from_pretrained`` quantizes as it reads).
+
 ``modules_to_save`` trains whole modules beside the adapters (a norm, a block). The input embeddings and the LM
 head are never among them: the chunked loss applies the head itself (``lit_kd.models.head``), and the students
 lit_kd cuts (SmolLM2, GPT-2) tie the head to the input embeddings, which a trained copy would silently untie; a
@@ -19,6 +24,7 @@ layer, ``modules_to_save`` that name no module or name the embeddings or the hea
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
@@ -50,6 +56,8 @@ class AdapterConfig:
     (``q_proj``, ``v_proj``; GPT-2's ``c_attn``), each matched against the end of a module's path."""
     modules_to_save: Optional[list[str]] = None
     """Whole modules trained beside the adapters (a module path's last names, e.g. ``norm``)."""
+    quantize: Optional[Literal["nf4", "fp4"]] = None
+    """QLoRA: the frozen base in 4 bits (bitsandbytes ``nf4`` or ``fp4``; CUDA and a student ``path`` only)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
@@ -64,7 +72,8 @@ class AdapterConfig:
             self.target_modules = [self.target_modules]
 
     def describe(self) -> str:
-        return f"{self.method} r={self.r} alpha={self.alpha:g}"
+        quantized = f" on a 4-bit ({self.quantize}) base" if self.quantize else ""
+        return f"{self.method} r={self.r} alpha={self.alpha:g}{quantized}"
 
 
 def peft_config(settings: AdapterConfig) -> Any:
@@ -79,6 +88,42 @@ def peft_config(settings: AdapterConfig) -> Any:
         modules_to_save=settings.modules_to_save,
         use_dora=settings.method == "dora",
         task_type="CAUSAL_LM",
+    )
+
+
+def check_quantization(settings: AdapterConfig, loads_own_path: bool) -> None:
+    """QLoRA's requirements that the config and the machine show, before any weights load: a CUDA device,
+    bitsandbytes installed, and a student read from its own ``path`` (quantized as ``from_pretrained`` reads it)."""
+    if settings.quantize is None:
+        return
+    if not loads_own_path:
+        raise ConfigError(
+            "model.student.peft.quantize needs a student loaded from its own model.student.path, with no `layers` "
+            "(a 4-bit base is quantized as from_pretrained reads it; a student cut from the teacher, a random config "
+            "or a GGUF file is built in full precision)"
+        )
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"model.student.peft.quantize: {settings.quantize} (QLoRA's 4-bit base) needs a CUDA device: "
+            "bitsandbytes' 4-bit kernels run on CUDA, and this machine has none; drop quantize to train the adapters "
+            "on the full-precision base"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(
+            "model.student.peft.quantize needs bitsandbytes, which is not installed: pip install 'lit_kd[qlora]'"
+        )
+
+
+def quantization_config(settings: AdapterConfig, compute_dtype: torch.dtype) -> Any:
+    """The ``transformers.BitsAndBytesConfig`` of QLoRA's 4-bit base (the paper's settings: double quantization,
+    the matmuls in ``compute_dtype``)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=settings.quantize,
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
     )
 
 
@@ -122,8 +167,10 @@ def _matches(path: str, name: str) -> bool:
 def add_adapters(model: PreTrainedModel, settings: AdapterConfig, seed: int = 0) -> nn.Module:
     """``model`` with ``settings``' adapters (a ``peft.PeftModel``): its base frozen, the adapters trainable, their
     random matrices drawn from ``seed`` (the same in every process: FSDP2 shards each process's own copy)."""
-    from peft import get_peft_model
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
+    if settings.quantize is not None:  # norms in float32, input gradients on (peft's QLoRA preparation)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

@@ -7,6 +7,7 @@ import importlib.util
 import os
 import re
 from pathlib import Path
+from typing import Any, Optional
 
 import torch
 from transformers import (
@@ -90,10 +91,11 @@ def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             raise
 
 
-def load_model(config: ModelConfig, role: str = "model") -> PreTrainedModel:
+def load_model(config: ModelConfig, role: str = "model", quantization: Optional[Any] = None) -> PreTrainedModel:
     """Build the causal LM a ``ModelConfig`` describes (``role`` names it in errors: teacher, student), with its
-    ``adapter`` merged into it when it names one."""
-    model = _load_base(config, role)
+    ``adapter`` merged into it when it names one. ``quantization`` (a ``BitsAndBytesConfig``, for a ``path``) loads
+    it quantized onto this process's CUDA device (``LOCAL_RANK``)."""
+    model = _load_base(config, role, quantization)
     return merge_adapter(model, config, role) if config.adapter is not None else model
 
 
@@ -127,7 +129,7 @@ def adapter_directory(config: ModelConfig, role: str) -> str:
     return directory
 
 
-def _load_base(config: ModelConfig, role: str) -> PreTrainedModel:
+def _load_base(config: ModelConfig, role: str, quantization: Optional[Any] = None) -> PreTrainedModel:
     if not config.has_source:
         raise ModelLoadError(f"{role} has no source: set `path`, `gguf_file` or `config`")
     try:
@@ -141,7 +143,10 @@ def _load_base(config: ModelConfig, role: str) -> PreTrainedModel:
             return _load_gguf(config, role)
         path = resolve_path(config.path)
         _check_local(path, role, "model path")
-        return AutoModelForCausalLM.from_pretrained(path, dtype=config.torch_dtype, revision=config.revision)
+        placed = {} if quantization is None else {"device_map": {"": int(os.environ.get("LOCAL_RANK", 0))}}
+        return AutoModelForCausalLM.from_pretrained(
+            path, dtype=config.torch_dtype, revision=config.revision, quantization_config=quantization, **placed
+        )
     except ModelLoadError as err:
         raise ModelLoadError(f"{role}: {err}") from err
     except (OSError, ValueError, KeyError) as err:

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lit_kd.models.adapters import add_adapters, check_adapters
+from lit_kd.models.adapters import add_adapters, check_adapters, check_quantization, quantization_config
 from lit_kd.models.config import ModelConfig, StudentConfig
 from lit_kd.models.loading import adapter_directory, load_hf_config, load_model, load_tokenizer
 from lit_kd.models.student import check_layers, derive_student
@@ -41,6 +41,8 @@ def check_models(student: StudentConfig, teacher: Optional[ModelConfig]) -> None
     for config, role in ((teacher, "teacher"), (student, "student")):
         if config is not None and config.adapter is not None:
             adapter_directory(config, role)
+    if student.peft is not None:
+        check_quantization(student.peft, student.path is not None and student.gguf_file is None and not student.layers)
     if student.layers is None and student.peft is None:
         return
     parent, role = (student, "student") if student.has_source else (teacher, "teacher")
@@ -72,7 +74,10 @@ def build_pair(
     (``lit_kd.models.vocab_transplant``)."""
     needs_teacher = teacher is not None and (keep_teacher or not student.has_source)
     teacher_model = load_model(teacher, "teacher").requires_grad_(False).eval() if needs_teacher else None
-    if student.has_source:
+    quantized = student.peft is not None and student.peft.quantize is not None
+    if quantized:  # QLoRA: 4-bit as it loads, on this process's CUDA device (check_quantization ran)
+        student_model = load_model(student, "student", quantization_config(student.peft, student.torch_dtype))
+    elif student.has_source:
         student_model = load_model(student, "student")
         if student.layers is not None:
             student_model = derive_student(student_model, student.layers)
@@ -80,7 +85,8 @@ def build_pair(
         student_model = derive_student(teacher_model, student.layers)
         if new_vocabulary is not None:
             student_model = new_vocabulary(student_model)
-    student_model = student_model.to(student.torch_dtype)
+    if not quantized:
+        student_model = student_model.to(student.torch_dtype)
     if student.peft is not None:
         student_model = add_adapters(student_model, student.peft, student.init_seed)
     return Pair(student_model, teacher_model if keep_teacher else None)

@@ -128,11 +128,22 @@ def module_from_checkpoint(path: str, need_teacher: bool = True) -> DistillModul
     hparams = checkpoint_hparams(checkpoint)
     if "student" not in hparams or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not a lit_kd DistillModule checkpoint (no student hyperparameters)")
-    module = build_module(hparams, path, need_teacher)
+    module = build_module(full_precision_base(hparams), path, need_teacher)
     if has_adapters(module.student):  # adapters only fit the base they were trained on
         check_adapter_base(checkpoint, module, path)
     load_student_state(module, checkpoint["state_dict"], path)
     return module
+
+
+def full_precision_base(hparams: dict[str, Any]) -> dict[str, Any]:
+    """A QLoRA checkpoint's hyperparameters with the base unquantized: its adapters (the same tensors, by the same
+    names) are read onto the full-precision weights, which ``export`` merges them into (QLoRA's own practice) and
+    ``evaluate`` runs on any device."""
+    student = hparams.get("student")
+    peft = student.get("peft") if isinstance(student, dict) else None
+    if not (isinstance(peft, dict) and peft.get("quantize")):
+        return hparams
+    return {**hparams, "student": {**student, "peft": {**peft, "quantize": None}}}
 
 
 def load_student_state(module: DistillModule, state_dict: dict[str, torch.Tensor], source: str) -> None:

@@ -151,13 +151,20 @@ def strategy_name(strategy: Any) -> str:
     return str(getattr(strategy, "class_path", strategy)).rsplit(".", 1)[-1]
 
 
-def check_teacher_sharding_request(config: Namespace) -> None:
-    """``model.teacher_sharding: shard`` without FSDP2 over several processes: one error before anything is built
-    (``DistillModule.setup`` checks it again for runs not built here)."""
+def check_strategy_request(config: Namespace) -> None:
+    """What the strategy cannot run, one error before anything is built: ``model.teacher_sharding: shard`` without
+    FSDP2 over several processes (``DistillModule.setup`` checks it again for runs not built here); a 4-bit QLoRA
+    base under FSDP2 (bitsandbytes' packed weights are not sharded by ``fully_shard``)."""
+    strategy = strategy_name(config.trainer.get("strategy"))
+    if config.get("model.student.peft.quantize") and strategy == ModelParallelStrategy.__name__:
+        raise ConfigError(
+            "model.student.peft.quantize (QLoRA's 4-bit base) with FSDP2 (configs/strategies/fsdp.yaml): the packed "
+            "4-bit weights are not sharded; run it on one device or with trainer.strategy: ddp"
+        )
     sharding = config.get("model.teacher_sharding", "replicate")
     if sharding == "replicate":
         return
-    check_teacher_sharding(sharding, strategy_name(config.trainer.get("strategy")), process_count(config.trainer))
+    check_teacher_sharding(sharding, strategy, process_count(config.trainer))
 
 
 def quiet_hugging_face_progress_bars() -> None:
@@ -271,7 +278,7 @@ class LitKDCLI(LightningCLI):
         version directory (its first config.yaml is kept; the resumed one is saved beside it)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         fill_data_parallel_size(config.trainer)
-        check_teacher_sharding_request(config)
+        check_strategy_request(config)
         logger = config.trainer.logger
         init_args = getattr(logger, "init_args", None)
         save_dir = getattr(init_args, "save_dir", None)

@@ -284,6 +284,16 @@ def test_every_objective_trains_through_the_cli(tmp_path, tiny_args, name):
             ["--model.teacher.tokenizer", "./no/such/tokenizer"],
             "teacher: tokenizer path not found: ./no/such/tokenizer",
         ),
+        # checks inside an Optional[...] dataclass, which jsonargparse wraps in its union error
+        (["--model.student.peft", '{"r": 0}'], "model.student.peft.r must be a positive integer, got 0"),
+        (["--model.policy.student_fraction", "2"], "model.policy.student_fraction must be in [0, 1], got 2.0"),
+        (["--model.val_rouge.examples", "0"], "model.val_rouge.examples must be >= 1, got 0 (null turns it off)"),
+        (["--model.student.peft", '{"quantize": "nf4"}'], "model.student.peft.quantize needs a student loaded from"),
+        (
+            ["--model.student.peft", '{"quantize": "nf4"}', "--config", str(ROOT / "configs/strategies/fsdp.yaml"),
+             "--trainer.devices", "2"],  # fmt: skip
+            "model.student.peft.quantize (QLoRA's 4-bit base) with FSDP2",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_line(tiny_args, capsys, override, message):

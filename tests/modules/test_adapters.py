@@ -244,3 +244,41 @@ def test_a_missing_adapter_or_one_of_another_base_is_one_error(teacher_with_adap
     wider = ModelConfig(config=tiny_llama_config(4, hidden_size=64, intermediate_size=96), adapter=str(adapter))
     with pytest.raises(ModelLoadError, match="does not fit random llama from config"):
         load_model(wider, "teacher")
+
+
+@pytest.mark.parametrize(
+    "student, cuda, message",
+    [
+        (StudentConfig(layers=[0, 3]), True, "needs a student loaded from its own model.student.path, with no `layers`"),
+        (StudentConfig(path="some/student"), False, r"quantize: nf4 \(QLoRA's 4-bit base\) needs a CUDA device"),
+        (StudentConfig(path="some/student"), True, r"needs bitsandbytes, which is not installed: pip install"),
+    ],
+)
+def test_qlora_names_what_it_needs_before_any_weights_load(monkeypatch, student, cuda, message):
+    import importlib.util
+
+    import lit_kd.models.pair as pair
+
+    monkeypatch.setattr(pair, "load_model", lambda *a, **k: pytest.fail("weights loaded before the check"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real_find_spec(n, *a))
+    student.peft = AdapterConfig(quantize="nf4")
+    with pytest.raises(ConfigError, match=message):
+        pair.check_models(student, TEACHER)
+
+
+def test_a_qlora_checkpoint_is_read_onto_the_full_precision_base(trained_checkpoint, tmp_path):
+    """evaluate and export rebuild a QLoRA run's student unquantized (anywhere, no CUDA) and read its adapters onto
+    it: the same tensors, by the same names, as over the 4-bit base."""
+    from lit_kd.modules.loading import HPARAMS_KEY, model_from_source
+
+    module, path = trained_checkpoint
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    assert checkpoint[HPARAMS_KEY]["student"]["peft"]["quantize"] is None
+    checkpoint[HPARAMS_KEY]["student"]["peft"]["quantize"] = "nf4"  # as a QLoRA run stores it
+    qlora_path = tmp_path / "qlora.ckpt"
+    torch.save(checkpoint, qlora_path)
+    rebuilt, _, _ = model_from_source(str(qlora_path))
+    probe = torch.tensor([[5, 6, 7, 8, 9]])
+    torch.testing.assert_close(rebuilt(input_ids=probe).logits, module.student(input_ids=probe).logits)
