@@ -25,6 +25,7 @@ from lit_kd.errors import ConfigError
 from lit_kd.teacher.build import CACHE_DTYPES, write_teacher_cache
 from lit_kd.training import build
 from lit_kd.training.build import process_count
+from lit_kd.utils.devices import check_device
 
 
 def cache_options(parser: LightningArgumentParser) -> None:
@@ -74,6 +75,10 @@ def main(args: list[str]) -> Path:
         raise ConfigError("cache-teacher: give --out (or set model.teacher_cache in the config)")
     if options.shard_bytes < 1:
         raise ConfigError(f"--shard_bytes must be positive, got {options.shard_bytes}")
+    if options.batch_size is not None and options.batch_size < 1:
+        raise ConfigError(f"--batch_size must be positive (or null: data.eval_batch_size), got {options.batch_size}")
+    if process_count(run.config.trainer) in (None, 1):  # one process: --device is where the teacher runs
+        check_device(options.device)
     return write_teacher_cache(
         module.teacher_config, module.tokenizer, run.datamodule, target, options.dtype, options.batch_size,
         options.device, tuple(options.splits), options.shard_bytes, launch_processes(options),

@@ -80,6 +80,8 @@ def evaluate(
 
     if not seeds:
         raise ConfigError("--seeds needs at least one seed")
+    if not benchmarks:
+        raise ConfigError("--benchmarks needs at least one benchmark (a name under --data_dir, or name=FILE_OR_HUB)")
     check_self_bleu_order(self_bleu_order, "--self_bleu_order")
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device must be auto, cpu or cuda, got {device!r}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-
 from lit_kd.models.export import check_export_target, export_hf
 from lit_kd.modules.loading import model_from_source
 

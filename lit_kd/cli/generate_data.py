@@ -29,7 +29,7 @@ from lit_kd.eval.generate import SamplingConfig, generate_responses
 from lit_kd.models import load_model
 from lit_kd.teacher.cache import teacher_identity
 from lit_kd.training import build
-from lit_kd.utils.devices import resolve_device
+from lit_kd.utils.devices import check_device, resolve_device
 from lit_kd.utils.progress import split_progress
 
 
@@ -66,6 +66,7 @@ def main(args: list[str]) -> Path:
             f"--splits: the config's data has no {', '.join(unknown)} split (it has {', '.join(records)})"
         )
     settings = SamplingConfig(**vars(options.sampling))
+    check_device(options.device)
     out = Path(options.out)
     teacher = load_model(module.teacher_config, "teacher").to(resolve_device(options.device)).eval()
     rendering = module.teacher_rendering or module.rendering  # a cross-tokenizer teacher renders with its own

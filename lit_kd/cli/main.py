@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 
 from lit_kd.cli import cache_teacher, demo, generate_data
 from lit_kd.cli.evaluate import evaluate
@@ -109,12 +110,13 @@ def run_function_command(argv: list[str]) -> Any:
 
 def user_error(raised: BaseException) -> Optional[BaseException]:
     """The bad input behind ``raised``, or None for a defect of lit_kd's own (which keeps its traceback): a
-    ``LitKDError`` or a parse error, also where jsonargparse wraps one while it builds a class (a dataclass's check
-    inside an ``Optional[...]``, whose union error names every subtype it tried, is raised ``from`` the first
-    subtype's error); a full disk met by any writer."""
+    ``LitKDError``, a parse error or Lightning's ``MisconfigurationException`` (a setting it refuses), also where
+    jsonargparse wraps one while it builds a class (a dataclass's check inside an ``Optional[...]``, whose union
+    error names every subtype it tried, is raised ``from`` the first subtype's error); a full disk met by any
+    writer."""
     seen: Optional[BaseException] = raised
     while seen is not None:
-        if isinstance(seen, (LitKDError, argparse.ArgumentError)):
+        if isinstance(seen, (LitKDError, argparse.ArgumentError, MisconfigurationException)):
             return seen
         seen = seen.__cause__
     if isinstance(raised, (OSError, RuntimeError)) and is_out_of_space(raised):
@@ -137,7 +139,7 @@ def main(args: Optional[list[str]] = None) -> None:
         err = user_error(raised)
         if err is None or os.environ.get("LIT_KD_DEBUG"):
             raise
-        if not isinstance(err, (LitKDError, argparse.ArgumentError)):
+        if not isinstance(err, (LitKDError, argparse.ArgumentError, MisconfigurationException)):
             # a full disk met by a writer that is not lit_kd's own (a logger, the config saver, the Arrow cache)
             where = getattr(err, "filename", None)
             err = out_of_space_error(where) if where else "no space left on the device; free some space and run again"

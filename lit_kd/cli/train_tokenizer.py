@@ -39,6 +39,8 @@ def train_tokenizer(
         min_frequency: The least count of a pair the trainer merges.
         max_examples: Train on the first N records only.
     """
+    if not out.strip():
+        raise ConfigError("--out must name the tokenizer directory to write, got ''")
     if vocab_size < 260:
         raise ConfigError(f"--vocab_size must be at least 260 (3 specials, 256 bytes and one merge), got {vocab_size}")
     if min_frequency < 1 or (max_examples is not None and max_examples < 1):

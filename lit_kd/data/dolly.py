@@ -58,6 +58,14 @@ def split_records(
     return {name: [records[i] for i in order[bounds[k] : bounds[k + 1]]] for k, name in enumerate(SPLITS)}
 
 
+def read_option(option: str, source: str, split: str, single_exchange: bool) -> list[dict[str, Any]]:
+    """``load_records`` of ``data.<option>``: its errors (a missing file, a bad line) name the option."""
+    try:
+        return load_records(source, split=split, single_exchange=single_exchange)
+    except DataFormatError as err:
+        raise DataFormatError(f"data.{option}: {err}") from None
+
+
 class DollyDataModule(L.LightningDataModule):
     """Instruction data in Dolly/MiniLLM layout → padded batches of ``input_ids``, ``attention_mask``, ``labels``."""
 
@@ -180,14 +188,14 @@ class DollyDataModule(L.LightningDataModule):
         if not self.records:
             single = self.prompt_format == "dolly"  # a conversation of several turns needs a chat template
             if self.raw is not None:
-                rows = load_records(self.raw, split=self.hub_split, single_exchange=single)
+                rows = read_option("raw", self.raw, self.hub_split, single)
                 records = split_records(rows, self.split_sizes, self.split_seed, source=self.raw)
                 unused = len(rows) - sum(self.split_sizes)
                 if unused:
                     rank_zero_info(f"{self.raw}: {unused} of {len(rows)} rows are beyond split_sizes and not used")
             else:  # a hub dataset's splits are read as train / validation / test (or name@split)
                 records = {
-                    name: load_records(source, split=HUB_SPLITS[name], single_exchange=single)
+                    name: read_option(name, source, HUB_SPLITS[name], single)
                     for name, source in self.sources.items()
                     if source is not None
                 }

@@ -17,6 +17,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 
 from lit_kd.errors import ConfigError
 from lit_kd.models.adapters import base_model
+from lit_kd.utils.fields import check_field_types
 
 if TYPE_CHECKING:
     from lit_kd.data.rendering import Rendering
@@ -42,6 +43,7 @@ class SamplingConfig:
     """Prompt + response tokens at most; longer prompts keep their last tokens (the response part)."""
 
     def __post_init__(self) -> None:
+        check_field_types(self, "generation")
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ConfigError("generation: max_new_tokens and batch_size must be positive")
         if not (math.isfinite(self.temperature) and self.temperature > 0):

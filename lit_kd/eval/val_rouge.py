@@ -12,6 +12,7 @@ from lit_kd.data.collate import prompt_lengths
 from lit_kd.errors import ConfigError
 from lit_kd.eval.generate import SamplingConfig, decode_responses, fit_prompt, generate_ids
 from lit_kd.eval.rouge import RougeL
+from lit_kd.utils.fields import check_field_types
 
 
 @dataclass
@@ -26,6 +27,7 @@ class ValidationRouge:
     """Sampling settings (temperature 1, no top-k/top-p by default, as in the paper)."""
 
     def __post_init__(self) -> None:
+        check_field_types(self, "model.val_rouge")
         if self.examples < 1:
             raise ConfigError(f"model.val_rouge.examples must be >= 1, got {self.examples} (null turns it off)")
 

@@ -75,8 +75,9 @@ def plan_runs(
             check_tau(tau)
     except ConfigError as err:
         raise ConfigError(f"--taus: {err}") from None
-    if not (objectives and taus and seeds):
-        raise ConfigError("a sweep needs at least one objective, one tau and one seed")
+    for option, values in (("--objectives", objectives), ("--taus", taus), ("--seeds", seeds)):
+        if not values:
+            raise ConfigError(f"{option} is empty: a sweep needs at least one objective, one tau and one seed")
     objectives, taus, seeds = (list(dict.fromkeys(v)) for v in (objectives, [float(t) for t in taus], seeds))
     axis = list(dict.fromkeys(regimes)) if regimes else [None]
     grid = [(r, o, t, int(s)) for r in axis for o in objectives for t in taus for s in seeds]

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Optional, TypeVar
 
 from lit_kd.errors import ConfigError
+from lit_kd.eval.diversity import check_self_bleu_order
+from lit_kd.utils.fields import check_field_types
 from lit_kd.utils.io import atomic_write_text
 
 FIT_SUMMARY_FILE = "fit_summary.json"
@@ -151,6 +153,19 @@ class SweepEval:
     batch_size: int = 32
     self_bleu_order: int = 4
     """The n-gram order of Self-BLEU (``evaluate --self_bleu_order``)."""
+
+    def __post_init__(self) -> None:
+        """What would fail each run's evaluation after its training, refused when the sweep is planned."""
+        check_field_types(self, "--evaluation")
+        if not self.benchmarks:
+            raise ConfigError("--evaluation.benchmarks needs at least one benchmark")
+        if self.seeds is not None and not self.seeds:
+            raise ConfigError("--evaluation.seeds needs at least one seed (or null: each run's training seed)")
+        for name in ("max_examples", "max_new_tokens", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--evaluation.{name} must be >= 1, got {value}")
+        check_self_bleu_order(self.self_bleu_order, "--evaluation.self_bleu_order")
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Optional
 
 import torch

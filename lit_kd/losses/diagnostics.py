@@ -21,6 +21,10 @@ from torch import Tensor
 from lit_kd.losses.core import detached, entropy, log_softmax_at
 from lit_kd.losses.registry import LossConfig, kd_term
 
+DIAGNOSTICS = ("teacher_entropy", "teacher_nontarget_mass", "top1_agreement", "kd_grad_target_norm",
+               "kd_grad_nontarget_norm")  # fmt: skip
+"""The names ``kd_diagnostics`` returns, in order (a run logs them as ``diag/<name>``)."""
+
 
 def kd_diagnostics(
     config: LossConfig, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor
@@ -39,10 +43,5 @@ def kd_diagnostics(
         agreement = (student_logits.argmax(-1) == teacher_logits.argmax(-1)).float()
     grad_target = grad.gather(-1, index).squeeze(-1)
     grad_nontarget = grad.scatter(-1, index, 0.0).norm(dim=-1)
-    return {
-        "teacher_entropy": teacher_entropy.mean(),
-        "teacher_nontarget_mass": nontarget_mass.mean(),
-        "top1_agreement": agreement.mean(),
-        "kd_grad_target_norm": grad_target.abs().mean(),
-        "kd_grad_nontarget_norm": grad_nontarget.mean(),
-    }
+    values = (teacher_entropy, nontarget_mass, agreement, grad_target.abs(), grad_nontarget)
+    return {name: value.mean() for name, value in zip(DIAGNOSTICS, values)}

@@ -34,6 +34,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from lit_kd.errors import ConfigError
+from lit_kd.utils.fields import check_field_types
 
 ALL_LINEAR = "all-linear"
 """peft's name for every linear layer of the decoder (not the LM head)."""
@@ -60,6 +61,7 @@ class AdapterConfig:
     """QLoRA: the frozen base in 4 bits (bitsandbytes ``nf4`` or ``fp4``; CUDA and a student ``path`` only)."""
 
     def __post_init__(self) -> None:
+        check_field_types(self, "model.student.peft")
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise ConfigError(f"model.student.peft.r must be a positive integer, got {self.r!r}")
         if not (math.isfinite(self.alpha) and self.alpha > 0):

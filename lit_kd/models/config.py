@@ -23,6 +23,7 @@ import torch
 
 from lit_kd.errors import ConfigError
 from lit_kd.models.adapters import AdapterConfig
+from lit_kd.utils.fields import check_field_types
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -52,7 +53,11 @@ class ModelConfig:
     """A ``peft`` adapter directory (``adapter_config.json``) trained on this model, merged into it once when it
     loads (a teacher fine-tuned with LoRA, given as its base and its adapters)."""
 
+    OPTION: ClassVar[str] = "model.teacher"
+    """Where errors say this model sits in the config."""
+
     def __post_init__(self) -> None:
+        check_field_types(self, self.OPTION)
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}; got {self.dtype!r}")
         if self.config is not None and (self.path is not None or self.gguf_file is not None):
@@ -91,6 +96,7 @@ class StudentConfig(ModelConfig):
     peft: Optional[AdapterConfig] = None
     """Train adapters (LoRA, DoRA: ``lit_kd.models.adapters``) on the frozen student instead of all its weights."""
 
+    OPTION: ClassVar[str] = "model.student"
     ARCHITECTURE: ClassVar[tuple[str, ...]] = ("path", "gguf_file", "config", "layers", "peft")
     """The fields that decide the student's tensors (a checkpoint fits only a student with the same ones)."""
 

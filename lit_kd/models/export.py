@@ -31,6 +31,8 @@ BASE_DIR = "base"
 
 def check_export_target(out_dir: str | os.PathLike) -> Path:
     """The export target must be new (or an empty directory) in a writable folder."""
+    if not str(out_dir).strip():
+        raise ExportError("--out must name a new directory to export to, got ''")
     target = Path(out_dir)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ExportError(f"export target {target} already exists; choose a new directory (nothing was written)")

@@ -24,13 +24,14 @@ from lit_kd.models.config import ModelConfig
 from lit_kd.utils.io import atomic_directory
 
 
-def resolve_path(path: str) -> str:
-    """Expand ``~`` and ``pkg://package/rest`` (a file or folder shipped inside an installed package)."""
+def resolve_path(path: str, where: str = "") -> str:
+    """Expand ``~`` and ``pkg://package/rest`` (a file or folder shipped inside an installed package); ``where``
+    names the option in the error."""
     if path.startswith("pkg://"):
         package, _, rest = path[len("pkg://") :].partition("/")
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
-            raise ModelLoadError(f"{path}: Python package {package!r} is not installed")
+            raise ModelLoadError(f"{where}{': ' if where else ''}{path}: Python package {package!r} is not installed")
         return str(Path(spec.submodule_search_locations[0]) / rest)
     return os.path.expanduser(path)
 
@@ -38,20 +39,26 @@ def resolve_path(path: str) -> str:
 _HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*(/[\w.-]+)?")
 
 
-def _check_local(path: str, role: str, what: str) -> None:
+def option(role: str, field: str) -> str:
+    """How errors name a model's field: ``model.teacher.path`` for the teacher and the student, ``<role>.<field>``
+    for another role."""
+    return f"model.{role}.{field}" if role in ("teacher", "student") else f"{role}.{field}"
+
+
+def _check_local(path: str, where: str, what: str) -> None:
     """Anything that cannot be a hub id (``name`` or ``org/name``) is a local path and must exist."""
     if not os.path.exists(path) and not _HUB_ID.fullmatch(path):
-        raise ModelLoadError(f"{what} not found: {path}")
+        raise ModelLoadError(f"{where}: {what} not found: {path}")
 
 
-def gguf_location(config: ModelConfig) -> tuple[str, str]:
+def gguf_location(config: ModelConfig, role: str = "model") -> tuple[str, str]:
     """(directory, file name) of the config's GGUF file; an error if the file is missing."""
     assert config.gguf_file is not None
-    gguf = resolve_path(config.gguf_file)
+    gguf = resolve_path(config.gguf_file, option(role, "gguf_file"))
     if config.path is not None and not os.path.isabs(gguf):
-        gguf = os.path.join(resolve_path(config.path), gguf)
+        gguf = os.path.join(resolve_path(config.path, option(role, "path")), gguf)
     if not os.path.isfile(gguf):
-        raise ModelLoadError(f"GGUF file not found: {gguf}")
+        raise ModelLoadError(f"{option(role, 'gguf_file')}: GGUF file not found: {gguf}")
     return os.path.dirname(os.path.abspath(gguf)), os.path.basename(gguf)
 
 
@@ -66,7 +73,7 @@ def _gguf_cache_dir(directory: str, filename: str) -> Path:
 
 
 def _load_gguf(config: ModelConfig, role: str) -> PreTrainedModel:
-    directory, filename = gguf_location(config)
+    directory, filename = gguf_location(config, role)
     cached = _gguf_cache_dir(directory, filename)
     if config.cache_gguf_conversion and (cached / "config.json").is_file():
         return AutoModelForCausalLM.from_pretrained(cached, dtype=config.torch_dtype)
@@ -123,9 +130,11 @@ def merge_adapter(model: PreTrainedModel, config: ModelConfig, role: str) -> Pre
 
 def adapter_directory(config: ModelConfig, role: str) -> str:
     """``config.adapter`` resolved, or one error when it holds no ``adapter_config.json``."""
-    directory = resolve_path(config.adapter or "")
+    directory = resolve_path(config.adapter or "", option(role, "adapter"))
     if not os.path.isfile(os.path.join(directory, "adapter_config.json")):
-        raise ModelLoadError(f"{role}: adapter directory not found (no adapter_config.json): {directory}")
+        raise ModelLoadError(
+            f"{option(role, 'adapter')}: adapter directory not found (no adapter_config.json): {directory}"
+        )
     return directory
 
 
@@ -141,16 +150,18 @@ def _load_base(config: ModelConfig, role: str, quantization: Optional[Any] = Non
                 return AutoModelForCausalLM.from_config(hf_config, dtype=config.torch_dtype)
         if config.gguf_file is not None:
             return _load_gguf(config, role)
-        path = resolve_path(config.path)
-        _check_local(path, role, "model path")
+        path = resolve_path(config.path, option(role, "path"))
+        _check_local(path, option(role, "path"), "model path")
         placed = {} if quantization is None else {"device_map": {"": int(os.environ.get("LOCAL_RANK", 0))}}
         return AutoModelForCausalLM.from_pretrained(
             path, dtype=config.torch_dtype, revision=config.revision, quantization_config=quantization, **placed
         )
-    except ModelLoadError as err:
-        raise ModelLoadError(f"{role}: {err}") from err
+    except ModelLoadError:
+        raise
     except (OSError, ValueError, KeyError) as err:
-        raise ModelLoadError(f"could not load {role} model from {config.describe()!r}: {err}") from err
+        field = "config" if config.config is not None else "gguf_file" if config.gguf_file is not None else "path"
+        raise ModelLoadError(f"{option(role, field)}: could not load the {role} model from {config.describe()!r}: "
+                             f"{err}") from err  # fmt: skip
 
 
 def load_hf_config(config: ModelConfig, role: str = "model") -> PretrainedConfig:
@@ -163,44 +174,48 @@ def load_hf_config(config: ModelConfig, role: str = "model") -> PretrainedConfig
             fields = dict(config.config)
             return AutoConfig.for_model(fields.pop("model_type"), **fields)
         if config.gguf_file is not None:
-            directory, filename = gguf_location(config)
+            directory, filename = gguf_location(config, role)
             cached = _gguf_cache_dir(directory, filename)
             if config.cache_gguf_conversion and (cached / "config.json").is_file():
                 return AutoConfig.from_pretrained(cached)
             return AutoConfig.from_pretrained(directory, gguf_file=filename)
-        path = resolve_path(config.path)
-        _check_local(path, role, "model path")
+        path = resolve_path(config.path, option(role, "path"))
+        _check_local(path, option(role, "path"), "model path")
         return AutoConfig.from_pretrained(path, revision=config.revision)
-    except ModelLoadError as err:
-        raise ModelLoadError(f"{role}: {err}") from err
+    except ModelLoadError:
+        raise
     except (OSError, ValueError, KeyError) as err:
-        raise ModelLoadError(f"could not load the {role} model's config from {config.describe()!r}: {err}") from err
+        field = "gguf_file" if config.gguf_file is not None else "path"
+        raise ModelLoadError(f"{option(role, field)}: could not load the {role} model's config from "
+                             f"{config.describe()!r}: {err}") from err  # fmt: skip
 
 
 def load_tokenizer(config: ModelConfig, role: str = "model") -> PreTrainedTokenizerBase:
     """The tokenizer of a model source; a missing pad token falls back to EOS."""
     try:
         if config.tokenizer is not None:
-            source = resolve_path(config.tokenizer)
-            _check_local(source, role, "tokenizer path")
+            source = resolve_path(config.tokenizer, option(role, "tokenizer"))
+            _check_local(source, option(role, "tokenizer"), "tokenizer path")
             tokenizer = AutoTokenizer.from_pretrained(source)
         elif config.gguf_file is not None:
-            directory, filename = gguf_location(config)
+            directory, filename = gguf_location(config, role)
             cached = _gguf_cache_dir(directory, filename)
             if config.cache_gguf_conversion and (cached / "tokenizer_config.json").is_file():
                 tokenizer = AutoTokenizer.from_pretrained(cached)
             else:
                 tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
         elif config.path is not None:
-            source = resolve_path(config.path)
-            _check_local(source, role, "model path")
+            source = resolve_path(config.path, option(role, "path"))
+            _check_local(source, option(role, "path"), "model path")
             tokenizer = AutoTokenizer.from_pretrained(source, revision=config.revision)
         else:
-            raise ModelLoadError("needs a `tokenizer` source (a model built from `config` has none)")
-    except ModelLoadError as err:
-        raise ModelLoadError(f"{role}: {err}") from err
+            raise ModelLoadError(f"{option(role, 'tokenizer')}: needed (a model built from `config` has no tokenizer)")
+    except ModelLoadError:
+        raise
     except (OSError, ValueError, KeyError) as err:
-        raise ModelLoadError(f"could not load {role} tokenizer from {config.describe()!r}: {err}") from err
+        field = "tokenizer" if config.tokenizer is not None else "gguf_file" if config.gguf_file is not None else "path"
+        raise ModelLoadError(f"{option(role, field)}: could not load the {role} tokenizer from {config.describe()!r}: "
+                             f"{err}") from err  # fmt: skip
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ModelLoadError(f"{role} tokenizer has neither a pad nor an EOS token")

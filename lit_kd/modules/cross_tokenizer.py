@@ -21,6 +21,7 @@ one chunk of either side's logits at a time), else from full logits.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -33,11 +34,12 @@ from lit_kd.losses import LossConfig
 from lit_kd.losses.chunked import TokenSums, rows_per_chunk
 from lit_kd.losses.cross_vocab import cross_vocab_token_sums
 from lit_kd.losses.cross_vocab_chunked import chunked_cross_vocab_token_sums
-from lit_kd.models.head import final_hidden_states, output_head
 from lit_kd.models import ModelConfig, StudentConfig
+from lit_kd.models.head import final_hidden_states, output_head
 from lit_kd.models.pair import pair_tokenizers as models_pair_tokenizers
 from lit_kd.models.vocab_map import MIN_MATCHED_SHARE, VocabularyMap, build_vocabulary_map
 from lit_kd.modules.temperature import scheduled_loss
+from lit_kd.utils.fields import check_field_types
 
 
 @dataclass
@@ -50,8 +52,9 @@ class CrossTokenizerConfig:
     """The least share of the teacher's vocabulary the map must match; a pair below it is refused."""
 
     def __post_init__(self) -> None:
-        if not self.uld_weight >= 0:
-            raise ConfigError(f"model.cross_tokenizer.uld_weight must be ≥ 0, got {self.uld_weight}")
+        check_field_types(self, "model.cross_tokenizer")
+        if not (math.isfinite(self.uld_weight) and self.uld_weight >= 0):
+            raise ConfigError(f"model.cross_tokenizer.uld_weight must be finite and ≥ 0, got {self.uld_weight}")
         if not 0 < self.min_matched_share <= 1:
             raise ConfigError(
                 f"model.cross_tokenizer.min_matched_share must be in (0, 1], got {self.min_matched_share}"

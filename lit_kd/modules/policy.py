@@ -34,6 +34,7 @@ from lit_kd.data.rendering import Rendering
 from lit_kd.data.tokenize import IGNORE_INDEX
 from lit_kd.errors import ConfigError
 from lit_kd.eval.generate import SamplingConfig, generate_ids
+from lit_kd.utils.fields import check_field_types
 
 
 @dataclass
@@ -45,6 +46,7 @@ class PolicySampling:
     max_new_tokens: int = 128
 
     def __post_init__(self) -> None:
+        check_field_types(self, "model.policy.sampling")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise ConfigError(f"model.policy.sampling.temperature must be finite and > 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
@@ -61,6 +63,7 @@ class AdaptiveSchedule:
     max_fraction: float = 1.0
 
     def __post_init__(self) -> None:
+        check_field_types(self, "model.policy.adaptive")
         if not 0 < self.step <= 1 or not 0 <= self.max_fraction <= 1:
             raise ConfigError("model.policy.adaptive: step must be in (0, 1] and max_fraction in [0, 1]")
 
@@ -76,6 +79,7 @@ class PolicyConfig:
     """Grow λ when the validation loss rises (DistiLLM-style); ``null``: λ stays fixed."""
 
     def __post_init__(self) -> None:
+        check_field_types(self, "model.policy")
         if isinstance(self.student_fraction, bool) or not 0.0 <= self.student_fraction <= 1.0:
             raise ConfigError(f"model.policy.student_fraction must be in [0, 1], got {self.student_fraction}")
 

@@ -34,6 +34,8 @@ class WarmupCosineLR(LRScheduler):
             raise ConfigError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if not 0.0 <= min_lr_ratio <= 1.0:
             raise ConfigError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+        if total_steps is not None and total_steps < 1:
+            raise ConfigError(f"total_steps must be >= 1 (or null: the trainer's estimate), got {total_steps}")
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
         self.min_lr_ratio = min_lr_ratio

@@ -63,7 +63,7 @@ def teacher_identity(config: ModelConfig) -> dict[str, Any]:
     if config.config is not None:
         identity.update(config=config.config, init_seed=config.init_seed)
     elif config.gguf_file is not None:
-        directory, filename = gguf_location(config)
+        directory, filename = gguf_location(config, "teacher")
         identity["files"] = {filename: weights_digest(os.path.join(directory, filename))}
     else:
         path = resolve_path(config.path)
@@ -233,7 +233,7 @@ class TeacherCache:
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise CacheError(
-                f"teacher cache not found: {path} (no {MANIFEST}); build it with "
+                f"teacher cache not found: {path} (no {MANIFEST}; model.teacher_cache names it); build it with "
                 "`python -m lit_kd cache-teacher --config <fit config>`"
             )
         try:

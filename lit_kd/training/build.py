@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, ThroughputMonitor
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, ThroughputMonitor, Timer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.strategies import ModelParallelStrategy
+from lightning.pytorch.utilities import rank_zero_info
 
 from lit_kd.data import DollyDataModule
 from lit_kd.data.collate import batch_rows, batch_tokens
@@ -41,11 +43,15 @@ from lit_kd.teacher import TeacherCache, cache_key
 from lit_kd.teacher.build import clean_after_interrupted_builds
 from lit_kd.training.hparams import HParamsSummary
 from lit_kd.training.last_checkpoint import LastCheckpoint
+from lit_kd.training.preflight import check_monitors, check_optimizer_factories
 from lit_kd.training.progress import LineProgress
 from lit_kd.training.summary import FitSummary, ResumeHint
 from lit_kd.training.trainer import Trainer
 from lit_kd.utils.io import ensure_writable_dir, newest
 from lit_kd.utils.paths import BASE_CONFIG
+
+MAX_SEED = 2**32 - 1
+"""The largest seed Lightning's ``seed_everything`` takes (NumPy's ``uint32``)."""
 
 RUN_SUBCOMMANDS = ("fit", "validate", "test")
 """The LightningCLI subcommands lit_kd runs (``predict`` is not one: a student's generations come from
@@ -103,15 +109,16 @@ def resume_command(args: list[str]) -> str:
     return shlex.join(["python", "-m", "lit_kd", *kept, "--ckpt_path", "last"])
 
 
-def default_callbacks(args: list[str]) -> list:
+def default_callbacks(args: list[str], logger: bool = True) -> list:
     """Progress (Rich in a terminal, plain lines otherwise), LR and throughput monitors, HParams, fit summary,
-    and the resume hint on Ctrl-C."""
+    and the resume hint on Ctrl-C; without a ``logger`` (``trainer.logger: false``) no LR monitor and no HParams,
+    which only write to a logger."""
     progress = RichProgressBar() if sys.stdout.isatty() else LineProgress()
+    logged = [LearningRateMonitor(logging_interval="step"), HParamsSummary()] if logger else []
     return [
         progress,
-        LearningRateMonitor(logging_interval="step"),
+        *logged,
         ThroughputMonitor(batch_size_fn=batch_rows, length_fn=batch_tokens, window_size=10),
-        HParamsSummary(),
         FitSummary(),
         ResumeHint(resume_command(args)),
     ]
@@ -149,6 +156,26 @@ def process_count(trainer: Namespace) -> Optional[int]:
 def strategy_name(strategy: Any) -> str:
     """The class name of a parsed ``trainer.strategy`` (a class path with its arguments, or a name like ``ddp``)."""
     return str(getattr(strategy, "class_path", strategy)).rsplit(".", 1)[-1]
+
+
+def check_max_time(max_time: Any) -> None:
+    """``trainer.max_time`` as Lightning's ``Timer`` reads it (``DD:HH:MM:SS``, or a mapping of days, hours, ...):
+    a value it refuses is one error now, not when the trainer is built."""
+    if max_time is None:
+        return
+    try:
+        Timer(duration=max_time)
+    except (MisconfigurationException, ValueError, TypeError) as err:
+        raise ConfigError(f"trainer.max_time: {err}") from None
+
+
+def monitor_loss_without_rouge(config: Namespace) -> None:
+    """``model.val_rouge: null`` turns ROUGE-L off, so the best checkpoint, kept by ``val/rougeL`` in the shared base,
+    falls back to the lowest ``val/loss`` (said in one line); any other monitor is checked once the run is built
+    (``lit_kd.training.preflight``)."""
+    if config.get("checkpoint.monitor") == "val/rougeL" and config.get("model.val_rouge") is None:
+        config.checkpoint.monitor, config.checkpoint.mode = "val/loss", "min"
+        rank_zero_info("lit_kd: model.val_rouge is null (no ROUGE-L): the best checkpoint is kept by val/loss (min)")
 
 
 def check_strategy_request(config: Namespace) -> None:
@@ -216,7 +243,7 @@ class LitKDCLI(LightningCLI):
         warnings.filterwarnings("ignore", ".*LightningCLI's args parameter is intended.*")  # main() passes argv on
         if not sys.stderr.isatty():  # Hugging Face's bars would flood a log with carriage-return updates
             quiet_hugging_face_progress_bars()
-        self.options, self.open_cache = options, open_teacher_cache
+        self.options, self.open_cache, self.args = options, open_teacher_cache, list(args)
         self.checkpoint: Optional[dict[str, Any]] = None  # the --ckpt_path file, read (memory-mapped) once
         super().__init__(
             DistillModule,
@@ -268,6 +295,9 @@ class LitKDCLI(LightningCLI):
         so a truncated or foreign checkpoint is refused here, with one clear error, before anything else happens."""
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
+        seed = (self.config[subcommand] if subcommand else self.config).get("seed_everything")
+        if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed <= MAX_SEED:
+            raise ConfigError(f"seed_everything must be in [0, {MAX_SEED}] (true: a random one), got {seed}")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and path != "last":
             self.checkpoint = read_run_checkpoint(path, self.config[subcommand].trainer.get("strategy"))
@@ -279,6 +309,10 @@ class LitKDCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         fill_data_parallel_size(config.trainer)
         check_strategy_request(config)
+        if config.trainer.get("logger") is False:  # Lightning's switch: no logger, so no callback that needs one
+            self.trainer_defaults["callbacks"] = default_callbacks(self.args, logger=False)
+        monitor_loss_without_rouge(config)
+        check_max_time(config.trainer.get("max_time"))
         logger = config.trainer.logger
         init_args = getattr(logger, "init_args", None)
         save_dir = getattr(init_args, "save_dir", None)
@@ -295,8 +329,19 @@ class LitKDCLI(LightningCLI):
             stamp = time.strftime("%Y%m%d-%H%M%S")
             self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": f"config-resumed-{stamp}.yaml"}
 
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Lightning's own checks of the trainer's settings (an accelerator, strategy or device count it does not
+        take) as one error; its messages name the setting."""
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"trainer: {err}") from None
+
     def instantiate_classes(self) -> None:
         super().instantiate_classes()
+        optimizer = check_optimizer_factories(self.model)  # its class names the LR monitor's metric: lr-AdamW
+        learning_rate = any(isinstance(c, LearningRateMonitor) for c in self.trainer.callbacks)
+        check_monitors(self.trainer.callbacks, self.model, f"lr-{optimizer}" if learning_rate else None)
         self.datamodule.connect(self.model.tokenizer, self.model.teacher_tokenizer)
         records = self.datamodule.load_split_records()  # bad data files fail here, before any trainer or model work
         self.check_checkpoint_student()

@@ -45,6 +45,10 @@ class ResumeHint(L.Callback):
             saved = read_checkpoint(latest[0], mmap=True, tensors=False).get("global_step", "?")
             message = f"interrupted at {where}; the latest state is {latest[0]} (step {saved}). Resume with:"
             command = self.command or "python -m lit_kd fit <the same arguments> --ckpt_path last"
+        elif not trainer.checkpoint_callbacks:  # trainer.enable_checkpointing: false
+            message = (f"interrupted at {where}; checkpointing is off (trainer.enable_checkpointing: false), so no "
+                       "state was saved to resume: start again with:")  # fmt: skip
+            command = self.command.replace(" --ckpt_path last", "") or "the same command"
         else:
             message = f"interrupted at {where}, before any last.ckpt was written; start again with:"
             command = self.command.replace(" --ckpt_path last", "") or "the same command"

@@ -9,8 +9,8 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lit_kd.cli import COMMANDS, main
-from lit_kd.training import build
 from lit_kd.losses import OBJECTIVES
+from lit_kd.training import build
 from tests.conftest import DEMO_DATA, ROOT
 
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.name != "base.yaml" and p.parent.name != "studies")
@@ -279,10 +279,10 @@ def test_every_objective_trains_through_the_cli(tmp_path, tiny_args, name):
         (["--model.loss.tau", ".nan"], "model.loss.tau: temperature tau must be finite and > 0, got nan"),
         (["--model.loss.tau", ".inf"], "model.loss.tau: temperature tau must be finite and > 0, got inf"),
         (["--model.loss.skew_alpha", "1.5"], r"model.loss.skew_alpha must be in [0.0, 1.0], got 1.5"),
-        (["--data.raw", "/no/such/file.jsonl"], "data file not found: /no/such/file.jsonl"),
+        (["--data.raw", "/no/such/file.jsonl"], "data.raw: data file not found: /no/such/file.jsonl"),
         (
             ["--model.teacher.tokenizer", "./no/such/tokenizer"],
-            "teacher: tokenizer path not found: ./no/such/tokenizer",
+            "model.teacher.tokenizer: tokenizer path not found: ./no/such/tokenizer",
         ),
         # checks inside an Optional[...] dataclass, which jsonargparse wraps in its union error
         (["--model.student.peft", '{"r": 0}'], "model.student.peft.r must be a positive integer, got 0"),

@@ -41,9 +41,10 @@ def test_local_hf_directory_round_trip(tmp_path, tiny_tokenizer):
 @pytest.mark.parametrize(
     "config, message",
     [
-        (ModelConfig(path="/nonexistent/model/dir"), "teacher: model path not found: /nonexistent/model/dir"),
-        (ModelConfig(gguf_file="/nonexistent/x.gguf"), "teacher: GGUF file not found: /nonexistent/x.gguf"),
-        (ModelConfig(gguf_file="pkg://no_such_package_xyz/x.gguf"), "package 'no_such_package_xyz' is not installed"),
+        (ModelConfig(path="/nonexistent/dir"), "model.teacher.path: model path not found: /nonexistent/dir"),
+        (ModelConfig(gguf_file="/nonexistent/x.gguf"), "model.teacher.gguf_file: GGUF file not found: /nonexistent/x"),
+        (ModelConfig(gguf_file="pkg://no_such_package_xyz/x.gguf"),
+         "model.teacher.gguf_file: pkg://no_such_package_xyz/x.gguf: Python package 'no_such_package_xyz' is not"),
         (ModelConfig(), "teacher has no source"),
     ],
 )
@@ -53,9 +54,9 @@ def test_missing_sources_are_clear_errors(config, message):
 
 
 def test_tokenizer_errors_name_the_role():
-    with pytest.raises(ModelLoadError, match="student: tokenizer path not found: ./missing/tokenizer"):
+    with pytest.raises(ModelLoadError, match="model.student.tokenizer: tokenizer path not found: ./missing/tokenizer"):
         load_tokenizer(ModelConfig(config=tiny_llama_config(), tokenizer="./missing/tokenizer"), "student")
-    with pytest.raises(ModelLoadError, match="needs a `tokenizer` source"):
+    with pytest.raises(ModelLoadError, match="model.teacher.tokenizer: needed"):
         load_tokenizer(ModelConfig(config=tiny_llama_config()), "teacher")
 
 

@@ -89,10 +89,10 @@ BAD_CONFIG = [
      ["model.loss.skew_alpha must be in [0.0, 1.0], got 1.5"]),
     ("JS beta out of range", ["--model.loss.js_beta", "1.0"], ["model.loss.js_beta must be in (0.0, 1.0), got 1.0"]),
     ("missing model path", ["--model.teacher.tokenizer", "/nonexistent/tokenizer"],
-     ["teacher: tokenizer path not found: /nonexistent/tokenizer"]),
+     ["model.teacher.tokenizer: tokenizer path not found: /nonexistent/tokenizer"]),
     ("missing GGUF file", ["--model.teacher.config", "null", "--model.teacher.tokenizer", "null",
                            "--model.teacher.gguf_file", "/nonexistent/model.gguf"],
-     ["teacher: GGUF file not found: /nonexistent/model.gguf"]),
+     ["model.teacher.gguf_file: GGUF file not found: /nonexistent/model.gguf"]),
 ]  # fmt: skip
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from lit_kd.cli import main
-from lit_kd.teacher.build import write_teacher_cache
 from lit_kd.data import DollyDataModule
 from lit_kd.errors import CacheError, ConfigError
 from lit_kd.losses import LossConfig
@@ -18,6 +17,7 @@ from lit_kd.models import ModelConfig, StudentConfig, load_model
 from lit_kd.models.head import verify_head
 from lit_kd.modules import DistillModule
 from lit_kd.teacher import TeacherCache
+from lit_kd.teacher.build import write_teacher_cache
 from tests.conftest import DEMO_DATA, ROOT, TINY_TOKENIZER, tiny_llama_config
 
 FAMILIES = {
