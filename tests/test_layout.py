@@ -1,5 +1,6 @@
 """The architecture as the package's imports show it: each layer of ``lit_kd`` imports only the layers below it
-(so nothing imports ``cli/`` and there is no import circle), and the chunked step reads no tensor on the host."""
+(so nothing imports ``cli/`` and there is no import circle between layers), no two files import each other (within a
+layer either), ``DistillModule`` stays at most 250 lines, and the chunked step reads no tensor on the host."""
 
 from __future__ import annotations
 
@@ -53,3 +54,45 @@ def test_the_chunk_loop_and_the_normalizer_never_read_a_tensor_on_the_host():
                 for test in tests:  # `if tensor.any():` reads the tensor on the host
                     calls = [n for n in ast.walk(test) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)]
                     assert not any(c.func.attr in ("any", "all") for c in calls), f"{name}: {function.name}"
+
+
+def module_file(name: str) -> Path | None:
+    """The file of a dotted ``lit_kd`` module name (a package's ``__init__.py``), None if there is none."""
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def imported_files(path: Path) -> set[Path]:
+    """The lit_kd files ``path`` imports: ``from lit_kd.a.b import c`` is ``a/b/c.py`` when ``c`` is a module,
+    else ``a/b.py`` (or ``a/b/__init__.py``); ``import lit_kd.a.b`` is ``a/b.py``."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lit_kd"):
+            for alias in node.names:
+                target = module_file(f"{node.module}.{alias.name}") or module_file(node.module)
+                found.add(target)
+        elif isinstance(node, ast.Import):
+            found.update(module_file(a.name) for a in node.names if a.name.startswith("lit_kd"))
+    return {f for f in found if f is not None and f != path}
+
+
+def test_no_two_files_import_each_other():
+    files = sorted((ROOT / "lit_kd").rglob("*.py"))
+    imports = {path: imported_files(path) for path in files}
+    circles = sorted(
+        f"{a.relative_to(ROOT)} <-> {b.relative_to(ROOT)}"
+        for a in files
+        for b in imports[a]
+        if a in imports.get(b, set()) and str(a) < str(b)
+    )
+    assert not circles, f"files that import each other: {circles}"
+
+
+def test_the_lightning_module_stays_small():
+    """``DistillModule`` orchestrates the step and nothing else: at most 250 lines (logging, throughput and extra
+    evaluation live in callbacks)."""
+    lines = len((ROOT / "lit_kd" / "modules" / "distill.py").read_text().splitlines())
+    assert lines <= 250, f"lit_kd/modules/distill.py has {lines} lines"
