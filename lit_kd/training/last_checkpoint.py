@@ -96,7 +96,7 @@ class LastCheckpoint(ModelCheckpoint):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not self.due_at_batch_end(trainer):
+        if trainer.fast_dev_run or not self.due_at_batch_end(trainer):  # fast_dev_run: no checkpoints, as Lightning
             return
         self.owed = False
         target = self.target(trainer)
@@ -119,6 +119,8 @@ class LastCheckpoint(ModelCheckpoint):
         pass  # ModelCheckpoint would save here; this callback saves at batch and epoch ends only
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run:
+            return
         epoch_due = self.epoch_interval > 0 and (trainer.current_epoch + 1) % self.epoch_interval == 0
         if not (self.owed or epoch_due):
             self.commit(trainer)

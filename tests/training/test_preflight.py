@@ -3,6 +3,7 @@ tiny config: every switch runs as it does in Lightning, or is one line saying wh
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -106,9 +107,12 @@ def test_each_lightning_switch_runs_as_in_lightning(tmp_path, teacher_cache, cap
     extra = switch_cases(teacher_cache)[switch]
     if "false" in extra and "--trainer.logger" in extra:
         extra = [*extra, "--trainer.default_root_dir", str(tmp_path / "root")]
-    run = build(args(tmp_path, *extra), subcommand="fit")
+    (tmp_path / "cwd").mkdir()
+    with contextlib.chdir(tmp_path / "cwd"):  # where a checkpoint with no directory of its own would land
+        run = build(args(tmp_path, *extra), subcommand="fit")
     trainer, out = run.trainer, capsys.readouterr()
-    files = written(tmp_path / "logs") + (written(tmp_path / "root") if (tmp_path / "root").exists() else [])
+    files = written(tmp_path / "logs") + written(tmp_path / "cwd")
+    files += written(tmp_path / "root") if (tmp_path / "root").exists() else []
     checkpoints = [f for f in files if f.endswith(".ckpt")]
     steps = {"fast-dev-run": 1, "fast-dev-run-cached-teacher": 1, "overfit-batches": 1,  # one batch in the epoch
              "validate-every-2nd-epoch": 4}  # fmt: skip
