@@ -108,6 +108,10 @@ def run_function_command(argv: list[str]) -> Any:
     return COMMANDS[name].run(**options)
 
 
+USER_ERRORS = (LitKDError, argparse.ArgumentError, MisconfigurationException)
+"""Bad input: lit_kd's own errors, a parse error, a setting Lightning refuses."""
+
+
 def user_error(raised: BaseException) -> Optional[BaseException]:
     """The bad input behind ``raised``, or None for a defect of lit_kd's own (which keeps its traceback): a
     ``LitKDError``, a parse error or Lightning's ``MisconfigurationException`` (a setting it refuses), also where
@@ -116,7 +120,7 @@ def user_error(raised: BaseException) -> Optional[BaseException]:
     writer."""
     seen: Optional[BaseException] = raised
     while seen is not None:
-        if isinstance(seen, (LitKDError, argparse.ArgumentError, MisconfigurationException)):
+        if isinstance(seen, USER_ERRORS):
             return seen
         seen = seen.__cause__
     if isinstance(raised, (OSError, RuntimeError)) and is_out_of_space(raised):
@@ -139,7 +143,7 @@ def main(args: Optional[list[str]] = None) -> None:
         err = user_error(raised)
         if err is None or os.environ.get("LIT_KD_DEBUG"):
             raise
-        if not isinstance(err, (LitKDError, argparse.ArgumentError, MisconfigurationException)):
+        if not isinstance(err, USER_ERRORS):
             # a full disk met by a writer that is not lit_kd's own (a logger, the config saver, the Arrow cache)
             where = getattr(err, "filename", None)
             err = out_of_space_error(where) if where else "no space left on the device; free some space and run again"
