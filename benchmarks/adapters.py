@@ -27,6 +27,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from loss_memory import reset_peak, status_bytes  # the peak measurement of benchmarks/loss_memory.py
+from record import loaded_sources, write_record
 
 SETTINGS = {"full student": None, "LoRA r 8": 8, "LoRA r 16": 16, "LoRA r 64": 64}
 GPT2_BASE = {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024,
@@ -75,8 +76,10 @@ def child(config: str, rank: int | None, student: str, steps: int, out: Path) ->
     measure = Measure()
     run.trainer.callbacks.append(measure)
     run.trainer.fit(run.module, datamodule=run.datamodule)
-    out.write_text(json.dumps({name: getattr(measure, name) for name in
-                               ("seconds", "peak", "trainable", "trainable_bytes", "optimizer_bytes", "parameters")}))
+    measured = {name: getattr(measure, name) for name in
+                ("seconds", "peak", "trainable", "trainable_bytes", "optimizer_bytes", "parameters")}  # fmt: skip
+    layers = getattr(getattr(run.module.student, "config", None), "num_hidden_layers", None)
+    out.write_text(json.dumps({**measured, "layers": layers, "sources": loaded_sources()}))
 
 
 def main() -> None:
@@ -93,7 +96,7 @@ def main() -> None:
         return
     print(f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}, torch threads "
           f"{torch.get_num_threads()}, {args.config}, student {args.student}, {args.steps} steps", flush=True)
-    results = {}
+    results, sources = {}, set()
     for name in SETTINGS:
         out = Path(args.out) / f"{args.student}-{name.replace(' ', '_')}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +106,7 @@ def main() -> None:
         if done.returncode != 0:
             raise SystemExit(f"{name}: the fit failed\n{done.stderr[-3000:]}")
         results[name] = json.loads(out.read_text())
+        sources.update(results[name].pop("sources"))
         print(f"{name}: done", flush=True)
     full = results["full student"]
     print(f"\nstudent: {full['parameters']:,} parameters\n")
@@ -115,6 +119,40 @@ def main() -> None:
         print(f"| {name} | {result['trainable']:,} | {state / 2**20:,.1f} | {state / full_state:.4f} | "
               f"{result['peak'] / 2**30:.2f} | {result['peak'] / full['peak']:.2f} | {result['seconds']:.2f} | "
               f"{result['seconds'] / full['seconds']:.2f} |")  # fmt: skip
+    record_name = "adapters" if args.student == "config" else f"adapters-{args.student}"  # the README quotes both
+    summary = {"config": args.config, "student": args.student, "steps": args.steps, "settings": results}
+    write_record(record_name, summary, sources=sources)
+
+
+def student_label(results: dict) -> str:
+    """The full student as the README names it, e.g. "demo's 6-layer student (49.6 M)"."""
+    full = results["settings"]["full student"]
+    millions = f"{full['parameters'] / 1e6:.1f} M"
+    if results["student"] == "gpt2-base":
+        return (f"GPT-2-Base-shaped student ({millions}: {GPT2_BASE['n_layer']} layers, d {GPT2_BASE['n_embd']}, "
+                f"the teacher's {GPT2_BASE['vocab_size']:,} entries)")  # fmt: skip
+    return f"{Path(results['config']).stem}'s {full['layers']}-layer student ({millions})"
+
+
+def table(record: dict) -> str:
+    """The README's table: per setting, the trainable parameters, their bytes with AdamW's state, the step's peak
+    and its time, each against the full student's; LoRA r 16's row is in bold."""
+    results = record["results"]
+    settings = results["settings"]
+    full = settings["full student"]
+    full_state = full["trainable_bytes"] + full["optimizer_bytes"]
+    lines = ["| student (alpha = 2r, every linear layer) | trainable parameters | trainable + AdamW state | × full | "
+             "step peak (GiB) | × full | s / step | × full |", "|---|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name, result in settings.items():
+        state = result["trainable_bytes"] + result["optimizer_bytes"]
+        state_ratio, peak_ratio = f"{state / full_state:.4f}", f"{result['peak'] / full['peak']:.2f}"
+        label = f"{student_label(results)}: full" if name == "full student" else name
+        if name == "LoRA r 16":
+            label, state_ratio, peak_ratio = (f"**{text}**" for text in (label, state_ratio, peak_ratio))
+        lines.append(f"| {label} | {result['trainable']:,} | {state / 2**20:,.1f} MB | {state_ratio} | "
+                     f"{result['peak'] / 2**30:.2f} | {peak_ratio} | {result['seconds']:.2f} | "
+                     f"{result['seconds'] / full['seconds']:.2f} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

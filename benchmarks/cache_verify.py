@@ -18,12 +18,14 @@ import time
 from pathlib import Path
 
 import torch
+from record import write_record
 
 from lit_kd.models.head import OutputHead
 from lit_kd.teacher.build import build_teacher_cache
 from lit_kd.teacher.cache import CacheKey, TeacherCache
 
 GB = 1e9
+EXTRAPOLATED = {"GPT-2 XL Dolly cache, 6.1 GB": 6.1, "OPT-6.7B Dolly cache, 15.6 GB": 15.6}
 
 
 def build(out: Path, gib: float, hidden: int) -> int:
@@ -67,8 +69,24 @@ def main() -> None:
     print(f"  TeacherCache.open, XXH3-128 of every file: {opened:.2f} s = {size / GB / opened:.2f} GB/s")
     print(f"  the same files hashed with SHA-256:        {sha:.2f} s = {size / GB / sha:.2f} GB/s "
           f"({sha / opened:.1f}x longer)")  # fmt: skip
-    for name, gb in (("GPT-2 XL Dolly cache, 6.1 GB", 6.1), ("OPT-6.7B Dolly cache, 15.6 GB", 15.6)):
+    for name, gb in EXTRAPOLATED.items():
         print(f"  extrapolated, {name}: {gb / (size / GB / opened):.1f} s per run that opens it")
+    write_record("cache_verify", {"hidden": args.hidden, "repeats": args.repeats, "bytes": size,
+                                  "open_seconds": opened, "sha256_seconds": sha})  # fmt: skip
+
+
+def table(record: dict) -> str:
+    """The README's table: opening the cache (XXH3-128 of every file) against SHA-256 of the same files, best of the
+    repeats, and the open extrapolated to the paper's caches."""
+    results = record["results"]
+    gb, opened, sha = results["bytes"] / GB, results["open_seconds"], results["sha256_seconds"]
+    lines = [f"| a {gb:.2f} GB cache ({results['hidden']:,}-wide float32 rows) in the page cache, best of "
+             f"{results['repeats']} | s | GB/s |", "|---|---:|---:|",
+             f"| `TeacherCache.open`: XXH3-128 of every file | {opened:.2f} | {gb / opened:.1f} |",
+             f"| the same files hashed with SHA-256 | {sha:.2f} | {gb / sha:.2f} |"]  # fmt: skip
+    for name, size in EXTRAPOLATED.items():
+        lines.append(f"| extrapolated, {name}: per run that opens it | {size / (gb / opened):.1f} | |")
+    return "\n".join(lines)
 
 
 def timed(work) -> float:

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from record import write_record
 
 from lit_kd.data.alignment import Alignment, GroupRows, encode_pair_example
 from lit_kd.data.rendering import DollyRendering
@@ -155,11 +156,13 @@ def main() -> None:
     corpus = [r["output"] for r in read_records(args.train, 100_000)]
     student = train_bpe_tokenizer(corpus, vocab_size=args.student_vocab)
     save_tokenizer(student, Path("/tmp") / f"cross_tokenizer_student_{args.student_vocab}")
+    training_seconds = time.perf_counter() - started
     print(f"student tokenizer: {len(student):,} entries trained on {len(corpus):,} Dolly responses in "
-          f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+          f"{training_seconds:.1f} s")  # fmt: skip
     started = time.perf_counter()
     vocabulary = build_vocabulary_map(teacher, student)
-    print(f"vocabulary map: {vocabulary.describe()}, built in {time.perf_counter() - started:.2f} s")
+    map_seconds = time.perf_counter() - started
+    print(f"vocabulary map: {vocabulary.describe()}, built in {map_seconds:.2f} s")
 
     records = read_records(args.train, args.examples)
     fields = [(r["instruction"], r.get("input", ""), r["output"]) for r in records]
@@ -195,6 +198,62 @@ def main() -> None:
         result = results[path]
         print(f"| {label} | {result['peak'] / GIB:.2f} | {result['peak'] / reference['peak']:.2f} | "
               f"{result['seconds']:.2f} | {result['seconds'] / reference['seconds']:.2f} |")  # fmt: skip
+    write_record("cross_tokenizer", {
+        "examples": len(fields), "max_length": args.max_length, "objective": args.objective,
+        "tokenizers": {"teacher_entries": len(teacher), "student_entries": len(student), "corpus": len(corpus),
+                       "training_seconds": training_seconds},
+        "vocabulary_map": {"matched": vocabulary.matched, "teacher_entries": vocabulary.teacher_size,
+                           "share": vocabulary.matched_share, "seconds": map_seconds},
+        "data": {"same_rate": same_rate, "pair_rate": pair_rate}, "groups": shapes,
+        "step": {"hidden": HIDDEN, "teacher_rows": targets_t.numel(), "student_rows": targets_s.numel(),
+                 "groups": len(groups), "paths": {path: {"peak": r["peak"], "seconds": r["seconds"]}
+                                                  for path, r in results.items()}},
+    })  # fmt: skip
+
+
+def data_table(record: dict) -> str:
+    """The README's first block: the tokenizers and the vocabulary map, examples/s of the two encodings, the groups'
+    shapes."""
+    results = record["results"]
+    tokenizers, vocabulary, data = results["tokenizers"], results["vocabulary_map"], results["data"]
+    groups = results["groups"]
+    total = sum(groups.values())
+    return "\n".join([
+        f"The teacher's tokenizer ({tokenizers['teacher_entries']:,} entries) against a "
+        f"{tokenizers['student_entries']:,}-entry student tokenizer trained on {tokenizers['corpus']:,} Dolly "
+        f"responses in {tokenizers['training_seconds']:.1f} s; the map matches {vocabulary['matched']:,} of the "
+        f"teacher's {vocabulary['teacher_entries']:,} entries, {100 * vocabulary['share']:.1f}%, built in "
+        f"{vocabulary['seconds']:.2f} s.",
+        "",
+        f"| data ({results['examples']:,} Dolly examples, max length {results['max_length']}) | examples/s | × same |",
+        "|---|---:|---:|",
+        f"| same tokenizer: `encode_example` | {data['same_rate']:,.0f} | 1.00 |",
+        f"| cross: `encode_pair_example` (both sides + alignment) | {data['pair_rate']:,.0f} | "
+        f"{data['pair_rate'] / data['same_rate']:.2f} |",
+        "",
+        "Groups: " + ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in groups.items()) + f" of {total:,}.",
+    ])  # fmt: skip
+
+
+def step_table(record: dict) -> str:
+    """The README's second block: the KD step's peak and time per path, against the same-vocabulary chunked step."""
+    results = record["results"]
+    step, tokenizers = results["step"], results["tokenizers"]
+    reference = step["paths"]["same-chunked"]
+    problem = (
+        f"{results['objective'].upper()}, τ 2, forward + backward from hidden states d = {step['hidden']}; "
+        f"teacher {step['teacher_rows']:,} rows × {tokenizers['teacher_entries']:,}; cross student "
+        f"{step['student_rows']:,} rows × {tokenizers['student_entries']:,}, {step['groups']:,} groups"
+    )
+    lines = [f"| KD step ({problem}) | peak (GiB) | × same chunked | s | × same chunked |", "|---|---:|---:|---:|---:|"]
+    for path, label in PATHS.items():
+        result = step["paths"][path]
+        lines.append(f"| {label} | {result['peak'] / GIB:.2f} | {result['peak'] / reference['peak']:.2f} | "
+                     f"{result['seconds']:.2f} | {result['seconds'] / reference['seconds']:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+tables = {"data": data_table, "step": step_table}
 
 if __name__ == "__main__":
     main()

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+from record import write_record
 
 from lit_kd.training import build
 
@@ -55,17 +56,46 @@ def main() -> None:
     parser.add_argument("--out", default="logs/benchmarks")
     args = parser.parse_args()
     totals = {False: 0.0, True: 0.0}
+    runs = []
     for repeat in range(args.repeats):
         order = (False, True) if repeat % 2 == 0 else (True, False)
         for diagnostics in order:
             seconds = timed_fit(args.config, args.steps, args.log_every, diagnostics, Path(args.out))
             totals[diagnostics] += seconds
+            runs.append({"repeat": repeat, "diagnostics": diagnostics, "seconds": seconds})
             print(f"repeat {repeat}: diagnostics {'on ' if diagnostics else 'off'}  {seconds / args.steps:.4f} s/step")
     ratio = totals[True] / totals[False]
     print(
         f"{args.config}, {args.steps} steps x {args.repeats} repeats, log_every_n_steps={args.log_every}: "
         f"on/off = {ratio:.3f} ({(ratio - 1) * 100:+.1f}%)"
     )
+    results = {"config": args.config, "steps": args.steps, "repeats": args.repeats, "log_every": args.log_every,
+               "runs": runs, "ratio": ratio}  # fmt: skip
+    write_record(record_name(args.config, args.log_every), results)
+
+
+def record_name(config: str, log_every: int) -> str:
+    """``diagnostics_overhead-<config's stem>-every<N>``: the README quotes runs of two configs and intervals."""
+    return f"diagnostics_overhead-{Path(config).stem}-every{log_every}"
+
+
+def table(record: dict) -> str:
+    """The README's table: one row, the seconds per step of each repeat with diagnostics off and on (in the order
+    of the repeats) and the on/off ratio of the summed times."""
+    results = record["results"]
+    steps = results["steps"]
+    per_step = {
+        on: ", ".join(f"{run['seconds'] / steps:.2f}" for run in results["runs"] if run["diagnostics"] == on)
+        for on in (False, True)
+    }
+    ratio = results["ratio"]
+    return "\n".join([
+        "| config | steps × repeats | log_every_n_steps | off: s / step, each repeat | on: s / step, each repeat "
+        "| on / off |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| `{results['config']}` | {steps} × {results['repeats']} | {results['log_every']} | {per_step[False]} | "
+        f"{per_step[True]} | {ratio:.3f} ({(ratio - 1) * 100:+.1f}%) |",
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from record import loaded_sources, write_record
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -125,6 +127,7 @@ def worker(name: str, args: argparse.Namespace) -> None:
         measure.record["mfu"] = sum(measure.flops[1:]) / max(sum(measure.times[1:]), 1e-9) / peak if peak else None
         measure.record["peak_cuda"] = torch.cuda.max_memory_allocated(device)
     measure.record["student_parameters"] = run.module.student_parameters
+    measure.record["sources"] = loaded_sources()
     rank = int(os.environ.get("RANK", 0))
     (args.out / f"rank{rank}.json").write_text(json.dumps(measure.record))
 
@@ -163,35 +166,52 @@ def main() -> None:
     for name in names:
         results[name] = launch(name, args)
         print(f"  measured {name}", flush=True)
-    mb = 1 / 2**20
     print(f"\nstudent: {results['1 process, chunked'][0]['student_parameters']:,} parameters (fp32)\n")
     cuda = args.accelerator == "cuda"
-    print("| setting | params MB / process | grads MB / process | AdamW state MB / process | training peak RSS growth "
-          "GB / process | whole-life peak RSS GB / process | s / step | tokens/s (all processes) |"
-          + (" MFU | peak CUDA GB |" if cuda else ""))  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if cuda else ""))
-    for name, ranks in results.items():
+    sources = {path for ranks in results.values() for r in ranks for path in r.pop("sources")}
+    summary = {"steps": args.steps, "layers": args.layers, "accelerator": args.accelerator, "devices": args.devices,
+               "precision": args.precision, "settings": results}  # fmt: skip
+    cuda_device = None
+    if cuda:
+        import torch
+
+        cuda_device = torch.cuda.get_device_name(0)
+    record_name = "fsdp" if args.accelerator == "cpu" else f"fsdp-{args.accelerator}"  # gpu_check.sh: fsdp-cuda
+    write_record(record_name, summary, sources=sources, cuda_device=cuda_device)
+    print(table({"results": summary}))
+
+
+def table(record: dict) -> str:
+    """The README's table (per setting: each process's bytes of parameters, gradients and AdamW state, the training
+    peak, the step's time, all processes' tokens/s; on CUDA MFU and peak CUDA memory too), then FSDP2's ratios."""
+    results = record["results"]
+    cuda = results["accelerator"] == "cuda"
+    mb = 1 / 2**20
+    lines = ["| setting | params MB / process | grads MB | AdamW state MB | training peak RSS growth GB | s / step | "
+             "tokens/s (all) |" + (" MFU | peak CUDA GB |" if cuda else ""),
+             "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if cuda else "")]  # fmt: skip
+    for name, ranks in results["settings"].items():
         r = ranks[0]
         growth = max(x["train_peak_growth"] for x in ranks) / 2**30
-        peak = max(x["peak_rss"] for x in ranks) / 2**30
         step = max(x["seconds_per_step"] for x in ranks)
         tokens = sum(x["tokens_per_second"] for x in ranks)
         extra = ""
         if cuda:
             mfu = statistics.mean(x["mfu"] or 0.0 for x in ranks)
             extra = f" {mfu:.1%} | {max(x['peak_cuda'] for x in ranks) / 2**30:.1f} |"
-        print(f"| {name} | {r['parameters'] * mb:,.0f} | {r['gradients'] * mb:,.0f} | {r['optimizer'] * mb:,.0f} "
-              f"| {growth:.2f} | {peak:.2f} | {step:.2f} | {tokens:,.0f} |{extra}")  # fmt: skip
-    single, fsdp, full, ddp = (results[name] for name in names)
-    state = lambda r: r["parameters"] + r["gradients"] + r["optimizer"]  # noqa: E731
-    worst = lambda ranks, key: max(r[key] for r in ranks)  # noqa: E731
-    print(f"\nFSDP2 / 1 process, parameters + gradients + optimizer state per process: "
-          f"{max(state(r) for r in fsdp) / state(single[0]):.3f}")
-    print(f"FSDP2 / DDP, time per step: {worst(fsdp, 'seconds_per_step') / worst(ddp, 'seconds_per_step'):.2f}")
-    print(f"FSDP2, chunked / full logits, training peak RSS growth per process: "
-          f"{worst(fsdp, 'train_peak_growth') / worst(full, 'train_peak_growth'):.2f}")
-    print(f"FSDP2 / DDP, training peak RSS growth per process: "
-          f"{worst(fsdp, 'train_peak_growth') / worst(ddp, 'train_peak_growth'):.2f}")
+        lines.append(f"| {name.replace(' x', ' ×')} | {r['parameters'] * mb:,.0f} | {r['gradients'] * mb:,.0f} | "
+                     f"{r['optimizer'] * mb:,.0f} | {growth:.2f} | {step:.2f} | {tokens:,.0f} |{extra}")  # fmt: skip
+    single, fsdp, full, ddp = results["settings"].values()
+    state = lambda x: x["parameters"] + x["gradients"] + x["optimizer"]  # noqa: E731
+    worst = lambda ranks, key: max(x[key] for x in ranks)  # noqa: E731
+    state_ratio = max(state(x) for x in fsdp) / state(single[0])
+    step_ratio = worst(fsdp, "seconds_per_step") / worst(ddp, "seconds_per_step")
+    peak_ddp = worst(fsdp, "train_peak_growth") / worst(ddp, "train_peak_growth")
+    peak_full = worst(fsdp, "train_peak_growth") / worst(full, "train_peak_growth")
+    lines += ["", f"FSDP2 per process: {state_ratio:.3f}× the single process's parameters + gradients + optimizer "
+              f"state; its step {step_ratio:.2f}× DDP's; its training peak {peak_ddp:.2f}× DDP's and {peak_full:.2f}× "
+              "FSDP2's with full logits."]  # fmt: skip
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import argparse
 import time
 
 import torch
+from record import write_record
 
 from lit_kd.data import load_records
 from lit_kd.data.rendering import DollyRendering
@@ -42,7 +43,7 @@ def main() -> None:
           f"{len(prompts)} prompts, {args.new_tokens} new tokens each")  # fmt: skip
 
     generate_ids(model, tokenizer, prompts[:2], SamplingConfig(max_new_tokens=4, batch_size=2), seed=0)  # warm-up
-    rates = {}
+    rates, measured = {}, []
     for batch_size in args.batch_sizes:
         settings = SamplingConfig(max_new_tokens=args.new_tokens, batch_size=batch_size)
         if args.device == "cuda":
@@ -54,10 +55,33 @@ def main() -> None:
         seconds = time.perf_counter() - started
         tokens = sum(len(o) for o in outputs)
         rates[batch_size] = tokens / seconds
+        measured.append({"batch_size": batch_size, "tokens": tokens, "seconds": seconds})
         print(f"batch size {batch_size:3d}: {tokens} tokens in {seconds:7.2f} s = {rates[batch_size]:8.1f} tokens/s")
     baseline = rates[args.batch_sizes[0]]
     for batch_size, rate in rates.items():
         print(f"speed-up of batch size {batch_size} over one prompt at a time: {rate / baseline:.2f}x")
+    results = {"config": args.config, "ckpt": args.ckpt, "model": args.model, "device": args.device,
+               "parameters": sum(p.numel() for p in model.parameters()), "prompts": len(prompts),
+               "new_tokens": args.new_tokens, "batch_sizes": measured}  # fmt: skip
+    write_record(record_name(args), results)
+
+
+def record_name(args: argparse.Namespace) -> str:
+    """``generation_speed``, suffixed by the model and the device where they are not the student and the CPU."""
+    device = args.device.split(":")[0]  # cuda:1 → cuda
+    suffixes = [*([args.model] if args.model != "student" else []), *([device] if device != "cpu" else [])]
+    return "-".join(["generation_speed", *suffixes])
+
+
+def table(record: dict) -> str:
+    """The README's table: tokens/s per batch size and the speed-up over the first (one prompt at a time)."""
+    measured = record["results"]["batch_sizes"]
+    baseline = measured[0]["tokens"] / measured[0]["seconds"]
+    lines = [f"| batch size | tokens/s | × batch size {measured[0]['batch_size']} |", "|---:|---:|---:|"]
+    for row in measured:
+        rate = row["tokens"] / row["seconds"]
+        lines.append(f"| {row['batch_size']} | {rate:.1f} | {rate / baseline:.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

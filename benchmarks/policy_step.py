@@ -18,8 +18,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from record import write_record
 
 from lit_kd.training import build
+
+FRACTIONS = (0.0, 0.5, 1.0)
+LABELS = {0.0: "0 (off-policy)", 0.5: "0.5 (mixed)", 1.0: "1 (on-policy)"}
 
 
 class LoopTimer(L.Callback):
@@ -67,13 +71,30 @@ def main() -> None:
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "unset")
     print(f"THP_MEM_ALLOC_ENABLE={thp}, torch threads {torch.get_num_threads()}, {args.config}, {args.steps} steps, "
           f"max_new_tokens {args.max_new_tokens}")  # fmt: skip
-    results = {}
-    for fraction in (0.0, 0.5, 1.0):
+    results, settings = {}, []
+    for fraction in FRACTIONS:
         seconds, generating = timed_fit(args.config, args.steps, fraction, args.max_new_tokens, Path(args.out))
         results[fraction] = seconds
         per_step, share = seconds / args.steps, generating / seconds
         print(f"λ = {fraction}: {per_step:.2f} s/step ({seconds / results[0.0]:.2f}x off-policy); "
               f"generation {generating / args.steps:.2f} s/step = {share:.0%} of the step", flush=True)  # fmt: skip
+        settings.append({"fraction": fraction, "seconds": seconds, "generation_seconds": generating})
+    write_record("policy_step", {"config": args.config, "steps": args.steps, "max_new_tokens": args.max_new_tokens,
+                                 "settings": settings})  # fmt: skip
+
+
+def table(record: dict) -> str:
+    """The README's table: per λ, the seconds per optimizer step, the ratio to off-policy and generation's share."""
+    results = record["results"]
+    steps, settings = results["steps"], results["settings"]
+    off_policy = next(s["seconds"] for s in settings if s["fraction"] == 0.0)
+    lines = ["| λ | s / optimizer step | vs off-policy | generation share of the step |", "|---:|---:|---:|---:|"]
+    for setting in settings:
+        seconds, generating = setting["seconds"], setting["generation_seconds"]
+        share = f"{generating / seconds:.0%}" + (f" ({generating / steps:.2f} s)" if setting["fraction"] else "")
+        lines.append(f"| {LABELS.get(setting['fraction'], setting['fraction'])} | {seconds / steps:.2f} | "
+                     f"{seconds / off_policy:.2f}× | {share} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

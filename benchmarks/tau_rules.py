@@ -19,6 +19,7 @@ import statistics
 import time
 
 import torch
+from record import write_record
 
 import lit_kd.losses.temperature as temperature
 from lit_kd.losses import LossConfig
@@ -88,6 +89,7 @@ def main() -> None:
     temperature.entropy_target_tau = counter
     print("| objective | rule | s / step (median) | × constant τ | Newton passes per chunk |")
     print("|---|---|---:|---:|---:|")
+    measured = {}
     for name in args.objectives.split(","):
         configs = {rule: LossConfig(name=name, tau=args.tau, tau_rule=rule) for rule in RULES}
         for config in configs.values():
@@ -102,6 +104,28 @@ def main() -> None:
             median = statistics.median(times[rule])
             passes = f"{counter.passes / counter.calls:.1f}" if rule == "entropy_target" and counter.calls else "–"
             print(f"| {name} | {rule} | {median:.3f} | {median / base:.2f} | {passes} |")
+        medians = {rule: statistics.median(times[rule]) for rule in RULES}
+        passes_per_chunk = counter.passes / counter.calls if counter.calls else None
+        measured[name] = {"seconds": times, "median": medians, "entropy_target_passes": passes_per_chunk}
+    write_record("tau_rules", {"vocab": args.vocab, "rows": args.rows, "chunk": args.chunk, "tau": args.tau,
+                               "repeats": args.repeats, "objectives": measured})  # fmt: skip
+
+
+def table(record: dict) -> str:
+    """The README's table: per objective, each rule's median step and its ratio to the constant τ's; then the
+    log-softmax passes ``entropy_target`` took per chunk."""
+    objectives = record["results"]["objectives"]
+    lines = ["| objective | " + " | ".join("constant τ" if rule == "none" else rule for rule in RULES) + " |",
+             "|---|" + "---:|" * len(RULES)]  # fmt: skip
+    for name, measured in objectives.items():
+        median = measured["median"]
+        cells = [f"{median[rule]:.2f} s ({median[rule] / median['none']:.2f}×)" for rule in RULES]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    passes = [f"{measured['entropy_target_passes']:.1f} ({name})" for name, measured in objectives.items()
+              if measured["entropy_target_passes"] is not None]  # fmt: skip
+    if passes:
+        lines += ["", f"`entropy_target`: log-softmax passes per chunk {', '.join(passes)}."]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

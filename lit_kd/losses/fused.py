@@ -30,6 +30,7 @@ chunked path differentiates them with autograd.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -84,9 +85,15 @@ def _pullback_(q: Tensor, u: Tensor, tau: Temperature) -> None:
     q.mul_(-u.sum(-1, keepdim=True)).add_(u).div_(tau)
 
 
-def _zero_where_(values: Tensor, probs: Tensor) -> Tensor:
-    """values ← 0 where probs = 0 (0·log 0 := 0: a masked or underflown entry contributes nothing)."""
-    return values.masked_fill_(probs == 0, 0.0)
+def _zero_where_(values: Tensor, probs: Tensor, zeros: bool) -> Tensor:
+    """values ← 0 where probs = 0 (0·log 0 := 0: a masked or underflown entry contributes nothing); a no-op when
+    the chunk can hold no zero probability (``zeros`` False, ``may_vanish``), which spares a mask of ``[n, V]``."""
+    return values.masked_fill_(probs == 0, 0.0) if zeros else values
+
+
+def _drop_(values: Tensor, dropped: Optional[Tensor]) -> Tensor:
+    """values ← 0 where ``dropped`` (AB's entries −inf in both models); None: nothing is."""
+    return values if dropped is None else values.masked_fill_(dropped, 0.0)
 
 
 def _both_log_softmax_(s: Tensor, t: Tensor, g: Tensor, tau_s: Temperature, tau_t: Temperature) -> None:
@@ -95,32 +102,33 @@ def _both_log_softmax_(s: Tensor, t: Tensor, g: Tensor, tau_s: Temperature, tau_
     torch.exp(_log_softmax_(s, tau_s), out=g)
 
 
-def _fkl_(s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature) -> Tensor:
+def _fkl_(s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature, zeros: bool) -> Tensor:
     _both_log_softmax_(s, t, g, tau_s, tau_t)
     torch.sub(t, s, out=s)  # log(p/q)
     t.exp_()  # p
-    values = _zero_where_(s.mul_(t), t).sum(-1)
+    values = _zero_where_(s.mul_(t), t, zeros).sum(-1)
     _pullback_(g, t.neg_(), tau_s)
     return values
 
 
-def _rkl_(s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature) -> Tensor:
+def _rkl_(s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature, zeros: bool) -> Tensor:
     _both_log_softmax_(s, t, g, tau_s, tau_t)
-    u = _zero_where_(s.sub_(t).mul_(g), g)  # q·log(q/p)
+    u = _zero_where_(s.sub_(t).mul_(g), g, zeros)  # q·log(q/p)
     values = u.sum(-1)
     _pullback_(g, u, tau_s)
     return values
 
 
 def _sym_kl_(
-    s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature, weight: Tensor | float = 0.5
+    s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature, zeros: bool,
+    weight: Tensor | float = 0.5,
 ) -> Tensor:
     """w·FKL + (1 − w)·RKL; ``weight`` is a number or a ``[n, 1]`` column (AKL's w_head)."""
     _both_log_softmax_(s, t, g, tau_s, tau_t)
     s.sub_(t)  # log(q/p)
     torch.exp(t, out=x)  # p
-    forward = -_zero_where_(torch.mul(s, x, out=t), x).sum(-1)
-    reverse_u = _zero_where_(s.mul_(g), g)  # q·log(q/p)
+    forward = -_zero_where_(torch.mul(s, x, out=t), x, zeros).sum(-1)
+    reverse_u = _zero_where_(s.mul_(g), g, zeros)  # q·log(q/p)
     reverse = reverse_u.sum(-1)
     w = weight.squeeze(-1) if isinstance(weight, Tensor) else weight
     values = w * forward + (1.0 - w) * reverse
@@ -128,21 +136,23 @@ def _sym_kl_(
     return values
 
 
-def _js_(s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature, beta: float) -> Tensor:
+def _js_(
+    s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature, beta: float, zeros: bool
+) -> Tensor:
     _both_log_softmax_(s, t, g, tau_s, tau_t)
     torch.exp(t, out=x)
     x.mul_(beta).add_(g, alpha=1.0 - beta).log_()  # log M
     s.sub_(x)  # log(q/M)
     torch.sub(t, x, out=x)  # log(p/M)
     t.exp_()  # p
-    to_p = _zero_where_(x.mul_(t), t).sum(-1)
-    u = _zero_where_(s.mul_(g), g)  # q·log(q/M)
+    to_p = _zero_where_(x.mul_(t), t, zeros).sum(-1)
+    u = _zero_where_(s.mul_(g), g, zeros)  # q·log(q/M)
     values = beta * to_p + (1.0 - beta) * u.sum(-1)
     _pullback_(g, u.mul_(1.0 - beta), tau_s)
     return values
 
 
-def _tvd_(s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature) -> Tensor:
+def _tvd_(s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature, zeros: bool) -> Tensor:
     _both_log_softmax_(s, t, g, tau_s, tau_t)
     t.exp_()  # p
     torch.sub(g, t, out=s)  # q − p
@@ -152,51 +162,57 @@ def _tvd_(s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t:
     return values
 
 
-def _sfkl_(s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature, alpha: float) -> Tensor:
+def _sfkl_(
+    s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature, alpha: float, zeros: bool
+) -> Tensor:
     _both_log_softmax_(s, t, g, tau_s, tau_t)
     torch.exp(t, out=x)
+    s.copy_(x)  # p (log q is not needed again)
     x.mul_(alpha).add_(g, alpha=1.0 - alpha).log_()  # log m
-    torch.exp(t, out=s)  # p (log q is not needed again)
     t.sub_(x)  # log(p/m)
     torch.exp(t, out=x)  # p/m
-    values = _zero_where_(t.mul_(s), s).sum(-1)
-    _pullback_(g, _zero_where_(x.mul_(g).mul_(alpha - 1.0), g), tau_s)
+    values = _zero_where_(t.mul_(s), s, zeros).sum(-1)
+    _pullback_(g, _zero_where_(x.mul_(g).mul_(alpha - 1.0), g, zeros), tau_s)
     return values
 
 
-def _srkl_(s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature, alpha: float) -> Tensor:
+def _srkl_(
+    s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature, alpha: float, zeros: bool
+) -> Tensor:
     _both_log_softmax_(s, t, g, tau_s, tau_t)
     torch.exp(t, out=x)
     x.mul_(1.0 - alpha).add_(g, alpha=alpha).log_()  # log m'
     s.sub_(x)  # log(q/m')
     torch.exp(s, out=t)
     t.mul_(-alpha).add_(s)  # h = log(q/m') − α·q/m'
-    values = _zero_where_(s.mul_(g), g).sum(-1)
-    _pullback_(g, _zero_where_(t.mul_(g), g), tau_s)
+    values = _zero_where_(s.mul_(g), g, zeros).sum(-1)
+    _pullback_(g, _zero_where_(t.mul_(g), g, zeros), tau_s)
     return values
 
 
 def _ab_(
-    s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature, alpha: float, beta: float
+    s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature, zeros: bool, alpha: float,
+    beta: float,
 ) -> Tensor:
     """The general case α, β, α + β ≠ 0 (``has_kernel``); entries −inf in both models drop out."""
     _both_log_softmax_(s, t, g, tau_s, tau_t)
-    dropped = torch.isneginf(t) & torch.isneginf(s)
-    t.masked_fill_(dropped, 0.0)
-    s.masked_fill_(dropped, 0.0)
+    dropped = torch.isneginf(t) & torch.isneginf(s) if zeros else None
+    _drop_(t, dropped)
+    _drop_(s, dropped)
     total = alpha + beta
     torch.mul(t, alpha, out=x).add_(s, alpha=beta).exp_()  # p^α q^β
     torch.mul(s, total, out=g).exp_()  # q^(α+β)
     t.mul_(total).exp_().mul_(-alpha / total).add_(g, alpha=-beta / total).add_(x)
-    values = t.masked_fill_(dropped, 0.0).sum(-1) / (-alpha * beta)
-    c = g.sub_(x).masked_fill_(dropped, 0.0)  # q^(α+β) − p^α q^β
-    torch.exp(s, out=x).masked_fill_(dropped, 0.0)  # q
+    values = _drop_(t, dropped).sum(-1) / (-alpha * beta)
+    c = _drop_(g.sub_(x), dropped)  # q^(α+β) − p^α q^β
+    _drop_(torch.exp(s, out=x), dropped)  # q
     c.sub_(x.mul_(c.sum(-1, keepdim=True))).div_(tau_s).div_(alpha)
     return values
 
 
 def _drkl_(
-    s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature, targets: Tensor, gamma: float
+    s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature, zeros: bool, targets: Tensor,
+    gamma: float,
 ) -> Tensor:
     """DRKL = KL(b_q‖b_p) + γ·KL(q̂‖p̂) (``lit_kd.losses.drkl``). With a = log q_t (clamped to ≤ −eps, as there),
     A = log(1 − e^a), b, B the teacher's: ∂d/∂log q_k = u_k (k ≠ t, above) and
@@ -212,7 +228,7 @@ def _drkl_(
     torch.sub(s, big_a, out=x)  # log q̂
     torch.sub(x, t, out=t)  # log(q̂/p̂)
     x.exp_().scatter_(-1, index, 0.0)  # q̂, without the target
-    non_target = _zero_where_(torch.mul(x, t, out=s), x)  # q̂·log(q̂/p̂)
+    non_target = _zero_where_(torch.mul(x, t, out=s), x, zeros)  # q̂·log(q̂/p̂)
     values = binary + gamma * non_target.sum(-1)
     u = non_target.add_(x).mul_(gamma)
     tail = torch.where(big_a > float("-inf"), big_a.exp() * (big_a - big_b + 1.0), torch.zeros_like(big_a))
@@ -311,7 +327,8 @@ def chunk_step(
     flags += [teacher_top.isnan().any(), teacher_top.isposinf().any()]
     if c is not None:
         torch.div(g, total, out=c).scatter_add_(-1, index, torch.full_like(ce[:, None], -1.0))
-    values = KERNELS[name](s, t, g, x, tau_s, tau_t, **kernel_kwargs)
+    zeros = may_vanish(s, top, tau_s) or may_vanish(t, teacher_top[:, None], tau_t)
+    values = KERNELS[name](s, t, g, x, tau_s, tau_t, zeros=zeros, **kernel_kwargs)
     if isinstance(scale, Tensor) or scale != 1.0:
         values = values * _flat(scale)
         g.mul_(scale)
@@ -321,12 +338,30 @@ def chunk_step(
     return (1.0 - kd_ratio) * ce + kd_ratio * values, ce, values, torch.stack(flags)
 
 
+def may_vanish(logits: Tensor, top: Tensor, tau: Temperature) -> bool:
+    """Whether softmax(logits/τ) may hold a zero — a −inf logit, a non-finite row, or a probability below the
+    dtype's smallest normal number — so that the kernels must zero 0·log 0 entries. Since
+    log softmax(z/τ)_k ≥ −(max z − min z)/τ − log V, a chunk whose spread keeps that bound (less ln 2, for the
+    mixtures' halves) above log(tiny) holds none, and its masks are skipped. Always True under ``torch.compile``
+    (no data-dependent branch there; inductor fuses the masks)."""
+    if torch.compiler.is_compiling():
+        return True
+    spread = ((top - logits.amin(-1, keepdim=True)) / tau).amax()
+    limit = -math.log(torch.finfo(logits.dtype).tiny) - math.log(logits.shape[-1]) - 1.0
+    return not bool(spread < limit)  # NaN, +inf or −inf logits: True
+
+
 def _flat(value: Temperature) -> Temperature:
     return value.reshape(-1) if isinstance(value, Tensor) and value.dim() == 2 else value
 
 
 SCRATCH = frozenset({"sym_kl", "js", "sfkl", "srkl", "akl", "ab", "drkl"})
 """The kernels that use the scratch buffer ``x`` (the others run in three blocks)."""
+
+EAGER_WHEN_COMPILED = frozenset({"tvd", "akl", "ab"})
+"""Objectives that ``compile_loss`` runs eagerly: compiled, their step held more than 0.10× the full path's peak
+(``benchmarks/loss_memory.py`` at V = 50,257, 4,096 rows: TVD 0.118, AKL 0.110, AB 0.104 against 0.082, 0.080 and
+0.085 eager), where the eager kernels stay below it for all ten."""
 
 _COMPILED: list[Callable] = []
 _FAILED: set[str] = set()
@@ -346,8 +381,14 @@ def compiled_step(name: str) -> Optional[Callable]:
     """``chunk_step`` through ``torch.compile`` (inductor: C++ on CPU, Triton on CUDA; its default automatic dynamic
     shapes: a second compilation when the row count first changes, then none — ``dynamic=True`` would also trace the
     objective's float hyperparameters as inputs, which gave wrong JS values for β ≠ 0.1 here); None
-    once compilation has failed for objective ``name`` (``compile_failed``)."""
+    once compilation has failed for objective ``name`` (``compile_failed``), and for ``EAGER_WHEN_COMPILED``
+    (said once)."""
     if name in _FAILED:
+        return None
+    if name in EAGER_WHEN_COMPILED:
+        _FAILED.add(name)
+        log.warning("lit_kd: model.compile_loss: the %s loss kernel runs eagerly (compiled, its step holds more "
+                    "than 0.10x the full-logits path's memory; eager, less)", name)  # fmt: skip
         return None
     if not _COMPILED:
         _COMPILED.append(torch.compile(_step_on_copies))
@@ -359,5 +400,3 @@ def compile_failed(name: str, error: BaseException) -> None:
     _FAILED.add(name)
     log.warning("lit_kd: torch.compile of the %s loss kernel failed (%s: %s); running it eagerly",
                 name, type(error).__name__, str(error).splitlines()[0] if str(error) else "")  # fmt: skip
-
-

@@ -67,6 +67,62 @@ def test_kernel_equals_autograd(name, options):
     assert not flags.any()
 
 
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_kernel_without_possible_zeros_skips_the_masks_and_equals_autograd(name):
+    """Finite logits of a small spread: no probability can vanish, the kernels skip their 0·log 0 masks."""
+    g = torch.Generator().manual_seed(3)
+    student, teacher = (torch.randn(6, 11, generator=g, dtype=torch.float64) * 2 for _ in range(2))
+    targets = torch.randint(0, 11, (6,), generator=g)
+    config = LossConfig(name=name, tau=1.3, **HPARAMS.get(name, {}))
+    assert not fused.may_vanish(student, student.amax(-1, keepdim=True), 1.3)
+    _, _, values, flags, gradient = run_kernel(config, student, teacher, targets)
+    leaf = student.clone().requires_grad_(True)
+    reference = kd_term(config, leaf, teacher, targets)
+    (expected,) = torch.autograd.grad(reference.values.sum(), leaf)
+    torch.testing.assert_close(values, reference.values.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gradient, expected, rtol=1e-10, atol=1e-12)
+    assert not flags.any()
+
+
+def test_may_vanish_bounds_the_smallest_probability():
+    """log softmax(z/τ) ≥ −spread/τ − log V: True once that may fall below float32's smallest normal number
+    (≈ e^−87.3), for a −inf, +inf or NaN logit, and per row with a column of τ."""
+    z = torch.zeros(2, 100)
+    top = lambda z: z.amax(-1, keepdim=True)  # noqa: E731
+    assert not fused.may_vanish(z, top(z), 1.0)
+    z[1, 0] = 80.0  # spread 80 + log 100 ≈ 84.6 < 87.3 − 1
+    assert not fused.may_vanish(z, top(z), 1.0)
+    z[1, 0] = 90.0
+    assert fused.may_vanish(z, top(z), 1.0)
+    assert not fused.may_vanish(z, top(z), 2.0)
+    assert fused.may_vanish(z, top(z), torch.tensor([[2.0], [1.0]]))
+    for bad in (float("-inf"), float("inf"), float("nan")):
+        z = torch.zeros(2, 100)
+        z[0, 5] = bad
+        assert fused.may_vanish(z, top(z), 1.0)
+
+
+@pytest.mark.parametrize("name", ["fkl", "rkl", "sym_kl", "js", "sfkl", "srkl", "drkl"])
+def test_underflown_probabilities_without_masked_logits_stay_finite(name):
+    """float32 logits with a spread of 300 in both models: p and q underflow to 0 on the same entries without any
+    −inf logit (the mixtures' log M is −inf there), so the masks run (0·log 0 := 0) and the kernel equals the full
+    path's objective, finite."""
+    g = torch.Generator().manual_seed(4)
+    student = torch.randn(5, 64, generator=g) * 2
+    teacher = torch.randn(5, 64, generator=g) * 2
+    teacher[:, :8] += 300.0
+    student[:, :8] += 300.0
+    targets = torch.randint(0, 8, (5,), generator=g)
+    config = LossConfig(name=name, tau=1.0, **HPARAMS.get(name, {}))
+    _, _, values, flags, gradient = run_kernel(config, student, teacher, targets)
+    leaf = student.clone().requires_grad_(True)
+    reference = kd_term(config, leaf, teacher, targets)
+    (expected,) = torch.autograd.grad(reference.values.sum(), leaf)
+    assert values.isfinite().all() and gradient.isfinite().all() and not flags.any()
+    torch.testing.assert_close(values, reference.values.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gradient, expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["fkl", "js", "ab", "drkl"])
 def test_kernel_mixes_in_the_ce_gradient_below_kd_ratio_1(name):
     student, teacher, targets = logits(seed=1)
@@ -107,8 +163,10 @@ def test_nonfinite_values_are_flagged_per_model():
 
 
 @pytest.mark.parametrize(
-    "name", [n if n in ("js", "drkl") else pytest.param(n, marks=pytest.mark.slow) for n in sorted(OBJECTIVES)]
-)
+    "name",
+    [n if n in ("js", "drkl") else pytest.param(n, marks=pytest.mark.slow)
+     for n in sorted(OBJECTIVES) if n not in fused.EAGER_WHEN_COMPILED],
+)  # fmt: skip
 def test_the_compiled_step_equals_the_eager_one(name, monkeypatch):
     """torch.compile (inductor, C++ on this CPU) of ``chunk_step``: the same values and gradients, and the same
     chunked sums over chunks of several sizes (the row count turns dynamic at its first change). JS and DRKL (the
@@ -146,6 +204,28 @@ def test_a_failing_compilation_runs_the_eager_kernel_with_one_line(monkeypatch, 
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["lit_kd: torch.compile of the rkl loss kernel failed (RuntimeError: no C++ compiler); "
                      "running it eagerly"]  # fmt: skip
+    for run in runs[:2]:
+        torch.testing.assert_close(run.loss, runs[2].loss, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(fused.EAGER_WHEN_COMPILED))
+def test_compile_loss_runs_the_objectives_whose_compiled_peak_is_too_high_eagerly(name, monkeypatch, caplog):
+    """TVD, AKL and AB compiled held more than 0.10× the full path's peak: ``compile_loss`` runs them eagerly, with
+    one line, and never calls the compiler for them."""
+
+    def never(*args, **kwargs):
+        raise AssertionError("the compiled step ran")
+
+    monkeypatch.setattr(fused, "_COMPILED", [never])
+    monkeypatch.setattr(fused, "_FAILED", set())
+    hidden, head, teacher_hidden, teacher_head, targets = head_problem()
+    config = LossConfig(name=name, tau=2.0)
+    with caplog.at_level(logging.WARNING, logger="lit_kd.losses.fused"):
+        runs = [chunked_token_sums(hidden, head, targets, config, 1.0, 8, teacher_hidden, teacher_head,
+                                   compiled=compiled) for compiled in (True, True, False)]  # fmt: skip
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"lit_kd: model.compile_loss: the {name} loss kernel runs eagerly (compiled, its step holds "
+                     "more than 0.10x the full-logits path's memory; eager, less)"]  # fmt: skip
     for run in runs[:2]:
         torch.testing.assert_close(run.loss, runs[2].loss, rtol=0, atol=0)
 

@@ -299,7 +299,9 @@ CLI_ERRORS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("extra, message", CLI_ERRORS, ids=["rule", "horizon", "rule without KD", "schedule, no teacher"])
+@pytest.mark.parametrize(
+    "extra, message", CLI_ERRORS, ids=["rule", "horizon", "rule without KD", "schedule, no teacher"]
+)
 def test_the_cli_names_the_key_before_any_model_loads(tmp_path, capsys, extra, message):
     from lit_kd.cli import main
     from tests.conftest import ROOT
