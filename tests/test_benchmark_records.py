@@ -1,8 +1,8 @@
-"""The README's benchmark figures against the benchmarks' records (``benchmarks/records/<name>.json``): every
-generated block equals its rendering from its record, every record is fresh (no source it measured has changed),
-every block names a record that exists; then ``benchmarks/record.py`` and ``benchmarks/tables.py`` themselves, on
-a temporary repository, records folder and markdown file. Re-run a record's command (``bash benchmarks/rerun.sh``
-lists them all), then ``python benchmarks/tables.py``."""
+"""The benchmark figures of the README and docs/ against the benchmarks' records
+(``benchmarks/records/<name>.json``): every generated block equals its rendering from its record, every record is
+fresh (no source it measured has changed), every block names a record that exists; then ``benchmarks/record.py`` and
+``benchmarks/tables.py`` themselves, on a temporary repository, records folder and markdown file. Re-run a record's
+command (``bash benchmarks/rerun.sh`` lists them all), then ``python benchmarks/tables.py``."""
 
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ def where(path: Path, block: tables.Block) -> str:
 # (a)–(c): the repository's README (and docs/) against the repository's records
 
 
-def test_the_readme_has_generated_blocks():
+def test_the_readme_and_docs_have_generated_blocks():
+    """The tables live in docs/ (with their commands and prose) since the README became a short front page; the
+    README may still hold a block, and tables.py rewrites both."""
     names = {block.name for _, block in readme_blocks()}
     assert {"teacher_cache", "fsdp", "adapters", "adapters-gpt2-base", "loss_memory"} <= names
 
