@@ -35,6 +35,7 @@ def timed_fit(config: str, steps: int, log_every: int, diagnostics: bool, out: P
             "--config", config,
             "--model.diagnostics", str(diagnostics).lower(),
             "--trainer.max_steps", str(steps),
+            "--trainer.max_epochs", "-1",  # as many epochs as the steps take (the tiny config stops at 2)
             "--trainer.limit_val_batches", "0",
             "--trainer.log_every_n_steps", str(log_every),
             "--trainer.enable_checkpointing", "false",

@@ -21,6 +21,7 @@ python benchmarks/cache_verify.py
 python benchmarks/loss_memory.py --vocab 50257 --peers liger-compiled
 python benchmarks/loss_memory.py --vocab 151936 --rows 2048 --repeats 1 --peers none --no-compiled
 python benchmarks/teacher_cache.py --config configs/demo.yaml
+python benchmarks/cached_step.py
 python benchmarks/policy_step.py --config configs/demo.yaml --steps 6
 python benchmarks/adapters.py --config configs/demo.yaml --steps 8
 python benchmarks/adapters.py --config configs/demo.yaml --student gpt2-base --steps 8
