@@ -17,7 +17,6 @@ import dataclasses
 import io
 import math
 import os
-import typing
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -210,26 +209,13 @@ def show(value: Any) -> str:
     return f"`{cell(text)}`"
 
 
-def _dataclass_of(hint: Any) -> Optional[type]:
-    options = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
-    found = [option for option in options if dataclasses.is_dataclass(option)]
-    return found[0] if found else None
-
-
 def nested_dataclass(key: str) -> Optional[type]:
     """The dataclass behind an ``Optional[...]`` option of the module (``model.policy``, ``model.student.peft``)."""
     from lit_kd.modules import DistillModule
+    from lit_kd.utils.options import option_dataclass
 
     parts = key.split(".")
-    if parts[0] != "model" or len(parts) < 2:
-        return None
-    hint: Any = typing.get_type_hints(DistillModule.__init__).get(parts[1])
-    for part in parts[2:]:
-        cls = _dataclass_of(hint)
-        if cls is None:
-            return None
-        hint = typing.get_type_hints(cls).get(part)
-    return _dataclass_of(hint)
+    return option_dataclass(DistillModule.__init__, parts[1:]) if parts[0] == "model" else None
 
 
 def class_rows(prefix: str, cls: type) -> list[tuple[str, Any, str]]:

@@ -14,13 +14,14 @@ import contextlib
 import dataclasses
 import typing
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import pytest
 
 from lit_kd.cli import main
 from lit_kd.modules import DistillModule
 from lit_kd.training import Trainer, build
+from lit_kd.utils.options import dataclass_of, option_dataclass
 
 VALUES = ["abc", "-1", "0", "2.5", ".nan", ".inf", "null", "", "[]", "/no/such/path"]
 """What a user could mistype: the wrong type, negative, zero, a fraction, NaN and inf, null, empty, an empty list,
@@ -46,22 +47,7 @@ def tiny_args(tmp_path: Path) -> list[str]:
 def optional_dataclass(key: str) -> Optional[type]:
     """The dataclass type of a ``model.*`` option (through ``Optional[...]`` and nested dataclasses), or None."""
     parts = key.split(".")
-    if parts[0] != "model" or len(parts) < 2:
-        return None
-    hints = typing.get_type_hints(DistillModule.__init__)
-    hint: Any = hints.get(parts[1])
-    for part in parts[2:]:
-        cls = _unwrap(hint)
-        if cls is None:
-            return None
-        hint = typing.get_type_hints(cls).get(part)
-    return _unwrap(hint)
-
-
-def _unwrap(hint: Any) -> Optional[type]:
-    options = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
-    found = [o for o in options if dataclasses.is_dataclass(o)]
-    return found[0] if found else None
+    return option_dataclass(DistillModule.__init__, parts[1:]) if parts[0] == "model" else None
 
 
 def fit_options(tmp_path: Path) -> list[str]:
@@ -78,7 +64,7 @@ def fit_options(tmp_path: Path) -> list[str]:
 def _fields(prefix: str, cls: type) -> list[str]:
     keys = []
     for field in dataclasses.fields(cls):
-        nested = _unwrap(typing.get_type_hints(cls)[field.name])
+        nested = dataclass_of(typing.get_type_hints(cls)[field.name])
         keys += _fields(f"{prefix}.{field.name}", nested) if nested else [f"{prefix}.{field.name}"]
     return keys
 
@@ -230,7 +216,7 @@ def command_options(name: str) -> list[str]:
     hints = typing.get_type_hints(run)
     options = []
     for parameter in inspect.signature(run).parameters.values():
-        cls = _unwrap(hints.get(parameter.name))
+        cls = dataclass_of(hints.get(parameter.name))
         options += _fields(parameter.name, cls) if cls is not None else [parameter.name]
     return options
 
