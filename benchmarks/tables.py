@@ -165,16 +165,22 @@ def record_problems(path: Path, block: Block) -> list[str]:
             f"{record['command']}"]  # fmt: skip
 
 
-def block_problems(path: Path, block: Block) -> list[str]:
-    """What is wrong with one block: no record, a stale record, no renderer, a content that differs."""
+def checked_render(path: Path, block: Block) -> tuple[str | None, list[str]]:
+    """The block's content from its record (None when there is none or it cannot be rendered) and the problems:
+    no record, a stale record, no renderer."""
     problems = record_problems(path, block)
     if not record_path(block.name).is_file():
-        return problems
+        return None, problems
     try:
-        expected = render(block, read_record(block.name))
+        return render(block, read_record(block.name)), problems
     except (ImportError, LookupError) as err:
-        return [*problems, f"{where(path, block)}: {err}"]
-    if block.content != expected:
+        return None, [*problems, f"{where(path, block)}: {err}"]
+
+
+def block_problems(path: Path, block: Block) -> list[str]:
+    """What is wrong with one block: no record, a stale record, no renderer, a content that differs."""
+    expected, problems = checked_render(path, block)
+    if expected is not None and block.content != expected:
         problems.append(f"{where(path, block)} differs from its record; run {REGENERATE}")
     return problems
 
@@ -184,14 +190,9 @@ def rewrite(path: Path) -> list[str]:
     problems: list[str] = []
 
     def content(block: Block) -> str | None:
-        problems.extend(record_problems(path, block))
-        if not record_path(block.name).is_file():
-            return None
-        try:
-            return render(block, read_record(block.name))
-        except (ImportError, LookupError) as err:
-            problems.append(f"{where(path, block)}: {err}")
-            return None
+        text, found = checked_render(path, block)
+        problems.extend(found)
+        return text
 
     text = path.read_text(encoding="utf-8")
     updated = replace_blocks(text, content)
