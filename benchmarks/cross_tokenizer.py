@@ -12,8 +12,8 @@ KD step: random hidden states (d = 576) and LM heads for the response rows of th
 (teacher V = 49,152), ``--objective`` at τ = 2, the loss and its backward into the student's hidden rows and head:
 the same-vocabulary step (a student over the teacher's vocabulary), full logits and chunked, against the
 cross-tokenizer step (the student's ``[rows_s, V_s]`` and the real groups), full logits and chunked (512 rows);
-each measured in a fresh child process (peak = growth of the peak resident set). Whether ``THP_MEM_ALLOC_ENABLE``
-is set is printed.
+each measured in a fresh child process (peak = growth of the peak resident set; time: the fastest of
+``--step-repeats`` steps, 1 by default). Whether ``THP_MEM_ALLOC_ENABLE`` is set is printed.
 """
 
 from __future__ import annotations
@@ -77,9 +77,9 @@ PATHS = {
 }
 
 
-def measure(path: str, problem: str, objective: str, out: str) -> None:
-    """Child process: one KD step's loss (forward + backward from hidden states through both LM heads) and write
-    {peak, seconds}."""
+def measure(path: str, problem: str, objective: str, steps: int, out: str) -> None:
+    """Child process: a KD step's loss (forward + backward from hidden states through both LM heads), ``steps``
+    times, and write {peak over them, seconds of the fastest}."""
     data = torch.load(problem)
     config, chunk, width = LossConfig(objective, tau=2.0), 512, data["hidden"]
     torch.manual_seed(0)
@@ -90,27 +90,32 @@ def measure(path: str, problem: str, objective: str, out: str) -> None:
     hidden = torch.randn(rows_s, width, requires_grad=True)
     head = OutputHead(torch.nn.Parameter(torch.randn(vocab_s, width) * 0.05))
     baseline = rss_bytes()
-    started = time.perf_counter()
-    if same:
-        targets = data["targets_t"]
-        if path == "same-full":
-            with torch.no_grad():
-                teacher_logits = teacher_head.logits(teacher_hidden)
-            sums = token_sums_from_logits(head.logits(hidden), teacher_logits, targets, config, 1.0)
+    seconds = float("inf")
+    for _ in range(steps):
+        hidden.grad = head.weight.grad = None
+        started = time.perf_counter()
+        if same:
+            targets = data["targets_t"]
+            if path == "same-full":
+                with torch.no_grad():
+                    teacher_logits = teacher_head.logits(teacher_hidden)
+                sums = token_sums_from_logits(head.logits(hidden), teacher_logits, targets, config, 1.0)
+            else:
+                sums = chunked_token_sums(hidden, head, targets, config, 1.0, chunk, teacher_hidden, teacher_head)
         else:
-            sums = chunked_token_sums(hidden, head, targets, config, 1.0, chunk, teacher_hidden, teacher_head)
-    else:
-        groups = GroupRows(*data["groups"])
-        vocabulary = VocabularyMap(*data["vocabulary"], data["vocab_t"], data["vocab_s"])
-        cross = (data["targets_s"], data["targets_t"], groups, vocabulary, 1.0, 1.0)
-        if path == "cross-full":
-            with torch.no_grad():
-                teacher_logits = teacher_head.logits(teacher_hidden)
-            sums = cross_vocab_token_sums(config, head.logits(hidden), teacher_logits, *cross)
-        else:
-            sums = chunked_cross_vocab_token_sums(config, hidden, head, teacher_hidden, teacher_head, *cross, chunk)
-    sums.loss.backward()
-    seconds = time.perf_counter() - started
+            groups = GroupRows(*data["groups"])
+            vocabulary = VocabularyMap(*data["vocabulary"], data["vocab_t"], data["vocab_s"])
+            cross = (data["targets_s"], data["targets_t"], groups, vocabulary, 1.0, 1.0)
+            if path == "cross-full":
+                with torch.no_grad():
+                    teacher_logits = teacher_head.logits(teacher_hidden)
+                sums = cross_vocab_token_sums(config, head.logits(hidden), teacher_logits, *cross)
+            else:
+                sums = chunked_cross_vocab_token_sums(config, hidden, head, teacher_hidden, teacher_head, *cross,
+                                                      chunk)  # fmt: skip
+        sums.loss.backward()
+        seconds = min(seconds, time.perf_counter() - started)
+        del sums
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
     torch.save({"peak": peak, "seconds": seconds, "rows": rows_s}, out)
 
@@ -128,14 +133,16 @@ def run_child(*args) -> dict:
 
 
 def response_rows(examples: list[dict], labels_key: str, limit: int) -> tuple[list[dict], torch.Tensor]:
+    """The first examples whose response rows fit in ``limit`` (at least the first example, whatever its length)
+    and their response tokens."""
     kept, targets = [], []
     for example in examples:
         response = [t for t in example[labels_key] if t != IGNORE_INDEX]
-        if sum(len(t) for t in targets) + len(response) > limit:
+        if kept and sum(len(t) for t in targets) + len(response) > limit:
             break
         kept.append(example)
         targets.append(response)
-    return kept, torch.tensor([t for row in targets for t in row])
+    return kept, torch.tensor([t for row in targets for t in row], dtype=torch.long)
 
 
 def main() -> None:
@@ -147,6 +154,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--objective", default="fkl")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--step-repeats", type=int, default=1, help="KD steps per path (its time: the fastest)")
     args = parser.parse_args()
 
     print(f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}, torch threads "
@@ -187,7 +195,7 @@ def main() -> None:
                 "hidden": HIDDEN,
                 "groups": (groups.teacher_start, groups.teacher_end, groups.student_start, groups.student_end),
                 "vocabulary": (vocabulary.teacher_ids, vocabulary.student_ids)}, problem)  # fmt: skip
-    results = {path: run_child(path, problem, args.objective) for path in PATHS}
+    results = {path: run_child(path, problem, args.objective, args.step_repeats) for path in PATHS}
     os.unlink(problem)
     reference = results["same-chunked"]
     print(f"\n| KD step ({args.objective}, τ 2, kd_ratio 1, forward + backward from hidden states d = {HIDDEN}; "

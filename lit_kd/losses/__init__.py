@@ -1,7 +1,7 @@
 """τ-scaled distillation objectives: pure functions ``[N, V] × [N, V] → [N]`` and their registry."""
 
 from lit_kd.losses.ab import ab
-from lit_kd.losses.akl import akl, akl_weights
+from lit_kd.losses.akl import akl, akl_head_weight, akl_weights
 from lit_kd.losses.core import check_tau, kl_from_log_probs, log1mexp, log_softmax_at, masked_mean, safe_logaddexp
 from lit_kd.losses.diagnostics import kd_diagnostics
 from lit_kd.losses.drkl import drkl, drkl_terms
@@ -22,6 +22,7 @@ from lit_kd.losses.tvd import tvd
 __all__ = [
     "ab",
     "akl",
+    "akl_head_weight",
     "akl_weights",
     "drkl",
     "drkl_terms",

@@ -11,7 +11,7 @@ and each kernel gives u (zero where q_k = 0, so −inf-masked entries stay out):
     sym_kl  u = −w·p + (1 − w)·q·log(q/p)            js      u = (1 − β)·q·log(q/M),  M = βp + (1 − β)q
     tvd     u = ½·q·sign(q − p)                      sfkl    u = −(1 − α)·q·p/m,      m = αp + (1 − α)q
     srkl    u = q·(log(q/m') − α·q/m'),  m' = (1 − α)p + αq
-    akl     sym_kl with w = w_head (the detached head/tail weights)
+    akl     sym_kl with w = w_head (the detached head/tail weights, found by selection: ``akl_head_weight``)
     ab      u = c/α,  c = q^(α+β) − p^α·q^β (α, β, α + β ≠ 0)
     drkl    u_k = γ·q̂_k·(log(q̂_k/p̂_k) + 1) for k ≠ t;  u_t from the binary term and log(1 − q_t) (``_drkl_``)
 
@@ -37,14 +37,14 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from lit_kd.losses.akl import akl_weights
-from lit_kd.losses.core import Temperature, kl_from_log_probs, log1mexp, softened
+from lit_kd.losses.akl import akl_head_weight
+from lit_kd.losses.core import Temperature, kl_from_log_probs, log1mexp
 from lit_kd.losses.registry import LossConfig, squared_factor
 
 log = logging.getLogger(__name__)
 
 AKL_WEIGHT_ROWS = 64
-"""AKL's head/tail weights sort p row by row: this many rows at a time, so the sort's values and int64 indices
+"""AKL's head/tail weights are found this many rows at a time, so their int64 bin indices and the gaps |p − q|
 stay a fraction of one ``[chunk, V]`` block."""
 
 
@@ -121,12 +121,30 @@ def _rkl_(s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t:
 
 def _sym_kl_(
     s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature, zeros: bool,
-    weight: Tensor | float = 0.5,
+    weight: float = 0.5,
 ) -> Tensor:
-    """w·FKL + (1 − w)·RKL; ``weight`` is a number or a ``[n, 1]`` column (AKL's w_head)."""
     _both_log_softmax_(s, t, g, tau_s, tau_t)
-    s.sub_(t)  # log(q/p)
     torch.exp(t, out=x)  # p
+    return _weighted_kl_(s, t, g, x, tau_s, zeros, weight)
+
+
+def _akl_(
+    s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature, zeros: bool, mu: float
+) -> Tensor:
+    """Sym-KL weighted by the head/tail gaps, ``AKL_WEIGHT_ROWS`` rows at a time from log p, p and q."""
+    _both_log_softmax_(s, t, g, tau_s, tau_t)
+    torch.exp(t, out=x)  # p
+    weight = torch.cat([akl_head_weight(t[first : first + AKL_WEIGHT_ROWS], x[first : first + AKL_WEIGHT_ROWS],
+                                        g[first : first + AKL_WEIGHT_ROWS], mu)
+                        for first in range(0, t.shape[0], AKL_WEIGHT_ROWS)])  # fmt: skip
+    return _weighted_kl_(s, t, g, x, tau_s, zeros, weight[:, None])
+
+
+def _weighted_kl_(
+    s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, zeros: bool, weight: Tensor | float
+) -> Tensor:
+    """w·FKL + (1 − w)·RKL from s = log q, t = log p, g = q, x = p; ``weight`` is a number or a ``[n, 1]`` column."""
+    s.sub_(t)  # log(q/p)
     forward = -_zero_where_(torch.mul(s, x, out=t), x, zeros).sum(-1)
     reverse_u = _zero_where_(s.mul_(g), g, zeros)  # q·log(q/p)
     reverse = reverse_u.sum(-1)
@@ -158,7 +176,7 @@ def _tvd_(s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t:
     torch.sub(g, t, out=s)  # q − p
     torch.sign(s, out=t)
     values = 0.5 * s.mul_(t).sum(-1)
-    _pullback_(g, t.mul_(g).mul_(0.5), tau_s)
+    _pullback_(g, t.mul_(g), 2.0 * tau_s)  # u = ½·q·sign(q − p): the ½ goes with 1/τ
     return values
 
 
@@ -194,19 +212,19 @@ def _ab_(
     s: Tensor, t: Tensor, g: Tensor, x: Tensor, tau_s: Temperature, tau_t: Temperature, zeros: bool, alpha: float,
     beta: float,
 ) -> Tensor:
-    """The general case α, β, α + β ≠ 0 (``has_kernel``); entries −inf in both models drop out."""
+    """The general case α, β, α + β ≠ 0 (``has_kernel``); entries −inf in both models drop out (q = 0 there, so g
+    needs no mask)."""
     _both_log_softmax_(s, t, g, tau_s, tau_t)
     dropped = torch.isneginf(t) & torch.isneginf(s) if zeros else None
     _drop_(t, dropped)
     _drop_(s, dropped)
     total = alpha + beta
     torch.mul(t, alpha, out=x).add_(s, alpha=beta).exp_()  # p^α q^β
-    torch.mul(s, total, out=g).exp_()  # q^(α+β)
-    t.mul_(total).exp_().mul_(-alpha / total).add_(g, alpha=-beta / total).add_(x)
+    s.mul_(total).exp_()  # q^(α+β)
+    t.mul_(total).exp_().mul_(-alpha / total).add_(s, alpha=-beta / total).add_(x)
     values = _drop_(t, dropped).sum(-1) / (-alpha * beta)
-    c = _drop_(g.sub_(x), dropped)  # q^(α+β) − p^α q^β
-    _drop_(torch.exp(s, out=x), dropped)  # q
-    c.sub_(x.mul_(c.sum(-1, keepdim=True))).div_(tau_s).div_(alpha)
+    c = _drop_(s.sub_(x), dropped)  # q^(α+β) − p^α q^β
+    _pullback_(g, c, tau_s * alpha)
     return values
 
 
@@ -242,7 +260,7 @@ def _drkl_(
 Kernel = Callable[..., Tensor]
 KERNELS: dict[str, Kernel] = {
     "fkl": _fkl_, "rkl": _rkl_, "sym_kl": _sym_kl_, "js": _js_, "tvd": _tvd_, "sfkl": _sfkl_, "srkl": _srkl_,
-    "akl": _sym_kl_, "ab": _ab_, "drkl": _drkl_,
+    "akl": _akl_, "ab": _ab_, "drkl": _drkl_,
 }  # fmt: skip
 """Registry name → kernel ``(s, t, g, x, τ_s, τ_t, **hyperparameters) → values [n]``, leaving ∂d/∂z_s in g."""
 
@@ -261,23 +279,11 @@ def has_kernel(config: LossConfig) -> bool:
 def kernel_arguments(
     config: LossConfig, student: Tensor, teacher: Tensor, targets: Tensor, tau_s: Temperature, tau_t: Temperature
 ) -> dict:
-    """The kernel's keyword arguments beyond the buffers and τ: its hyperparameters, AKL's weights (computed here,
-    ``AKL_WEIGHT_ROWS`` rows at a time, from the logits before the kernel overwrites them), DRKL's targets."""
+    """The kernel's keyword arguments beyond the buffers and τ: its hyperparameters, and DRKL's targets."""
     hparams = config.hparam_values()
-    if config.name == "akl":
-        weights = []
-        for first in range(0, student.shape[0], AKL_WEIGHT_ROWS):
-            rows = slice(first, first + AKL_WEIGHT_ROWS)
-            log_p, log_q = softened(student[rows], teacher[rows], _rows(tau_s, rows), _rows(tau_t, rows))
-            weights.append(akl_weights(log_p, log_q, hparams["mu"])[0])
-        return {"weight": torch.cat(weights)[:, None]}
     if config.name == "drkl":
         return {"targets": targets, **hparams}
     return hparams
-
-
-def _rows(tau: Temperature, rows: slice) -> Temperature:
-    return tau[rows] if isinstance(tau, Tensor) else tau
 
 
 def as_step_inputs(
@@ -327,7 +333,7 @@ def chunk_step(
     flags += [teacher_top.isnan().any(), teacher_top.isposinf().any()]
     if c is not None:
         torch.div(g, total, out=c).scatter_add_(-1, index, torch.full_like(ce[:, None], -1.0))
-    zeros = may_vanish(s, top, tau_s) or may_vanish(t, teacher_top[:, None], tau_t)
+    zeros = name not in NO_MASKS and (may_vanish(s, top, tau_s) or may_vanish(t, teacher_top[:, None], tau_t))
     values = KERNELS[name](s, t, g, x, tau_s, tau_t, zeros=zeros, **kernel_kwargs)
     if isinstance(scale, Tensor) or scale != 1.0:
         values = values * _flat(scale)
@@ -355,13 +361,16 @@ def _flat(value: Temperature) -> Temperature:
     return value.reshape(-1) if isinstance(value, Tensor) and value.dim() == 2 else value
 
 
+NO_MASKS = frozenset({"tvd"})
+"""Kernels without 0·log 0 terms, for which ``chunk_step`` need not ask ``may_vanish``."""
+
 SCRATCH = frozenset({"sym_kl", "js", "sfkl", "srkl", "akl", "ab", "drkl"})
 """The kernels that use the scratch buffer ``x`` (the others run in three blocks)."""
 
-EAGER_WHEN_COMPILED = frozenset({"tvd", "akl", "ab"})
+EAGER_WHEN_COMPILED = frozenset({"tvd", "akl", "ab", "rkl"})
 """Objectives that ``compile_loss`` runs eagerly: compiled, their step held more than 0.10× the full path's peak
-(``benchmarks/loss_memory.py`` at V = 50,257, 4,096 rows: TVD 0.118, AKL 0.110, AB 0.104 against 0.082, 0.080 and
-0.085 eager), where the eager kernels stay below it for all ten."""
+(``benchmarks/loss_memory.py`` at V = 50,257, 4,096 rows: TVD 0.118, AKL 0.110, AB 0.104, RKL 0.1003 against
+0.082, 0.080, 0.085 and 0.068 eager), where the eager kernels stay below it for all ten."""
 
 _COMPILED: list[Callable] = []
 _FAILED: set[str] = set()

@@ -25,7 +25,9 @@ all-equal logits included). Statistics run over each row's finite entries (−in
                             Distillation", arXiv 2404.12711) — the paper's text is not readable here; the form is
                             the one its public code computes from the max logit (logsumexp ≈ max), here centred by
                             the row mean because an LLM's logits have an arbitrary offset (a negative max would
-                            give a negative τ). Both temperatures are detached (constants of the step).
+                            give a negative τ). Both temperatures are detached (constants of the step). Its KD
+                            term is minimized by every positive multiple of the teacher's logits, so it needs the
+                            LM loss beside it (``kd_ratio`` < 1) to set the student's sharpness (``fit`` warns).
     entropy_target          τ_t,i = τ_s,i = the τ at which the teacher's entropy H(softmax(z_t,i/τ)) equals
                             ``tau_target_entropy`` (nats): H rises monotonically with τ, so a safeguarded Newton
                             iteration in log τ (dH/d log τ = Var_p(log p)) with bisection inside [tau_min, tau_max]

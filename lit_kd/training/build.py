@@ -43,7 +43,7 @@ from lit_kd.teacher import TeacherCache, cache_key
 from lit_kd.teacher.build import clean_after_interrupted_builds
 from lit_kd.training.hparams import HParamsSummary
 from lit_kd.training.last_checkpoint import LastCheckpoint
-from lit_kd.training.preflight import check_monitors, check_optimizer_factories
+from lit_kd.training.preflight import check_monitors, check_optimizer_factories, warn_unanchored_student_scale
 from lit_kd.training.progress import LineProgress
 from lit_kd.training.summary import FitSummary, ResumeHint
 from lit_kd.training.trainer import Trainer
@@ -342,6 +342,7 @@ class LitKDCLI(LightningCLI):
         optimizer = check_optimizer_factories(self.model)  # its class names the LR monitor's metric: lr-AdamW
         learning_rate = any(isinstance(c, LearningRateMonitor) for c in self.trainer.callbacks)
         check_monitors(self.trainer.callbacks, self.model, f"lr-{optimizer}" if learning_rate else None)
+        warn_unanchored_student_scale(self.model)
         self.datamodule.connect(self.model.tokenizer, self.model.teacher_tokenizer)
         records = self.datamodule.load_split_records()  # bad data files fail here, before any trainer or model work
         self.check_checkpoint_student()

@@ -8,6 +8,8 @@ run would otherwise find only after training has started.
 * **The optimizer and LR-scheduler factories**: built once on a one-element probe parameter, so their own checks
   (a negative learning rate, betas outside [0, 1), ...) speak now, named by their option, instead of in
   ``configure_optimizers`` after the models have loaded.
+* **A student whose sharpness nothing sets** (``warn_unanchored_student_scale``): sharpness matching on the KD term
+  alone; one warning, the run goes on.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 from typing import Any, Iterable, Optional
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_kd.errors import ConfigError
 from lit_kd.losses.diagnostics import DIAGNOSTICS
@@ -46,6 +49,28 @@ def logged_metrics(module: DistillModule, learning_rate_name: Optional[str] = No
     if learning_rate_name is not None:
         steps.add(learning_rate_name)
     return validation, steps
+
+
+def warn_unanchored_student_scale(module: DistillModule) -> Optional[str]:
+    """Say (rank zero) when nothing sets the student's own sharpness: ``sharpness_matching`` with ``kd_ratio`` 1.
+
+    The rule divides each row of the student's logits by a τ of their own, τ_s ∝ x_s/(x_s + x_t), so the KD
+    term is minimized by every positive multiple of the teacher's logits (z_s = k·z_t gives τ_s/τ_t = k): it fixes
+    the student's shape but not its scale, and with the τ detached the steps drift along that ray toward flat
+    logits — a student trained on it alone samples near uniform at temperature 1 (``docs/concepts/temperature.md``;
+    tested on a free logit table in ``tests/losses/test_temperature.py``). The LM loss (``kd_ratio`` < 1) sets the
+    scale, as DTKD trains with cross-entropy beside the KD term. Returns the line, or None."""
+    rule = module.loss_config.tau_rule
+    if rule != "sharpness_matching" or module.kd_ratio < 1 or module.teacher_config is None:
+        return None
+    line = (
+        "lit_kd: model.loss.tau_rule sharpness_matching with model.kd_ratio 1: the rule divides the student's logits "
+        "by a tau of their own, so the KD term fixes the student's shape but not its sharpness, and a student "
+        "trained on it alone drifts toward uniform (samples near random text at temperature 1); set model.kd_ratio "
+        "below 1 (e.g. 0.9: the LM loss sets the sharpness) or use another tau_rule"
+    )
+    rank_zero_warn(line)
+    return line
 
 
 def check_monitors(callbacks: Iterable[Any], module: DistillModule, learning_rate_name: Optional[str]) -> None:

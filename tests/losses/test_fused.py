@@ -197,12 +197,12 @@ def test_a_failing_compilation_runs_the_eager_kernel_with_one_line(monkeypatch, 
     monkeypatch.setattr(fused, "_COMPILED", [broken])
     monkeypatch.setattr(fused, "_FAILED", set())
     hidden, head, teacher_hidden, teacher_head, targets = head_problem()
-    config = LossConfig(name="rkl", tau=2.0)
+    config = LossConfig(name="fkl", tau=2.0)
     with caplog.at_level(logging.WARNING, logger="lit_kd.losses.fused"):
         runs = [chunked_token_sums(hidden, head, targets, config, 1.0, 8, teacher_hidden, teacher_head,
                                    compiled=compiled) for compiled in (True, True, False)]  # fmt: skip
     lines = [r.getMessage() for r in caplog.records]
-    assert lines == ["lit_kd: torch.compile of the rkl loss kernel failed (RuntimeError: no C++ compiler); "
+    assert lines == ["lit_kd: torch.compile of the fkl loss kernel failed (RuntimeError: no C++ compiler); "
                      "running it eagerly"]  # fmt: skip
     for run in runs[:2]:
         torch.testing.assert_close(run.loss, runs[2].loss, rtol=0, atol=0)
@@ -210,8 +210,8 @@ def test_a_failing_compilation_runs_the_eager_kernel_with_one_line(monkeypatch, 
 
 @pytest.mark.parametrize("name", sorted(fused.EAGER_WHEN_COMPILED))
 def test_compile_loss_runs_the_objectives_whose_compiled_peak_is_too_high_eagerly(name, monkeypatch, caplog):
-    """TVD, AKL and AB compiled held more than 0.10× the full path's peak: ``compile_loss`` runs them eagerly, with
-    one line, and never calls the compiler for them."""
+    """TVD, AKL, AB and RKL compiled held more than 0.10× the full path's peak: ``compile_loss`` runs them eagerly,
+    with one line, and never calls the compiler for them."""
 
     def never(*args, **kwargs):
         raise AssertionError("the compiled step ran")

@@ -3,6 +3,7 @@ documented limits and bounds, and finite values and gradients on hostile inputs.
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -15,6 +16,7 @@ from lit_kd.losses import (
     LossConfig,
     ab,
     akl,
+    akl_head_weight,
     akl_weights,
     distillation_loss,
     drkl,
@@ -270,6 +272,54 @@ def test_akl_equals_fkl_when_the_tail_gap_is_zero():
     assert w_tail.item() > 0.3
     # p = q: both gaps are zero, the weights are ½, ½ (the authors' code gives 0/0 = NaN)
     assert [w.item() for w in akl_weights(log_p, log_p, mu=0.5)] == [0.5, 0.5]
+
+
+def head_weight_cases() -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, teacher logits, student logits) at shapes where the bins matter, float64."""
+    g = torch.Generator().manual_seed(5)
+    V = 3000
+    flat_t, flat_s = torch.randn(6, V, generator=g, dtype=torch.float64) * 0.5, torch.randn(6, V, generator=g,
+                                                                                          dtype=torch.float64)
+    peaked_t = torch.randn(6, V, generator=g, dtype=torch.float64) * 6
+    masked_t = peaked_t.clone()
+    masked_t[:, ::7] = float("-inf")
+    ties_t = torch.randint(0, 4, (6, V), generator=g).to(torch.float64)  # four values: ties at every boundary
+    small_t = torch.randint(0, 3, (6, 40), generator=g).to(torch.float64)
+    small_t[0] = 0.0  # uniform
+    small_t[1, 7] = 50.0  # one token holds everything: rank 1 alone
+    return [("flat", flat_t, flat_s), ("peaked", peaked_t, flat_s), ("masked", masked_t, flat_s),
+            ("ties", ties_t, flat_s), ("small", small_t, torch.randn(6, 40, generator=g, dtype=torch.float64))]
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.3, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("case", range(5))
+def test_akl_head_weight_by_selection_equals_the_sort(case, mu):
+    name, teacher, student = head_weight_cases()[case]
+    log_p, log_q = torch.log_softmax(teacher, -1), torch.log_softmax(student, -1)
+    expected = akl_weights(log_p, log_q, mu)[0]
+    got = akl_head_weight(log_p, log_p.exp(), log_q.exp(), mu)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_akl_head_weight_sorts_only_crowded_or_nonfinite_rows(monkeypatch):
+    akl_module = importlib.import_module("lit_kd.losses.akl")  # ``lit_kd.losses.akl`` is also the function
+
+    sorted_rows = []
+
+    def counting(log_p, log_q, mu):
+        sorted_rows.append(log_p.shape[0])
+        return akl_weights(log_p, log_q, mu)
+
+    monkeypatch.setattr(akl_module, "akl_weights", counting)
+    g = torch.Generator().manual_seed(2)
+    teacher = torch.randn(4, 3000, generator=g, dtype=torch.float64) * 3
+    teacher[1] = 0.0  # constant: its one bin holds 3,000 members
+    teacher[2, 5] = float("nan")
+    log_p, q = torch.log_softmax(teacher, -1), torch.softmax(torch.randn(4, 3000, generator=g, dtype=torch.float64), -1)
+    weight = akl_head_weight(log_p, log_p.exp(), q, 0.5)
+    assert sorted_rows == [2]
+    torch.testing.assert_close(weight[[0, 1, 3]], akl_weights(log_p, q.log(), 0.5)[0][[0, 1, 3]], rtol=1e-12,
+                               atol=1e-12)  # fmt: skip
 
 
 # -- numerics under stress ---------------------------------------------------------------------------

@@ -313,3 +313,56 @@ def test_the_cli_names_the_key_before_any_model_loads(tmp_path, capsys, extra, m
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith("lit_kd: error: ") and message in line
     assert not (tmp_path / "logs").exists()
+
+
+def train_free_student(rule: str, kd_ratio: float, steps: int = 100) -> tuple[float, float, float]:
+    """A free ``[16, 300]`` logit table trained from near-flat logits on FKL at τ 2 (and the LM loss on tokens
+    drawn from the teacher): (the student's sharpness x_s, its entropy at τ 1, the teacher's), averaged over rows."""
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(16, 300, generator=g) * 3.0
+    teacher[torch.arange(16), torch.randint(0, 300, (16,), generator=g)] += 6.0
+    targets = torch.multinomial(torch.softmax(teacher, -1), 1, generator=g).squeeze(-1)
+    student = (torch.randn(16, 300, generator=g) * 0.01).requires_grad_(True)
+    optimizer = torch.optim.Adam([student], lr=0.1)
+    config = LossConfig(name="fkl", tau=2.0, tau_rule=rule)
+    for _ in range(steps):
+        kd = kd_term(config, student, teacher, targets).values.mean()
+        loss = kd_ratio * kd + (1 - kd_ratio) * torch.nn.functional.cross_entropy(student, targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    def entropy(z: torch.Tensor) -> float:
+        log_p = torch.log_softmax(z.detach(), -1)
+        return float(-(log_p.exp() * log_p).sum(-1).mean())
+
+    logits = student.detach()
+    return float((logits.amax(-1) - logits.mean(-1)).mean()), entropy(logits), entropy(teacher)
+
+
+def test_sharpness_matching_alone_leaves_the_students_sharpness_unset():
+    """The defect behind the τ study's collapsed students: sharpness matching's KD term is minimized by every
+    positive multiple of the teacher's logits, so on it alone a flat student stays flat (near-uniform samples at
+    τ 1) while a constant τ sharpens it to the teacher's entropy; the LM loss beside it sets the sharpness."""
+    flat, flat_entropy, teacher_entropy = train_free_student("sharpness_matching", 1.0)  # teacher: 2.5 nats
+    assert flat < 1.5 and flat_entropy > teacher_entropy + 2.5  # ln 300 = 5.7 nats: near uniform
+    _, constant_entropy, _ = train_free_student("none", 1.0)
+    assert abs(constant_entropy - teacher_entropy) < 0.5
+    sharp, mixed_entropy, _ = train_free_student("sharpness_matching", 0.9)
+    assert sharp > 5.0 and abs(mixed_entropy - teacher_entropy) < 0.75
+
+
+def test_sharpness_matching_on_the_kd_term_alone_is_warned():
+    from types import SimpleNamespace
+
+    from lit_kd.training.preflight import warn_unanchored_student_scale
+
+    def module(rule: str, kd_ratio: float) -> SimpleNamespace:
+        return SimpleNamespace(loss_config=LossConfig(name="fkl", tau_rule=rule), kd_ratio=kd_ratio,
+                               teacher_config=object())  # fmt: skip
+
+    with pytest.warns(UserWarning, match="sharpness_matching with model.kd_ratio 1"):
+        line = warn_unanchored_student_scale(module("sharpness_matching", 1.0))
+    assert "set model.kd_ratio below 1" in line
+    assert warn_unanchored_student_scale(module("sharpness_matching", 0.9)) is None
+    assert warn_unanchored_student_scale(module("entropy_target", 1.0)) is None
