@@ -43,7 +43,7 @@ from lit_kd.losses.registry import LossConfig, squared_factor
 
 log = logging.getLogger(__name__)
 
-AKL_WEIGHT_ROWS = 64
+AKL_WEIGHT_ROWS = 128
 """AKL's head/tail weights are found this many rows at a time, so their int64 bin indices and the gaps |p − q|
 stay a fraction of one ``[chunk, V]`` block."""
 
