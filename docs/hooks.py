@@ -3,20 +3,25 @@
     reference/objectives.md   the registry (``lit_kd.losses.OBJECTIVES``): names, formulas, hyperparameters
     reference/commands.md     the command table (``lit_kd.cli.main.COMMANDS``) and each command's ``--help``
     reference/config.md       every key of the fit configuration, from LightningCLI's parser (``LitKDCLI``)
+    concepts/objectives.md    (its marked section) each objective's formula and gradient, from the registry
 
 ``mkdocs.yml`` names this file under ``hooks:``; ``on_files`` adds the three pages, so the nav can list them and
-``mkdocs build --strict`` fails when one cannot be rendered. The Python API pages (``docs/reference/api/``) are
-mkdocstrings' ``:::`` blocks, read from the docstrings. Importing lit_kd (torch, Lightning) takes a few seconds; the
-pages are rendered once per build (``mkdocs serve`` re-renders them on each rebuild).
+``mkdocs build --strict`` fails when one cannot be rendered; ``on_page_markdown`` fills the marked section of
+concepts/objectives.md. Options are listed through the parsers' public interface (``get_defaults``,
+``format_help``). The Python API pages (``docs/reference/api/``) are mkdocstrings' ``:::`` blocks, read from the
+docstrings. Importing lit_kd (torch, Lightning) takes a few seconds; the pages are rendered once per build
+(``mkdocs serve`` re-renders them on each rebuild).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import io
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
@@ -53,7 +58,8 @@ def objectives_page() -> str:
         "`model.loss.name` takes them. p = softmax(z_t/τ) is the teacher's distribution, q = softmax(z_s/τ) the "
         "student's. Each hyperparameter is the config key `model.loss.<field>`; `python -m lit_kd objectives` prints "
         "the same registry with each objective's value on the reference's fixed input. "
-        "[The objectives](../concepts/objectives.md) explains them and names their sources.",
+        "[The objectives](../concepts/objectives.md) explains them, names their sources and gives each one's gradient "
+        "([formulas and gradients](../concepts/objectives.md#formulas-and-gradients)).",
         "",
         "| name | formula | hyperparameters: `model.loss.<field>` = default, range | function | summary |",
         "|---|---|---|---|---|",
@@ -77,6 +83,45 @@ def objectives_page() -> str:
     ]
     for field, _, default, doc in COMMON_FIELDS:
         lines.append(f"| `model.loss.{field}` | `{default!r}` | {cell(doc.format(names=names))} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- concepts/objectives.md: each objective's formula and gradient, from the registry ---
+
+GRADIENTS_MARKER = "<!-- generated: the objectives' formulas and gradients (docs/hooks.py) -->"
+"""Where ``concepts/objectives.md`` takes the generated table (``on_page_markdown``)."""
+
+GRADIENT_START = re.compile(r"\b(?:Sub)?[Gg]radient\b|∇\w+ =")
+SENTENCE_END = re.compile(r"\.(?=\s+[A-Z(]|\s*$)")
+
+
+def stated_gradient(fn: Any) -> str:
+    """The sentence of ``fn``'s docstring that states its gradient (``Gradient ...: ...``, ``Subgradient ...``, or
+    ``∇X = ...``), on one line; every registered objective's docstring has one."""
+    doc = " ".join((inspect.getdoc(fn) or "").split())
+    start = GRADIENT_START.search(doc)
+    if start is None:
+        raise ValueError(f"{fn.__module__}.{fn.__name__}: its docstring states no gradient ('Gradient: ...')")
+    end = SENTENCE_END.search(doc, start.start())
+    return doc[start.start() : end.end() if end else len(doc)].replace("``", "`")
+
+
+def gradients_table() -> str:
+    from lit_kd.losses import OBJECTIVES
+
+    lines = [
+        "The gradients are derived and checked against float64 autograd in the objectives reference "
+        "(`../shared/reference/objectives.md` §2). Each is the softmax pull-back "
+        "∂d/∂z_s,j = (1/τ)·(u_j − q_j·Σ_k u_k) of u_k = ∂d/∂log q_k. The code differentiates the "
+        "objectives with autograd (float64 `gradcheck` in the tests) or, on the chunked path, with the fused kernels "
+        "(`lit_kd.losses.fused`), which compute u and the pull-back in place and are tested against autograd; "
+        "`tau_squared_scaling` multiplies value and gradient by τ².",
+        "",
+        "| name | formula | gradient ∂d/∂z_s (the objective's docstring) |",
+        "|---|---|---|",
+    ]
+    for name, objective in OBJECTIVES.items():
+        lines.append(f"| `{name}` | {cell(objective.formula)} | {cell(stated_gradient(objective.fn))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -109,7 +154,9 @@ def own_options_help(add_options: Any, name: str) -> str:
     """The help of a fit-config command's own options (``cache_options``, ``generation_options``)."""
     from lightning.pytorch.cli import LightningArgumentParser
 
-    parser = LightningArgumentParser(prog=f"python -m lit_kd {name} <fit options>", add_help=False)
+    parser = LightningArgumentParser(
+        prog=f"python -m lit_kd {name} <fit options>", description=f"The options of {name} itself.", add_help=False
+    )
     add_options(parser)
     with help_width():
         return parser.format_help().rstrip()
@@ -224,24 +271,75 @@ def class_rows(prefix: str, cls: type) -> list[tuple[str, Any, str]]:
 
     parser = ArgumentParser(add_help=False)
     parser.add_class_arguments(cls)
-    return [(f"{prefix}.{dest}", default, text) for dest, default, text, _ in parser_rows(parser)]
+    return [(f"{prefix}.{key}", default, text) for key, default, text, _ in parser_rows(parser)]
 
 
-def parser_rows(parser: Any) -> list[tuple[str, Any, str, bool]]:
-    """(key, default, help, linked) of each option of ``parser`` that holds a value."""
-    rows = []
-    for action in parser._actions:  # argparse keeps a parser's options here; jsonargparse's help reads them too
-        kind = type(action).__name__
-        if kind in {"_HelpAction", "_ActionPrintConfig", "ActionConfigFile", "_ActionConfigLoad"}:
+HELP_SUFFIX = re.compile(r"^(?P<help>.*)\s*\((?:required, )?(?:type|default): .*\)$")
+"""The ``(type: ..., default: ...)`` jsonargparse's help formatter appends to an option's help (the last one: a help
+text may itself say ``(default: ...)``)."""
+
+
+def printed_options(parser: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """(help of each option, help of each linked target) as ``parser.format_help()`` prints them, at a width that
+    keeps every option's help on its own lines: an option is a line ``  --key METAVAR  [help]`` (or
+    ``  -c CONFIG, --config CONFIG``), a link ``  source --> target [applied ...]``, and the indented lines that
+    follow either continue its help."""
+    with help_width(1_000_000):
+        text = parser.format_help()
+    helps: dict[str, list[str]] = {}
+    linked: dict[str, list[str]] = {}
+    current: Optional[list[str]] = None
+    for line in text.splitlines():
+        if line.startswith("   ") and current is not None:
+            current.append(line.strip())
             continue
-        if kind == "_ActionHelpClassPath" or action.dest.endswith(".help"):
-            continue
-        text = "" if action.help in (None, "==SUPPRESS==") else action.help
-        rows.append((action.dest, action.default, text, kind == "ActionLink"))
+        current = None
+        entry = re.match(r"  (?P<head>\S.*?)(?:\s{2,}(?P<help>\S.*))?$", line)
+        if entry is None:
+            continue  # a section's title, or a blank line
+        head, first = entry["head"], [entry["help"]] if entry["help"] else []
+        names = [word.rstrip(",") for word in head.split() if word.startswith("--")]
+        link = re.fullmatch(r"\S+ --> (?P<target>\S+)(?: \[.*\])?", head)
+        if head.startswith("-") and names:
+            current = helps.setdefault(names[0][2:], first)
+        elif link is not None:
+            current = linked.setdefault(link["target"], first)
+
+    def plain(lines: list[str]) -> str:
+        joined = " ".join(lines)
+        found = HELP_SUFFIX.match(joined)
+        return (found["help"] if found else joined).strip()
+
+    return {key: plain(lines) for key, lines in helps.items()}, {key: plain(lines) for key, lines in linked.items()}
+
+
+def parser_rows(parser: Any, owner: Optional[Any] = None, files: str = "") -> list[tuple[str, Any, str, bool]]:
+    """(key, default, help, linked) of each option of ``parser`` that holds a value, in the parser's order, through
+    its public interface: the keys and defaults are ``parser.get_defaults()`` (a class option, ``class_path`` and
+    ``init_args``, is one key), the help texts what ``parser.format_help()`` prints. A linked option (set from the
+    ``data.`` key of the same name) has no default of its own; it is listed after the parameter of ``owner``'s
+    signature that precedes it. ``files``: the key of the parser's ``--config`` (files to read, not a setting)."""
+    defaults = flatten(parser.get_defaults(skip_validation=True).as_dict())
+    helps, linked = printed_options(parser)
+    rows = [(key, default, helps.get(key, ""), False) for key, default in defaults.items() if key != files]
+    if linked and owner is not None:
+        order = list(inspect.signature(owner).parameters)
+        for target, text in linked.items():
+            prefix, _, name = target.rpartition(".")
+            before = order[: order.index(name)] if name in order else order
+            at = len(rows)
+            for i, (key, *_) in enumerate(rows):
+                rest = key.removeprefix(prefix + ".") if key.startswith(prefix + ".") else None
+                if rest is not None and rest.split(".")[0] in before:
+                    at = i + 1
+            rows.insert(at, (target, None, text, True))
+    else:
+        rows += [(target, None, text, True) for target, text in linked.items()]
     return rows
 
 
 def config_page() -> str:
+    from lit_kd.modules import DistillModule
     from lit_kd.utils.paths import BASE_CONFIG
 
     parser = fit_parser()
@@ -260,7 +358,7 @@ def config_page() -> str:
         "",
     ]
     section = None
-    for key, default, text, linked in parser_rows(parser):
+    for key, default, text, linked in parser_rows(parser, owner=DistillModule.__init__, files="config"):
         top = key.split(".")[0] if "." in key else "(top level)"
         if top != section:
             section = top
@@ -289,3 +387,12 @@ def on_files(files: Any, config: Any) -> Any:
     for path, render in PAGES.items():
         files.append(File.generated(config, path, content=render()))
     return files
+
+
+def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    """``concepts/objectives.md`` takes the generated table of formulas and gradients where it holds the marker."""
+    if page.file.src_uri != "concepts/objectives.md":
+        return markdown
+    if GRADIENTS_MARKER not in markdown:
+        raise ValueError(f"concepts/objectives.md lost its marker {GRADIENTS_MARKER!r}")
+    return markdown.replace(GRADIENTS_MARKER, gradients_table())

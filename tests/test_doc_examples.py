@@ -1,8 +1,9 @@
 """The examples of the README and docs/ run as written.
 
 A shell block runs when the line before its fence is ``<!-- runnable -->``; ``<!-- runnable: skip REASON -->`` keeps
-it out with the reason stated (it needs a GPU, the network, or takes over a minute). Every ``python`` block runs
-unless ``<!-- runnable: skip REASON -->`` precedes it. A page's runnable blocks run in order, in one scratch folder
+it out with the reason stated (it needs a GPU, the network, or takes minutes); every shell block has one or the
+other. Every ``python`` block runs unless ``<!-- runnable: skip REASON -->`` precedes it. A page's runnable blocks
+run in order, in one scratch folder
 holding a copy of ``configs/`` and ``data/`` (so ``configs/tiny.yaml`` and ``logs/tiny/version_0`` mean what they
 say on the page, and nothing is written into the checkout), with this interpreter's ``python`` first on PATH.
 
@@ -96,6 +97,14 @@ def test_every_marker_precedes_a_block_it_can_run():
             elif not opened or opened["lang"] not in SHELLS | {"python"}:
                 problems.append(f"{where}: the marker is not followed by a shell or python block")
     assert not problems, "\n".join(problems)
+
+
+def test_every_shell_block_runs_or_states_why_not():
+    """Every shell block of the README and docs/ is marked: ``<!-- runnable -->`` (the slow test runs it) or
+    ``<!-- runnable: skip REASON -->`` (a GPU, the network, minutes, a server, a placeholder)."""
+    unmarked = [example.where for page in pages() for example in examples(page)
+                if example.lang in SHELLS and not example.marked]  # fmt: skip
+    assert not unmarked, "shell blocks without <!-- runnable --> or <!-- runnable: skip WHY -->: " + ", ".join(unmarked)
 
 
 def test_every_python_block_compiles_and_some_blocks_run():

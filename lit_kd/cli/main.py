@@ -5,10 +5,11 @@
     python -m lit_kd demo            # the embedded default: distill SmolLM2-135M-Instruct on CPU
     python -m lit_kd sweep --help    # every option, from the function's type hints and docstring
 
-``COMMANDS`` is the one table of commands: it drives ``--help``, the dispatch and the README check. Commands on a
-fit configuration take the options of ``lit_kd.training.build`` (LightningCLI: ``--config``, ``--model.*``,
-``--data.*``, ``--trainer.*``); the others are typed functions whose options come from their signatures and
-docstrings (one jsonargparse parser). This package only parses and dispatches: the work is done elsewhere.
+``COMMANDS`` is the one table of commands: it drives ``--help``, the dispatch and the generated commands reference
+(docs/reference/commands.md, rendered by docs/hooks.py). Commands on a fit configuration take the options of
+``lit_kd.training.build`` (LightningCLI: ``--config``, ``--model.*``, ``--data.*``, ``--trainer.*``); the others are
+typed functions whose options come from their signatures and docstrings (one jsonargparse parser). This package only
+parses and dispatches: the work is done elsewhere.
 """
 
 from __future__ import annotations

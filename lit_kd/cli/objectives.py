@@ -15,7 +15,8 @@ def objectives() -> None:
     fixed input and its formula.
 
     The values are those of ``../shared/reference/objectives.md`` §6 (τ = 1, τ = 3, τ = 3 with τ² scaling, float64),
-    and float32 at τ = 3: a check that an implementation matches the reference."""
+    and float32 at τ = 3: a check that an implementation matches the reference. Each objective's source, gradient
+    and use: docs/concepts/objectives.md."""
     hparams = {
         name: ", ".join(f"{h.field}={h.default} {h.range_text}" for h in objective.hparams) or "-"
         for name, objective in OBJECTIVES.items()

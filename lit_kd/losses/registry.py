@@ -339,7 +339,7 @@ register(
                 "drkl_gamma",
                 "gamma",
                 0.5,
-                "weight γ of the non-target KL. PROVISIONAL default (see README).",
+                "weight γ of the non-target KL. PROVISIONAL default (docs/concepts/objectives.md).",
                 low=0.0,
                 open_low=True,
             )
