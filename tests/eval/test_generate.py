@@ -57,7 +57,7 @@ def test_responses_end_at_the_first_eos(tiny_model, tiny_tokenizer, monkeypatch)
     eos = tiny_tokenizer.eos_token_id
     continuations = [[7, 8, eos, 9], [eos, 5, 5, 5]]
 
-    def fake_generate(input_ids, attention_mask, generation_config):
+    def fake_generate(input_ids, attention_mask, generation_config, logits_processor):
         assert generation_config.eos_token_id == eos  # HF stops each row at EOS; we cut what follows
         return torch.cat([input_ids, torch.tensor(continuations)], dim=1)
 
@@ -77,7 +77,7 @@ def test_responses_end_at_a_chat_templates_end_of_turn_token_or_eos(tiny_model, 
     assert rendering.stop_ids == sorted({end_of_turn, eos}) and end_of_turn != eos
     continuations = [[7, end_of_turn, 9], [8, eos, 5], [5, 6, 7]]
 
-    def fake_generate(input_ids, attention_mask, generation_config):
+    def fake_generate(input_ids, attention_mask, generation_config, logits_processor):
         assert sorted(generation_config.eos_token_id) == rendering.stop_ids  # HF stops a row at either
         return torch.cat([input_ids, torch.tensor(continuations)], dim=1)
 
@@ -124,8 +124,78 @@ def test_the_models_own_generation_defaults_do_not_leak_in(tiny_model, tiny_toke
     monkeypatch.setattr(tiny_model, "_get_logits_processor", recording)
     prompts = encode_prompts(DollyRendering(tiny_tokenizer), RECORDS[:2], SamplingConfig())
     generate_ids(tiny_model, tiny_tokenizer, prompts, SamplingConfig(max_new_tokens=3, greedy=greedy), seed=0)
-    assert seen == [[]]  # no top-k, top-p, repetition penalty, n-gram ban or temperature warper
+    # no top-k, top-p, repetition penalty, n-gram ban or temperature warper: only the draw when sampling
+    assert seen == [[] if greedy else ["InverseCdfSampler"]]
     assert tiny_model.generation_config.top_k == 5  # the model's own config is left as it was
-    truncating = SamplingConfig(max_new_tokens=3, top_k=7, top_p=0.9)
+    truncating = SamplingConfig(max_new_tokens=3, top_k=7, top_p=0.9, temperature=0.7)
     generate_ids(tiny_model, tiny_tokenizer, prompts, truncating, seed=0)
-    assert set(seen[-1]) == {"TopKLogitsWarper", "TopPLogitsWarper"}
+    assert seen[-1] == ["TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper", "InverseCdfSampler"]
+
+
+def test_inverse_cdf_sampler_draws_from_the_softmax():
+    """Frequencies over 40,000 draws match softmax(scores) (a chi-square bound), a −inf entry is never drawn,
+    and the output is one-hot: 0 at the drawn token, −inf elsewhere."""
+    from lit_kd.eval.generate import InverseCdfSampler
+
+    scores = torch.tensor([[2.0, 0.5, float("-inf"), -1.0, 1.0], [float("-inf"), 0.0, 0.0, float("-inf"), 3.0]])
+    rows = 20_000
+    torch.manual_seed(0)
+    out = InverseCdfSampler()(torch.zeros(1), scores.repeat_interleave(rows, 0))
+    assert out.shape == (2 * rows, 5) and bool(((out == 0).sum(-1) == 1).all())
+    assert bool(((out == 0) | (out == float("-inf"))).all())
+    drawn = out.argmax(-1).view(2, rows)
+    for row in range(2):
+        expected = torch.softmax(scores[row].double(), -1) * rows
+        counts = torch.bincount(drawn[row], minlength=5).double()
+        assert counts[expected == 0].sum() == 0  # −inf: never drawn
+        kept = expected > 0
+        chi2 = float((((counts - expected) ** 2)[kept] / expected[kept]).sum())
+        assert chi2 < 20.0  # 4 degrees of freedom at most: p ≈ 5e-4
+
+
+def test_inverse_cdf_sampler_is_seeded_by_the_global_generator():
+    from lit_kd.eval.generate import InverseCdfSampler
+
+    scores = torch.randn(6, 50)
+    torch.manual_seed(3)
+    a = InverseCdfSampler()(torch.zeros(1), scores)
+    torch.manual_seed(3)
+    b = InverseCdfSampler()(torch.zeros(1), scores)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("rows", [1, 8, 33])
+def test_rows_as_columns_head_equals_the_linear_head(rows):
+    from lit_kd.eval.generate import RowsAsColumnsHead
+
+    torch.manual_seed(0)
+    for bias in (False, True):
+        head = torch.nn.Linear(16, 9000, bias=bias).double()
+        hidden = torch.randn(rows, 2, 16, dtype=torch.float64)
+        torch.testing.assert_close(RowsAsColumnsHead(head)(hidden), head(hidden))
+
+
+def test_a_wide_cpu_head_is_swapped_for_generation_and_restored(tiny_tokenizer, monkeypatch):
+    """A head of at least WIDE_HEAD outputs decodes through RowsAsColumnsHead (seen by the model's forward) and is
+    the same module again afterwards; a narrower head is left alone. Sampled text does not depend on the swap."""
+    from lit_kd.eval import generate as generation
+
+    model = load_model(ModelConfig(config=tiny_llama_config(2, initializer_range=0.5)))
+    head = model.get_output_embeddings()
+    seen = []
+    forward = model.forward
+
+    def recording(*args, **kwargs):
+        seen.append(type(model.get_output_embeddings()).__name__)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording)
+    prompts = encode_prompts(DollyRendering(tiny_tokenizer), RECORDS[:3], SamplingConfig())
+    settings = SamplingConfig(max_new_tokens=4)
+    narrow = generate_ids(model, tiny_tokenizer, prompts, settings, seed=4)
+    assert set(seen) == {"Linear"}
+    monkeypatch.setattr(generation, "WIDE_HEAD", head.out_features)
+    seen.clear()
+    wide = generate_ids(model, tiny_tokenizer, prompts, settings, seed=4)
+    assert set(seen) == {"RowsAsColumnsHead"} and model.get_output_embeddings() is head
+    assert wide == narrow
