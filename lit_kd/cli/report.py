@@ -1,7 +1,8 @@
 """``python -m lit_kd report <sweep dir>``: report.md with Table 1, the grid, the τ-gain heatmap, FKL vs RKL across
 τ (the crossover), diversity and calibration, τ schedules and rules against the best constant τ (``--variants``)
 and the KD diagnostics against τ, plus figure1_fkl_rkl.png,
-heatmap_gain.png, diagnostics_vs_tau.png and diversity_calibration_vs_tau.png."""
+heatmap_gain.png, diagnostics_vs_tau.png and diversity_calibration_vs_tau.png; for a sweep with ``evaluation.steps``,
+a table per evaluation point and learning_curves_<objective>.png with learning_curves.csv."""
 
 from __future__ import annotations
 

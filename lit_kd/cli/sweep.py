@@ -4,6 +4,7 @@
         --seeds '[10,20]' --out logs/sweeps/cpu --evaluation.benchmarks '[dolly]' --evaluation.max_examples 50
     python -m lit_kd sweep --resume logs/sweeps/cpu                # continue: done runs are skipped
     python -m lit_kd sweep ... --launcher slurm                    # write configs + launch_slurm.sh, run nothing
+    python -m lit_kd sweep ... --evaluation.steps '[16,64,256]'    # also evaluate each run at those steps
     python -m lit_kd report logs/sweeps/cpu
 """
 
@@ -54,7 +55,8 @@ def sweep(
         seeds: Training seeds (``seed_everything``); each run is also evaluated with its own seed
             unless ``evaluation.seeds`` is set.
         out: The sweep directory (new, or one holding the same plan).
-        evaluation: How each run's best checkpoint is evaluated.
+        evaluation: How each run's best checkpoint is evaluated; ``evaluation.steps`` (e.g. ``'[16,64,256]'``) also
+            saves each run's weights at those optimizer steps and evaluates them (learning curves in the report).
         fit_args: Extra command-line overrides for every fit (e.g. ``'[--trainer.max_epochs,2]'``).
         launcher: ``local`` runs the grid here, one process after another; ``slurm`` writes one config
             per run and ``launch_slurm.sh`` (a job array) and runs nothing.

@@ -11,6 +11,7 @@ Layout of a sweep directory::
     <out>/[<regime>/]<objective>/tau_<τ>/seed_<s>/
         fit/version_N/                   TensorBoard logs, checkpoints, fit_summary.json (one per attempt)
         eval[-k]/                        results.json, results.md, generations.jsonl
+        eval-step-<N>[-k]/               the same, for the weights at step N (``evaluation.steps``: learning curves)
         fit.log, eval.log                the processes' output (appended per attempt)
         status.json                      running | done | failed (``RunStatus``), with what the report needs
 

@@ -31,9 +31,29 @@ PREREQUISITES = {
     TEACHER_DATA: "the teacher's responses to the training prompts (generate-data), which the regime's runs train on"
 }
 """What a regime can need before its first run (``requires`` in ``configs/regimes/<regime>.sweep.json``)."""
+STEP_CHECKPOINT = "step-{step}.ckpt"
+"""The weights at global step ``step`` (``lit_kd.training.StepCheckpoints``), beside the run's other checkpoints."""
 
 T = TypeVar("T")
 R = TypeVar("R", bound="JsonRecord")
+
+
+def check_steps(steps: Any, option: str) -> list[int]:
+    """``steps`` as positive, strictly increasing whole numbers of optimizer steps; a ``ConfigError`` naming
+    ``option`` otherwise."""
+    if not isinstance(steps, (list, tuple)):
+        raise ConfigError(f"{option} must be a list of optimizer steps, got {steps!r}")
+    for step in steps:
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+            raise ConfigError(f"{option} must hold positive whole numbers of optimizer steps, got {step!r}")
+    if any(later <= earlier for earlier, later in zip(steps, steps[1:])):
+        raise ConfigError(f"{option} must be strictly increasing, got {list(steps)}")
+    return list(steps)
+
+
+def step_checkpoint_path(checkpoint_dir: str | os.PathLike, step: int) -> Path:
+    """Where ``StepCheckpoints`` writes the weights at global step ``step``."""
+    return Path(checkpoint_dir) / STEP_CHECKPOINT.format(step=step)
 
 
 def _from_fields(cls: type[T], data: Any, where: str) -> T:
@@ -141,7 +161,7 @@ class FitSummary(JsonRecord):
 
 @dataclass
 class SweepEval:
-    """How each run's best checkpoint is evaluated."""
+    """How each run's best checkpoint is evaluated (and, with ``steps``, its weights at those optimizer steps)."""
 
     benchmarks: list[str] = field(default_factory=lambda: ["dolly", "self_inst", "vicuna", "sinst", "uinst"])
     """Benchmark names under ``data_dir``, or ``name=FILE_OR_HUB``."""
@@ -153,10 +173,14 @@ class SweepEval:
     batch_size: int = 32
     self_bleu_order: int = 4
     """The n-gram order of Self-BLEU (``evaluate --self_bleu_order``)."""
+    steps: list[int] = field(default_factory=list)
+    """Learning curves: global optimizer steps at which each run's weights are saved during its fit and evaluated
+    after it (``<run>/eval-step-<N>``), before the usual evaluation; empty: the best checkpoint only."""
 
     def __post_init__(self) -> None:
         """What would fail each run's evaluation after its training, refused when the sweep is planned."""
         check_field_types(self, "--evaluation")
+        check_steps(self.steps, "--evaluation.steps")
         if not self.benchmarks:
             raise ConfigError("--evaluation.benchmarks needs at least one benchmark")
         if self.seeds is not None and not self.seeds:
@@ -190,9 +214,22 @@ class RunSpec:
         return self.objective if self.regime is None else f"{self.objective} [{self.regime}]"
 
 
+@dataclass
+class StepEval:
+    """One evaluation point of a run's learning curve: the weights at global step ``step``, evaluated into
+    ``eval_dir``; ``eval_dir`` None: the fit ended before that step (not reached)."""
+
+    step: int
+    eval_dir: Optional[str] = None
+
+    @property
+    def reached(self) -> bool:
+        return self.eval_dir is not None
+
+
 RUN_STATE_FIELDS = {
     "running": ("started",),
-    "done": ("fit_dir", "checkpoint", "fit_summary", "eval_dir", "minutes"),
+    "done": ("fit_dir", "checkpoint", "fit_summary", "eval_dir", "minutes", "step_evals"),
     "failed": ("stage", "returncode", "log", "log_tail"),
     "busy": ("reason",),
 }
@@ -202,9 +239,11 @@ RUN_STATE_FIELDS = {
 @dataclass
 class RunStatus(JsonRecord):
     """Where one run stands (``<run>/status.json``): running → done | failed; the fields of its state are set
-    (``RUN_STATE_FIELDS``), the others are None and left out of the file."""
+    (``RUN_STATE_FIELDS``), the others are None and left out of the file. A running or failed run whose fit
+    finished keeps ``fit_dir`` and the step evaluations done so far (``step_evals``), so a restart does only the
+    missing ones. Format 2 added ``step_evals``; format 1 (unversioned) statuses are converted."""
 
-    FORMAT: ClassVar[int] = 1
+    FORMAT: ClassVar[int] = 2
     WHAT: ClassVar[str] = "run status"
     REMEDY: ClassVar[str] = "delete it to start that run again"
 
@@ -223,6 +262,8 @@ class RunStatus(JsonRecord):
     fit_summary: Optional[FitSummary] = None
     eval_dir: Optional[str] = None
     minutes: Optional[float] = None
+    step_evals: Optional[list[StepEval]] = None
+    """done (running, failed: so far): the evaluations of ``evaluation.steps``, in step order"""
     reason: Optional[str] = None
     """busy: the lock's owner"""
 
@@ -238,6 +279,8 @@ class RunStatus(JsonRecord):
         data["spec"] = asdict(self.spec)
         if self.fit_summary is not None:
             data["fit_summary"] = self.fit_summary.to_dict()
+        if self.step_evals is not None:
+            data["step_evals"] = [asdict(point) for point in self.step_evals]
         return data
 
     @classmethod
@@ -249,7 +292,24 @@ class RunStatus(JsonRecord):
             data["spec"] = _from_fields(RunSpec, data["spec"], "its spec")
         if data.get("fit_summary") is not None:
             data["fit_summary"] = FitSummary.from_dict(data["fit_summary"], "its fit_summary")
+        if data.get("step_evals") is not None:
+            if not isinstance(data["step_evals"], list):
+                raise ValueError("step_evals is not a list")
+            points = enumerate(data["step_evals"])
+            data["step_evals"] = [_from_fields(StepEval, point, f"step_evals[{i}]") for i, point in points]
         return _from_fields(cls, data, "the status")
+
+    @classmethod
+    def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
+        """Format 1 (no format number) in format 2's layout: a done run of that time evaluated its best checkpoint
+        only (no step evaluations)."""
+        if version == 1 and data.get("state") == "done":
+            data = {"step_evals": [], **data}
+        return data
+
+    def evaluated_step(self, step: int) -> Optional[StepEval]:
+        """The recorded evaluation of global step ``step`` (reached or not), if any."""
+        return next((point for point in self.step_evals or [] if point.step == step), None)
 
 
 @dataclass
@@ -275,9 +335,10 @@ class RegimeLayer(ConfigLayer):
 @dataclass
 class SweepPlan(JsonRecord):
     """A sweep's plan (``sweep.json``): the base configs, the grid's runs, the evaluation settings, and what is
-    layered on the runs. Format 2 added each regime's ``requires``; format 1 (unversioned) plans are converted."""
+    layered on the runs. Format 2 added each regime's ``requires``, format 3 the evaluation's ``steps``; older plans
+    are converted (format 1 is unversioned)."""
 
-    FORMAT: ClassVar[int] = 2
+    FORMAT: ClassVar[int] = 3
     WHAT: ClassVar[str] = "sweep plan"
     REMEDY: ClassVar[str] = "restore it from a backup or start a new sweep in another directory"
 
@@ -335,7 +396,7 @@ class SweepPlan(JsonRecord):
     def upgrade(cls, data: dict[str, Any], version: int) -> dict[str, Any]:
         """Format 1 (no format number) in format 2's layout: keys added since then take the values the code of
         that time used when they were absent, and the regime named seqkd (the one regime then that needed anything
-        prepared) requires the teacher's data."""
+        prepared) requires the teacher's data. Format 2 reads as it is: its evaluation has no ``steps`` (none)."""
         if version == 1:
             data = {"teacher_cache": None, "regime_configs": {}, "seqkd_args": [], **data}
             layers = data["regime_configs"]

@@ -5,11 +5,19 @@ seeds; "avg" is the mean over benchmarks. A cell (objective, τ) is the mean ± 
 training seeds. The best τ of an objective is chosen by mean validation ROUGE-L (the monitored score of
 the best checkpoints) when every run has one, else by the test average — the report says which.
 Diagnostics are each run's mean of the logged ``diag/*`` values over its training steps.
+
+Learning curves (a sweep with ``evaluation.steps``): the same numbers for each run's weights at each of those steps
+(``<run>/eval-step-<N>``) and at the end (the usual evaluation, placed at the fit's last step): a table and the
+ordering of (objective, τ) by average ROUGE-L per evaluation point, ``learning_curves.csv``, and one figure per
+objective (``learning_curves_<objective>.png``: each metric against steps, one line per τ, a band of ± one std).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +27,7 @@ from lit_kd.errors import ConfigError
 from lit_kd.eval.diversity import DISTINCT_ORDERS
 from lit_kd.eval.evaluate import QUALITY_COLUMNS, mean_std, quality_cell, quality_header
 from lit_kd.experiments.plan import load_plan, read_status, sha256
-from lit_kd.experiments.records import RunStatus, SweepPlan
+from lit_kd.experiments.records import RunSpec, RunStatus, SweepPlan
 from lit_kd.utils.io import atomic_path, atomic_write_text
 
 DIAGNOSTICS = (
@@ -32,6 +40,10 @@ DIAGNOSTICS = (
 """The ``diag/*`` metrics a report reads (``lit_kd/losses/diagnostics.py``), averaged over a run's logged steps"""
 SUMMARY_QUALITY = ("distinct_2", "self_bleu", "entropy", "ece")
 """The diversity and calibration columns of the figure and of the variants table (Distinct-2 standing for n)"""
+CURVE_METRICS = {"avg": "average ROUGE-L", "distinct_2": "Distinct-2", "self_bleu": "Self-BLEU", "ece": "ECE"}
+"""The panels of a learning-curve figure and the metrics of ``learning_curves.csv`` (``avg``: over benchmarks)"""
+END = "end"
+"""The last evaluation point of a learning curve: the run's usual evaluation, after its fit"""
 
 
 @dataclass
@@ -49,10 +61,16 @@ class RunRecord:
     regime: Optional[str] = None
     minutes: Optional[float] = None
     """the run's wall time, fit and evaluation (its status record's)"""
+    step: Optional[int] = None
+    """the global step of the evaluated weights: a step evaluation's, or the fit's last step for the final one"""
 
     @property
     def avg(self) -> float:
         return statistics.fmean(self.scores.values())
+
+    def metric(self, key: str) -> Optional[float]:
+        """``avg`` (average ROUGE-L) or a quality key (``QUALITY_COLUMNS``); None where not measured."""
+        return self.avg if key == "avg" else self.quality.get(key)
 
 
 def _fmt(values: list[float]) -> str:
@@ -123,6 +141,14 @@ def run_quality(result: dict[str, Any]) -> dict[str, float]:
     return {key: statistics.fmean(values) for key, values in per_benchmark.items()}
 
 
+def read_evaluation(eval_dir: str | Path) -> tuple[dict[str, float], dict[str, float]]:
+    """An evaluation's ``results.json``: ROUGE-L per benchmark (mean over the sampling seeds), and its diversity and
+    calibration (``run_quality``)."""
+    result = json.loads((Path(eval_dir) / "results.json").read_text())["results"][0]
+    scores = {b: statistics.fmean(per_seed.values()) for b, per_seed in result["per_seed"].items()}
+    return scores, run_quality(result)
+
+
 def collect(out: Path, plan: SweepPlan) -> tuple[list[RunRecord], list[str]]:
     """Records of the finished runs of the sweep in ``out``, and a line for each run that is not done."""
     records, problems = [], []
@@ -135,17 +161,48 @@ def collect(out: Path, plan: SweepPlan) -> tuple[list[RunRecord], list[str]]:
         if not results_path.is_file():
             problems.append(f"{spec.run_id}: marked done, but {results_path} is missing")
             continue
-        result = json.loads(results_path.read_text())["results"][0]
-        scores = {b: statistics.fmean(per_seed.values()) for b, per_seed in result["per_seed"].items()}
+        scores, quality = read_evaluation(status.eval_dir)
         summary = status.fit_summary
         val = summary.best_model_score if summary.monitor == "val/rougeL" else None
         diagnostics = read_diagnostics(Path(status.fit_dir))
-        quality = run_quality(result)
         records.append(
             RunRecord(spec.label, spec.tau, spec.seed, scores, val, diagnostics, quality, spec.objective, spec.regime,
-                      status.minutes)  # fmt: skip
+                      status.minutes, summary.global_step)  # fmt: skip
         )
     return records, problems
+
+
+@dataclass
+class StepRecords:
+    """The step evaluations of a sweep's done runs (``evaluation.steps``): the records at each step, and for each
+    step the runs that did not reach it or whose results are missing."""
+
+    records: dict[int, list[RunRecord]] = field(default_factory=dict)
+    missing: dict[int, list[tuple[RunSpec, str]]] = field(default_factory=dict)
+    """step → (run, why it has no result there: ``not reached ...``, ``not evaluated``, a missing file)"""
+
+
+def collect_steps(out: Path, plan: SweepPlan) -> StepRecords:
+    """A ``RunRecord`` (scores and quality) per done run and evaluated step of the sweep in ``out``."""
+    found = StepRecords({step: [] for step in plan.evaluation.steps}, {step: [] for step in plan.evaluation.steps})
+    for spec in plan.runs:
+        status = read_status(out, spec)
+        if status is None or status.state != "done":
+            continue  # collect() lists it
+        for step in plan.evaluation.steps:
+            point = status.evaluated_step(step)
+            if point is None or not point.reached:
+                last = status.fit_summary.global_step
+                why = f"not reached (its fit ended at step {last})" if point is not None else "not evaluated"
+                found.missing[step].append((spec, why))
+            elif not (Path(point.eval_dir) / "results.json").is_file():
+                found.missing[step].append((spec, f"{Path(point.eval_dir) / 'results.json'} is missing"))
+            else:
+                scores, quality = read_evaluation(point.eval_dir)
+                run = {"objective": spec.label, "tau": spec.tau, "seed": spec.seed, "name": spec.objective}
+                run.update(regime=spec.regime, step=step)
+                found.records[step].append(RunRecord(**run, scores=scores, quality=quality))
+    return found
 
 
 class Report:
@@ -156,10 +213,13 @@ class Report:
         records: list[RunRecord],
         problems: list[str],
         variants: Optional[list[RunRecord]] = None,
+        steps: Optional[StepRecords] = None,
     ) -> None:
         self.out, self.plan, self.records, self.problems = Path(out), plan, records, problems
         self.variants = variants or []
         """Runs of the ``--variants`` sweeps (τ schedules and rules as regimes), compared with the constant τ"""
+        self.steps = steps or StepRecords()
+        """The runs' evaluations at ``evaluation.steps`` (learning curves)"""
         self.objectives = list(dict.fromkeys(r.label for r in plan.runs))  # "<objective> [<regime>]" with regimes
         self.taus = sorted({r.tau for r in plan.runs})
         self.benchmarks = list(records[0].scores) if records else []
@@ -337,6 +397,125 @@ class Report:
             f"nats and its non-target mass from {m0:.2f} to {m1:.2f} (means over objectives and seeds)."
         ]
 
+    # -- learning curves ------------------------------------------------------------------------
+
+    def at_point(self, point: int | str) -> "Report":
+        """This report on the evaluations at one point of the learning curves: a step of ``evaluation.steps``, or
+        ``END`` (the usual evaluation)."""
+        records = self.records if point == END else self.steps.records.get(int(point), [])
+        return Report(self.out, self.plan, records, [])
+
+    def curve_points(self) -> list[int | str]:
+        """The evaluation points of the learning curves, in order (none when no run has a step evaluation)."""
+        if not any(self.steps.records.values()):
+            return []
+        return [*self.plan.evaluation.steps, END]
+
+    def end_step(self, objective: str, tau: float) -> Optional[float]:
+        """Where the usual evaluation sits on a curve: the mean over the cell's runs of the fit's last step."""
+        steps = [r.step for r in self.cell(objective, tau) if r.step is not None]
+        return statistics.fmean(steps) if steps else None
+
+    def curve(self, objective: str, tau: float, key: str) -> list[tuple[int | str, float, float, float, int]]:
+        """(point, step, mean, std over training seeds, runs) of ``key`` (``CURVE_METRICS``) at each evaluation point
+        where the cell (objective, τ) measured it."""
+        points = []
+        for point in self.curve_points():
+            values = [v for r in self.at_point(point).cell(objective, tau) if (v := r.metric(key)) is not None]
+            step = self.end_step(objective, tau) if point == END else point
+            if values and step is not None:
+                points.append((point, float(step), *mean_std(values), len(values)))
+        return points
+
+    def curves_csv(self) -> str:
+        """``learning_curves.csv``: one row per objective, τ, evaluation point and metric (what the figures plot)."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["objective", "tau", "point", "step", "metric", "mean", "std", "runs"])
+        for objective in self.objectives:
+            for tau in self.taus:
+                for key in CURVE_METRICS:
+                    for point, step, mean, std, runs in self.curve(objective, tau, key):
+                        writer.writerow([objective, f"{tau:g}", point, f"{step:g}", key, repr(mean), repr(std), runs])
+        return buffer.getvalue()
+
+    def step_tables(self) -> list[str]:
+        """For each evaluation point: objective × τ → average ROUGE-L and diversity and calibration (mean ± std over
+        training seeds), the runs that did not reach it, and the ordering of (objective, τ) by ROUGE-L."""
+        points = self.curve_points()
+        if not points:
+            return []
+        lines = [
+            "## Learning curves: each evaluation point",
+            "",
+            f"Each run's weights at steps {', '.join(map(str, self.plan.evaluation.steps))} of its fit, and at the end "
+            "(the usual evaluation: its best checkpoint, at the fit's last step), evaluated alike; average ROUGE-L "
+            "over the benchmarks, diversity and calibration averaged over them, mean ± std over training seeds.",
+        ]
+        for point in points:
+            lines += ["", *self.point_table(point)]
+        return lines
+
+    def point_table(self, point: int | str) -> list[str]:
+        here = self.at_point(point)
+        keys = [key for key in QUALITY_COLUMNS if any(key in r.quality for r in here.records)]
+        title = "the end" if point == END else f"step {point}"
+        lines = [
+            f"### At {title}",
+            "",
+            "| objective | τ | avg ROUGE-L | " + " | ".join(self.quality_header(k) for k in keys) + " |",
+            "|---|---:|---:|" + "---:|" * len(keys),
+        ]
+        missing = [] if point == END else self.steps.missing.get(int(point), [])
+        for objective in self.objectives:
+            for tau in self.taus:
+                runs = here.cell(objective, tau)
+                unreached = any(s.label == objective and s.tau == tau and why.startswith("not reached")
+                                for s, why in missing)  # fmt: skip
+                average = _fmt([r.avg for r in runs]) if runs or not unreached else "not reached"
+                cells = [_fmt_quality(key, [r.quality[key] for r in runs if key in r.quality]) for key in keys]
+                lines.append(f"| {objective} | {tau:g} | {average} | " + " | ".join(cells) + " |")
+        lines += ["", *[f"- {spec.run_id}: {why}" for spec, why in missing]]
+        lines.append(f"Ordering by average ROUGE-L: {here.ordering()}.")
+        return lines
+
+    def ordering(self) -> str:
+        """(objective, τ) cells from the highest mean average ROUGE-L down, each with its mean ± std."""
+        cells = [(mean_std([r.avg for r in runs]), o, t) for o in self.objectives for t in self.taus
+                 if (runs := self.cell(o, t))]  # fmt: skip
+        cells.sort(key=lambda cell: -cell[0][0])
+        return "; ".join(f"{i}. {o} τ = {t:g} ({m:.2f} ± {sd:.2f})" for i, ((m, sd), o, t) in enumerate(cells, 1))
+
+    def curve_figures(self, plt: Any, out: Path) -> dict[str, Path]:
+        """One figure per objective: each metric of ``CURVE_METRICS`` against steps (log axis), one line per τ, a band
+        of ± one std over training seeds."""
+        paths: dict[str, Path] = {}
+        if not self.curve_points():
+            return paths
+        for objective in self.objectives:
+            measured = {key: {t: c for t in self.taus if (c := self.curve(objective, t, key))} for key in CURVE_METRICS}
+            measured = {key: lines for key, lines in measured.items() if lines}
+            if not measured:
+                continue
+            fig, axes = plt.subplots(1, len(measured), figsize=(4.5 * len(measured), 4), squeeze=False)
+            for ax, (key, lines) in zip(axes[0], measured.items()):
+                for tau, points in lines.items():
+                    steps, means, stds = ([p[i] for p in points] for i in (1, 2, 3))
+                    ax.plot(steps, means, marker="o", label=f"τ = {tau:g}")
+                    ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                                    alpha=0.2)  # fmt: skip
+                ax.set_xscale("log")
+                ax.set_xlabel("optimizer steps")
+                ax.set_title(self.quality_header(key) if key in QUALITY_COLUMNS else CURVE_METRICS[key])
+                ax.grid(alpha=0.3)
+            axes[0][0].legend(fontsize=7)
+            fig.suptitle(f"{objective}: learning curves (band: ± std over seeds)")
+            fig.tight_layout()
+            paths[f"curves_{objective}"] = out / f"learning_curves_{re.sub(r'[^A-Za-z0-9_.-]+', '_', objective)}.png"
+            _save_figure(fig, paths[f"curves_{objective}"])
+            plt.close(fig)
+        return paths
+
     # -- figures --------------------------------------------------------------------------------
 
     def figures(self, out: Path) -> dict[str, Path]:
@@ -431,6 +610,7 @@ class Report:
             paths["quality"] = out / "diversity_calibration_vs_tau.png"
             _save_figure(fig, paths["quality"])
             plt.close(fig)
+        paths.update(self.curve_figures(plt, out))
         return paths
 
     def quality_means(self, key: str) -> dict[str, list[tuple[float, float]]]:
@@ -524,6 +704,11 @@ class Report:
         lines += [*self.diagnostics_table(), ""]
         if "diagnostics" in figures:
             lines += [f"![diagnostics against τ]({figures['diagnostics'].name})", ""]
+        curves = self.step_tables()
+        if curves:
+            lines += [*curves, "", "Learning curves (the numbers: `learning_curves.csv`):", ""]
+            lines += [f"![{name}]({path.name})" for name, path in figures.items() if name.startswith("curves_")]
+            lines.append("")
         return "\n".join(lines)
 
 
@@ -571,6 +756,8 @@ def write_report(sweep_dir: str, variant_dirs: Optional[list[str]] = None) -> tu
     records, problems = collect(out, plan)
     if not records:
         raise ConfigError(f"{sweep_dir}: no finished run to report on ({len(problems)} not done)")
-    report = Report(out, plan, records, problems + variant_problems, variants)
+    report = Report(out, plan, records, problems + variant_problems, variants, collect_steps(out, plan))
     figures = report.figures(out)
+    if report.curve_points():
+        atomic_write_text(out / "learning_curves.csv", report.curves_csv())
     return atomic_write_text(out / "report.md", report.markdown(figures)), figures

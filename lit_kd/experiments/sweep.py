@@ -12,6 +12,13 @@ resumes from its ``last.ckpt`` in the same version directory (``--ckpt_path last
 checkpoint's bookkeeping survives; a fit that failed starts over in a new version directory. Nothing an
 earlier attempt wrote is deleted. What a regime requires (``RegimeLayer.requires``) is built once, before the
 first run that needs it.
+
+Learning curves (``evaluation.steps``): each fit also saves the student's weights at those global steps
+(``lit_kd.training.StepCheckpoints``, ``step-<N>.ckpt`` beside the best checkpoint); after the fit each is
+evaluated into ``<run>/eval-step-<N>`` with the same settings, then the best checkpoint into ``<run>/eval``. Each
+step evaluation done is recorded at once in ``status.json`` (``step_evals``, with the fit it belongs to), so a
+restart evaluates only the missing ones; a step the fit did not reach is recorded as such (the report says
+"not reached").
 """
 
 from __future__ import annotations
@@ -44,16 +51,21 @@ from lit_kd.experiments.plan import (
 from lit_kd.experiments.records import (
     FIT_SUMMARY_FILE,
     STATUS_FILE,
+    STEP_CHECKPOINT,
     TEACHER_DATA,
     FitSummary,
     RunSpec,
     RunStatus,
+    StepEval,
     SweepPlan,
+    step_checkpoint_path,
 )
 from lit_kd.utils.io import numbered_paths
 from lit_kd.utils.lock import DirectoryLock
 
 LOCK_FILE = ".lock"
+STEP_CHECKPOINTS_CALLBACK = "lit_kd.training.StepCheckpoints"
+"""The callback each fit of a sweep with ``evaluation.steps`` gets (by class path: ``training`` is a layer above)."""
 
 
 @dataclass
@@ -65,7 +77,8 @@ class Sweep:
     lock: Optional[DirectoryLock] = field(default=None, repr=False, compare=False)
     """The sweep directory's lock while this process owns it"""
     keep_last_checkpoints: bool = field(default=True, repr=False, compare=False)
-    """False: a done run's ``last.ckpt`` files are deleted (a sweep of hundreds of runs keeps only the best)"""
+    """False: a done run's ``last.ckpt`` files are deleted (a sweep of hundreds of runs keeps only the best), and each
+    step checkpoint (``evaluation.steps``) once it is evaluated"""
     threads: Optional[int] = field(default=None, repr=False, compare=False)
     """``OMP_NUM_THREADS`` of the runs' processes when several run at once (``run(workers)``)"""
     children: set = field(default_factory=set, repr=False, compare=False)
@@ -129,6 +142,9 @@ class Sweep:
             if TEACHER_DATA in regime.requires:  # its runs train on the teacher's responses
                 splits = teacher_data_splits(self.out)
                 command += ["--data.raw", "null"] + [f"--data.{name}={path}" for name, path in splits.items()]
+        if self.plan.evaluation.steps:  # appended to the configs' own callbacks
+            callback = {"class_path": STEP_CHECKPOINTS_CALLBACK, "init_args": {"steps": self.plan.evaluation.steps}}
+            command += ["--trainer.callbacks+=" + json.dumps(callback)]
         command += self.plan.fit_args
         if resume:  # into the interrupted attempt's own version directory (see LitKDCLI)
             command += ["--ckpt_path", "last"]
@@ -185,9 +201,13 @@ class Sweep:
                 raise KeyboardInterrupt
             return code
 
-    def _fail(self, spec: RunSpec, stage: str, code: int, log: Path) -> RunStatus:
+    def _fail(self, spec: RunSpec, stage: str, code: int, log: Path, **progress: Any) -> RunStatus:
+        """A failed status; ``progress``: the finished fit's ``fit_dir`` and the ``step_evals`` done, kept for a
+        restart."""
         tail = log.read_text(encoding="utf-8", errors="replace").splitlines()[-15:] if log.is_file() else []
-        return self._write_status(RunStatus("failed", spec, stage=stage, returncode=code, log=str(log), log_tail=tail))
+        return self._write_status(
+            RunStatus("failed", spec, stage=stage, returncode=code, log=str(log), log_tail=tail, **progress)
+        )
 
     def ensure_teacher_cache(self) -> None:
         """Build the sweep's teacher cache once (``cache-teacher`` on the base configs and fit arguments), before
@@ -242,8 +262,9 @@ class Sweep:
                 self.remove_last_checkpoints(spec, keep=Path(previous.checkpoint))
             return previous
         run_dir = self.run_dir(spec)
-        started = time.time()
-        self._write_status(RunStatus("running", spec, started=time.strftime("%Y-%m-%d %H:%M:%S")))
+        started, stamp = time.time(), time.strftime("%Y-%m-%d %H:%M:%S")
+        kept = {"fit_dir": previous.fit_dir, "step_evals": previous.step_evals} if previous is not None else {}
+        self._write_status(RunStatus("running", spec, started=stamp, **kept))  # the step evaluations done stay known
         fit_log = run_dir / "fit.log"
         finished = self.finished_fit(spec)
         if finished is None:
@@ -258,11 +279,22 @@ class Sweep:
         if not checkpoint or not Path(checkpoint).is_file():
             return self._fail(spec, "fit (no checkpoint)", 0, fit_log)
         eval_log = run_dir / "eval.log"
-        # a new directory (eval, eval-2, ...): an earlier attempt's results stay where they are
-        eval_dir = next(path for path in numbered_paths(run_dir / "eval") if not path.exists())
+        points = self.carried_step_evals(previous, fit_dir)
+        for step in self.plan.evaluation.steps:
+            if any(point.step == step for point in points):
+                continue
+            point, code = self.evaluate_step(spec, summary, step, eval_log)
+            progress = {"fit_dir": str(fit_dir), "step_evals": points}
+            if point is None:
+                return self._fail(spec, f"evaluate step {step}", code, eval_log, **progress)
+            points.append(point)
+            self._write_status(RunStatus("running", spec, started=stamp, **progress))
+            if not self.keep_last_checkpoints:
+                remove_path(step_checkpoint_path(Path(checkpoint).parent, step))
+        eval_dir = self.new_eval_dir(run_dir / "eval")
         code = self._call(self.eval_command(spec, checkpoint, eval_dir), eval_log)
         if code != 0 or not (eval_dir / "results.json").is_file():
-            return self._fail(spec, "evaluate", code, eval_log)
+            return self._fail(spec, "evaluate", code, eval_log, fit_dir=str(fit_dir), step_evals=points)
         status = self._write_status(
             RunStatus(
                 "done",
@@ -272,19 +304,48 @@ class Sweep:
                 fit_summary=summary,
                 eval_dir=str(eval_dir),
                 minutes=round((time.time() - started) / 60, 2),
+                step_evals=points,
             )
         )
         if not self.keep_last_checkpoints:
             self.remove_last_checkpoints(spec, keep=Path(checkpoint))
         return status
 
+    @staticmethod
+    def new_eval_dir(base: Path) -> Path:
+        """A new directory (``eval``, ``eval-2``, ...): an earlier attempt's results stay where they are."""
+        return next(path for path in numbered_paths(base) if not path.exists())
+
+    def carried_step_evals(self, previous: Optional[RunStatus], fit_dir: Path) -> list[StepEval]:
+        """The step evaluations an earlier attempt finished on this same fit (whose results are still there)."""
+        if previous is None or previous.fit_dir != str(fit_dir):
+            return []
+        return [p for p in previous.step_evals or [] if not p.reached or (Path(p.eval_dir) / "results.json").is_file()]
+
+    def evaluate_step(self, spec: RunSpec, summary: FitSummary, step: int, log: Path) -> tuple[Optional[StepEval], int]:
+        """Evaluate the weights the fit saved at global step ``step`` into ``<run>/eval-step-<step>``; a step after
+        the fit's last one with no checkpoint is not reached. None and the exit code when the evaluation fails."""
+        path = step_checkpoint_path(Path(str(summary.checkpoint)).parent, step)
+        if not path.exists():
+            if step > summary.global_step:
+                return StepEval(step), 0
+            with open(log, "a", encoding="utf-8") as stream:  # the failed status's log tail says it
+                stream.write(f"\nno checkpoint of step {step} ({path}); the fit reached step {summary.global_step}\n")
+            return None, 0
+        eval_dir = self.new_eval_dir(self.run_dir(spec) / f"eval-step-{step}")
+        code = self._call(self.eval_command(spec, str(path), eval_dir), log)
+        if code != 0 or not (eval_dir / "results.json").is_file():
+            return None, code
+        return StepEval(step, str(eval_dir)), 0
+
     def remove_last_checkpoints(self, spec: RunSpec, keep: Path) -> None:
-        """Delete the ``last.ckpt`` of every fit attempt of a done run (it exists to resume an interrupted fit),
-        never the evaluated checkpoint ``keep``."""
+        """Delete the ``last.ckpt`` of every fit attempt of a done run (it exists to resume an interrupted fit) and
+        its step checkpoints (``evaluation.steps``, evaluated by then), never the evaluated checkpoint ``keep``."""
         for fit_dir in self.fit_dirs(spec):
-            last = fit_dir / "checkpoints" / "last.ckpt"
-            if last.exists() and last.resolve() != keep.resolve():
-                shutil.rmtree(last) if last.is_dir() else last.unlink()  # a sharded (FSDP2) checkpoint is a folder
+            folder = fit_dir / "checkpoints"
+            for path in [folder / "last.ckpt", *folder.glob(STEP_CHECKPOINT.format(step="*"))]:
+                if path.exists() and path.resolve() != keep.resolve():
+                    remove_path(path)
 
     def run(self, workers: int = 1) -> list[RunStatus]:
         """Every run in order, holding the sweep's lock; a failure is recorded and the sweep goes on; a run that
@@ -322,3 +383,11 @@ class Sweep:
             status, word = RunStatus("busy", spec, reason=str(err)), f"busy: {err}"
         print(f"[{spec.index + 1}/{len(self.runs)}] {spec.run_id}: {word}", flush=True)
         return status
+
+
+def remove_path(path: Path) -> None:
+    """Delete a checkpoint if it is there: a file, or a sharded (FSDP2) checkpoint's folder."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()

@@ -19,7 +19,8 @@ class WarmupCosineLR(LRScheduler):
 
     ``total_steps`` (T) may be left ``None``: ``DistillModule`` fills it from the trainer's estimated
     number of optimizer steps when training starts (until then the factor after warm-up is 1).
-    Stepped once per optimizer step.
+    ``min_lr_ratio: 1.0`` keeps the rate constant after the warm-up (learning curves: the weights at step s are then
+    those of a run stopped there). Stepped once per optimizer step.
     """
 
     def __init__(

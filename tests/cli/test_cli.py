@@ -45,7 +45,8 @@ def test_every_shipped_config_parses(config, capsys):
         assert {k: config_dict["model"]["loss"][k] for k in written} == written
 
 
-SHIPPED_STUDIES = {"tau_grid": (60, 2), "tau_variants": (16, 2), "cross_tokenizer": (6, 4)}
+SHIPPED_STUDIES = {"tau_grid": (60, 2), "tau_variants": (16, 2), "cross_tokenizer": (6, 4), "tau_curves": (24, 2),
+                   "tau_curves_squared": (4, 2)}  # fmt: skip
 """runs and Self-BLEU order of each study"""
 
 
@@ -58,6 +59,7 @@ def test_every_shipped_study_plans(study, tmp_path, monkeypatch):
     plan = load_plan(tmp_path / "s")
     runs, self_bleu_order = SHIPPED_STUDIES[study.stem]
     assert len(plan.runs) == runs and plan.evaluation.self_bleu_order == self_bleu_order
+    assert plan.evaluation.steps == ([16, 64, 256] if study.stem.startswith("tau_curves") else [])
     assert (tmp_path / "s" / "launch_slurm.sh").read_text().count("--keep_last_checkpoints false") == 1
 
 

@@ -21,6 +21,7 @@ from lit_kd.experiments.records import (
     FitSummary,
     RunSpec,
     RunStatus,
+    StepEval,
     SweepEval,
     SweepPlan,
 )
@@ -69,14 +70,48 @@ def test_run_status_reads_unversioned_files(tmp_path):
     status = RunStatus.read(write_json(tmp_path / STATUS_FILE, done))
     assert status.state == "done" and status.spec == RunSpec(3, "rkl", 2.0, 10)
     assert status.fit_summary == FitSummary(**UNVERSIONED_SUMMARY) and status.eval_dir == "/runs/eval"
+    assert status.step_evals == []  # format 1: the best checkpoint was the only evaluation
     failed = {"state": "failed", "stage": "fit", "returncode": 1, "log": "/runs/fit.log", "log_tail": ["x"]}
     status = RunStatus.read(write_json(tmp_path / "failed.json", {**failed, "spec": {**spec, "regime": "seqkd"}}))
     assert (status.stage, status.log_tail, status.spec.regime) == ("fit", ["x"], "seqkd")
 
     status.write(tmp_path / "again.json")
     written = json.loads((tmp_path / "again.json").read_text())
-    assert written == {"format": 1, **failed, "spec": {**spec, "regime": "seqkd"}}  # unset fields left out
+    assert written == {"format": RunStatus.FORMAT, **failed, "spec": {**spec, "regime": "seqkd"}}  # unset: left out
     assert RunStatus.read(tmp_path / "again.json") == status
+
+
+def test_run_status_keeps_its_step_evaluations(tmp_path):
+    spec = RunSpec(0, "fkl", 1.0, 10)
+    points = [StepEval(16, "/runs/eval-step-16"), StepEval(64)]  # 64: not reached
+    running = RunStatus("running", spec, started="2026-12-06 18:00:00", fit_dir="/runs/fit/version_0",
+                        step_evals=points[:1])  # fmt: skip
+    running.write(tmp_path / STATUS_FILE)
+    written = json.loads((tmp_path / STATUS_FILE).read_text())
+    assert written["format"] == 2 and written["step_evals"] == [{"step": 16, "eval_dir": "/runs/eval-step-16"}]
+    assert RunStatus.read(tmp_path / STATUS_FILE) == running
+    summary = FitSummary(**UNVERSIONED_SUMMARY)
+    done = RunStatus("done", spec, fit_dir="/runs/fit/version_0", checkpoint=summary.checkpoint, fit_summary=summary,
+                     eval_dir="/runs/eval", minutes=2.0, step_evals=points)  # fmt: skip
+    again = RunStatus.read(done.write(tmp_path / "done.json"))
+    assert again == done and again.evaluated_step(64) == StepEval(64) and not again.evaluated_step(64).reached
+    assert again.evaluated_step(16).reached and again.evaluated_step(256) is None
+    data = {**done.to_dict(), "format": 2}
+    del data["step_evals"]  # a format-2 done status must say which steps it evaluated (none: [])
+    with pytest.raises(ConfigError, match="a done run status needs step_evals"):
+        RunStatus.read(write_json(tmp_path / "bad.json", data))
+    data["step_evals"] = [{"step": 16}, {"steps": 64}]
+    with pytest.raises(ConfigError, match=r"step_evals\[1\]: unknown key\(s\) steps; missing key\(s\) step"):
+        RunStatus.read(write_json(tmp_path / "bad.json", data))
+
+
+def test_a_format_2_plan_reads_without_steps(tmp_path):
+    base = tiny_base(tmp_path)
+    sweep = Sweep.create(str(tmp_path / "s"), [str(base)], ["fkl"], [2.0], [10], evaluation(tmp_path))
+    old = {"format": 2, **sweep.plan.to_dict()}
+    del old["eval"]["steps"]  # written before evaluation.steps existed
+    plan = SweepPlan.read(write_json(tmp_path / "s" / PLAN_FILE, old))
+    assert plan == sweep.plan and plan.evaluation.steps == []
 
 
 def test_a_plan_without_a_format_number_is_converted(tmp_path):
