@@ -199,9 +199,8 @@ def collect_steps(out: Path, plan: SweepPlan) -> StepRecords:
                 found.missing[step].append((spec, f"{Path(point.eval_dir) / 'results.json'} is missing"))
             else:
                 scores, quality = read_evaluation(point.eval_dir)
-                run = {"objective": spec.label, "tau": spec.tau, "seed": spec.seed, "name": spec.objective}
-                run.update(regime=spec.regime, step=step)
-                found.records[step].append(RunRecord(**run, scores=scores, quality=quality))
+                found.records[step].append(RunRecord(spec.label, spec.tau, spec.seed, scores, quality=quality,
+                                                     name=spec.objective, regime=spec.regime, step=step))  # fmt: skip
     return found
 
 

@@ -60,6 +60,7 @@ def test_every_shipped_study_plans(study, tmp_path, monkeypatch):
     runs, self_bleu_order = SHIPPED_STUDIES[study.stem]
     assert len(plan.runs) == runs and plan.evaluation.self_bleu_order == self_bleu_order
     assert plan.evaluation.steps == ([16, 64, 128] if study.stem.startswith("tau_curves") else [])
+    assert len(plan.evaluation.seeds or []) >= 2  # Self-BLEU compares a prompt's samples: one seed leaves it empty
     assert (tmp_path / "s" / "launch_slurm.sh").read_text().count("--keep_last_checkpoints false") == 1
 
 
