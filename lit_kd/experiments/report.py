@@ -9,7 +9,8 @@ Diagnostics are each run's mean of the logged ``diag/*`` values over its trainin
 Learning curves (a sweep with ``evaluation.steps``): the same numbers for each run's weights at each of those steps
 (``<run>/eval-step-<N>``) and at the end (the usual evaluation, placed at the fit's last step): a table and the
 ordering of (objective, τ) by average ROUGE-L per evaluation point, ``learning_curves.csv``, and one figure per
-objective (``learning_curves_<objective>.png``: each metric against steps, one line per τ, a band of ± one std).
+objective (``learning_curves_<objective>.png``: each metric against steps, one line per τ, a band of ± one std)
+and one per τ (``learning_curves_by_tau.png``: average ROUGE-L against steps, one line per objective).
 """
 
 from __future__ import annotations
@@ -451,8 +452,27 @@ class Report:
             "(the usual evaluation: its best checkpoint, at the fit's last step), evaluated alike; average ROUGE-L "
             "over the benchmarks, diversity and calibration averaged over them, mean ± std over training seeds.",
         ]
+        lines += ["", *self.curve_table()]
         for point in points:
             lines += ["", *self.point_table(point)]
+        return lines
+
+    def curve_table(self) -> list[str]:
+        """Objective × τ → average ROUGE-L at every evaluation point, one column each (mean ± std over seeds)."""
+        points = self.curve_points()
+        ends = [s for o in self.objectives for t in self.taus if (s := self.end_step(o, t)) is not None]
+        end = f"end (step {ends[0]:g})" if len(set(ends)) == 1 else "end (each fit's last step)"
+        header = [end if point == END else f"step {point}" for point in points]
+        lines = [
+            "### Average ROUGE-L at each point",
+            "",
+            "| objective | τ | " + " | ".join(header) + " |",
+            "|---|---:|" + "---:|" * len(points),
+        ]
+        for objective in self.objectives:
+            for tau in self.taus:
+                cells = [_fmt([r.avg for r in self.at_point(point).cell(objective, tau)]) for point in points]
+                lines.append(f"| {objective} | {tau:g} | " + " | ".join(cells) + " |")
         return lines
 
     def point_table(self, point: int | str) -> list[str]:
@@ -513,7 +533,36 @@ class Report:
             paths[f"curves_{objective}"] = out / f"learning_curves_{re.sub(r'[^A-Za-z0-9_.-]+', '_', objective)}.png"
             _save_figure(fig, paths[f"curves_{objective}"])
             plt.close(fig)
+        by_tau = self.curves_by_tau_figure(plt, out / "learning_curves_by_tau.png")
+        if by_tau is not None:
+            paths["curves_by_tau"] = by_tau
         return paths
+
+    def curves_by_tau_figure(self, plt: Any, path: Path) -> Optional[Path]:
+        """Average ROUGE-L against steps, one panel per τ and one line per objective (± one std over seeds): the
+        ordering of the objectives at each τ along training, and whether it crosses."""
+        panels = {t: {o: c for o in self.objectives if (c := self.curve(o, t, "avg"))} for t in self.taus}
+        panels = {tau: lines for tau, lines in panels.items() if lines}
+        if not panels:
+            return None
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False, sharey=True)
+        for ax, (tau, lines) in zip(axes[0], panels.items()):
+            for objective, points in lines.items():
+                steps, means, stds = ([p[i] for p in points] for i in (1, 2, 3))
+                ax.plot(steps, means, marker="o", label=objective)
+                ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                                alpha=0.2)  # fmt: skip
+            ax.set_xscale("log")
+            ax.set_xlabel("optimizer steps")
+            ax.set_title(f"τ = {tau:g}")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel(CURVE_METRICS["avg"])
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle("objectives at each τ along training (band: ± std over seeds)")
+        fig.tight_layout()
+        _save_figure(fig, path)
+        plt.close(fig)
+        return path
 
     # -- figures --------------------------------------------------------------------------------
 

@@ -162,5 +162,14 @@ def test_the_report_aggregates_each_step_over_seeds_and_says_what_was_not_reache
     ends = [r for r in rows if (r["objective"], r["tau"], r["point"], r["metric"]) == ("fkl", "2", "end", "avg")]
     assert float(ends[0]["step"]) == 70  # the mean of the two fits' last steps (40 and 100)
     assert not [r for r in rows if (r["objective"], r["tau"], r["point"]) == ("fkl", "2", "64") and r["runs"] != "1"]
-    for objective in ("fkl", "rkl"):
-        assert (tmp_path / "s" / f"learning_curves_{objective}.png").stat().st_size > 1000
+    summary = report.split("### Average ROUGE-L at each point")[1].split("###")[0]
+    assert "| objective | τ | step 16 | step 64 | end (each fit's last step) |" in summary  # fits ended at 40 or 100
+    def cell(objective: str, tau: float, point: int | str, seeds: tuple[int, ...] = (10, 20)) -> str:
+        scores = [values[objective, tau, seed, point][0] for seed in seeds]
+        return f"{statistics.fmean(scores):.2f} ± {statistics.stdev(scores) if len(scores) > 1 else 0:.2f}"
+
+    assert f"| rkl | 2 | {cell('rkl', 2.0, 16)} | {cell('rkl', 2.0, 64)} | {cell('rkl', 2.0, 'end')} |" in summary
+    assert f"| fkl | 2 | {cell('fkl', 2.0, 16)} | {cell('fkl', 2.0, 64, (10,))} |" in summary  # seed 20 stopped
+    for figure in ("fkl", "rkl", "by_tau"):
+        assert (tmp_path / "s" / f"learning_curves_{figure}.png").stat().st_size > 1000
+        assert f"(learning_curves_{figure}.png)" in report
