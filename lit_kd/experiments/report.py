@@ -92,6 +92,15 @@ def _fmt_quality(key: str, values: list[float]) -> str:
     return quality_cell(key, *mean_std(values)) if values else "n/a"
 
 
+def _step_axis(ax: Any, steps: list[float]) -> None:
+    """A log axis of optimizer steps ticked at the evaluation points themselves, labelled as plain numbers."""
+    ticks = sorted(set(steps))
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(ticks, labels=[f"{step:g}" for step in ticks])
+    ax.set_xlabel("optimizer steps")
+
+
 def _save_figure(fig, path: Path) -> None:
     """PNG written beside its target and renamed over it: an interrupted report keeps the previous figure."""
     with atomic_path(path) as tmp:
@@ -523,8 +532,7 @@ class Report:
                     ax.plot(steps, means, marker="o", label=f"τ = {tau:g}")
                     ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                                     alpha=0.2)  # fmt: skip
-                ax.set_xscale("log")
-                ax.set_xlabel("optimizer steps")
+                _step_axis(ax, [p[1] for points in lines.values() for p in points])
                 ax.set_title(self.quality_header(key) if key in QUALITY_COLUMNS else CURVE_METRICS[key])
                 ax.grid(alpha=0.3)
             axes[0][0].legend(fontsize=7)
@@ -552,13 +560,12 @@ class Report:
                 ax.plot(steps, means, marker="o", label=objective)
                 ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
                                 alpha=0.2)  # fmt: skip
-            ax.set_xscale("log")
-            ax.set_xlabel("optimizer steps")
+            _step_axis(ax, [p[1] for points in lines.values() for p in points])
             ax.set_title(f"τ = {tau:g}")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel(CURVE_METRICS["avg"])
         axes[0][0].legend(fontsize=7)
-        fig.suptitle("objectives at each τ along training (band: ± std over seeds)")
+        fig.suptitle("each τ: objectives along training (± std)")
         fig.tight_layout()
         _save_figure(fig, path)
         plt.close(fig)
