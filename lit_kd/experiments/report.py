@@ -101,6 +101,13 @@ def _step_axis(ax: Any, steps: list[float]) -> None:
     ax.set_xlabel("optimizer steps")
 
 
+def _curve_with_band(ax: Any, points: list[tuple[Any, float, float, float, int]], label: str) -> None:
+    """One learning curve of ``Report.curve``'s points: the means against steps, a band of ± one std around them."""
+    steps, means, stds = ([p[i] for p in points] for i in (1, 2, 3))
+    ax.plot(steps, means, marker="o", label=label)
+    ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)], alpha=0.2)
+
+
 def _save_figure(fig, path: Path) -> None:
     """PNG written beside its target and renamed over it: an interrupted report keeps the previous figure."""
     with atomic_path(path) as tmp:
@@ -528,10 +535,7 @@ class Report:
             fig, axes = plt.subplots(1, len(measured), figsize=(4.5 * len(measured), 4), squeeze=False)
             for ax, (key, lines) in zip(axes[0], measured.items()):
                 for tau, points in lines.items():
-                    steps, means, stds = ([p[i] for p in points] for i in (1, 2, 3))
-                    ax.plot(steps, means, marker="o", label=f"τ = {tau:g}")
-                    ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                                    alpha=0.2)  # fmt: skip
+                    _curve_with_band(ax, points, f"τ = {tau:g}")
                 _step_axis(ax, [p[1] for points in lines.values() for p in points])
                 ax.set_title(self.quality_header(key) if key in QUALITY_COLUMNS else CURVE_METRICS[key])
                 ax.grid(alpha=0.3)
@@ -556,10 +560,7 @@ class Report:
         fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False, sharey=True)
         for ax, (tau, lines) in zip(axes[0], panels.items()):
             for objective, points in lines.items():
-                steps, means, stds = ([p[i] for p in points] for i in (1, 2, 3))
-                ax.plot(steps, means, marker="o", label=objective)
-                ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                                alpha=0.2)  # fmt: skip
+                _curve_with_band(ax, points, objective)
             _step_axis(ax, [p[1] for points in lines.values() for p in points])
             ax.set_title(f"τ = {tau:g}")
             ax.grid(alpha=0.3)
