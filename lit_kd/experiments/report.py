@@ -485,9 +485,10 @@ class Report:
             "| objective | τ | " + " | ".join(header) + " |",
             "|---|---:|" + "---:|" * len(points),
         ]
+        at = [self.at_point(point) for point in points]
         for objective in self.objectives:
             for tau in self.taus:
-                cells = [_fmt([r.avg for r in self.at_point(point).cell(objective, tau)]) for point in points]
+                cells = [_fmt([r.avg for r in here.cell(objective, tau)]) for here in at]
                 lines.append(f"| {objective} | {tau:g} | " + " | ".join(cells) + " |")
         return lines
 
