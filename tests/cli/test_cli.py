@@ -45,8 +45,8 @@ def test_every_shipped_config_parses(config, capsys):
         assert {k: config_dict["model"]["loss"][k] for k in written} == written
 
 
-SHIPPED_STUDIES = {"tau_grid": (60, 2), "tau_variants": (16, 2), "cross_tokenizer": (6, 4), "tau_curves": (24, 2),
-                   "tau_curves_squared": (4, 2)}  # fmt: skip
+SHIPPED_STUDIES = {"tau_grid": (60, 2), "tau_variants": (16, 2), "cross_tokenizer": (6, 4), "tau_curves": (12, 2),
+                   "tau_curves_family": (12, 2), "tau_curves_squared": (4, 2)}  # fmt: skip
 """runs and Self-BLEU order of each study"""
 
 
