@@ -14,6 +14,8 @@ Layout of a sweep directory::
         eval-step-<N>[-k]/               the same, for the weights at step N (``evaluation.steps``: learning curves)
         fit.log, eval.log                the processes' output (appended per attempt)
         status.json                      running | done | failed (``RunStatus``), with what the report needs
+                                         (its paths relative to the run directory: a sweep directory can be
+                                         moved, and reported on from any working directory)
 
 A regime is ``configs/regimes/<regime>.yaml``, layered on its runs as it is (it is an ordinary fit config, also
 used by hand). What the sweep must prepare before the regime's first run is declared beside it, in

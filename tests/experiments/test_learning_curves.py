@@ -173,3 +173,27 @@ def test_the_report_aggregates_each_step_over_seeds_and_says_what_was_not_reache
     for figure in ("fkl", "rkl", "by_tau"):
         assert (tmp_path / "s" / f"learning_curves_{figure}.png").stat().st_size > 1000
         assert f"(learning_curves_{figure}.png)" in report
+
+
+def test_a_moved_sweep_is_reported_from_any_directory(tmp_path, monkeypatch):
+    settings = evaluation(tmp_path)
+    settings.steps = [16]
+    monkeypatch.chdir(tmp_path)  # the sweep as a user runs it: out relative to the project
+    sweep = Sweep.create("logs/s", [str(tiny_base(tmp_path))], ["fkl"], [1.0, 2.0], [10], settings)
+    for spec in sweep.runs:
+        run = sweep.run_dir(spec)
+        write_results(run / "eval-step-16", 3 * spec.tau, 1.0)
+        write_results(run / "eval", 5 * spec.tau, 1.0)
+        (run / "fit").mkdir()
+        summary = FitSummary(32, 1, str(run / "best.ckpt"), 0.5, "val/rougeL", None, {})
+        RunStatus("done", spec, fit_dir=str(run / "fit"), checkpoint=summary.checkpoint, fit_summary=summary,
+                  eval_dir=str(run / "eval"), minutes=1.0, step_evals=[StepEval(16, str(run / "eval-step-16"))]
+                  ).write(run / "status.json")  # fmt: skip
+
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "logs/s").rename(tmp_path / "archive/study")  # moved (committed, copied) after it ran
+    monkeypatch.chdir(tmp_path / "archive/study/fkl")
+    main(["report", ".."])
+    summary = (tmp_path / "archive/study/report.md").read_text().split("### Average ROUGE-L at each point")[1]
+    assert "| fkl | 1 | 3.00 ± 0.00 | 5.00 ± 0.00 |" in summary
+    assert "| fkl | 2 | 6.00 ± 0.00 | 10.00 ± 0.00 |" in summary
