@@ -812,7 +812,8 @@ def write_report(sweep_dir: str, variant_dirs: Optional[list[str]] = None) -> tu
     variants, variant_problems = variant_records(plan, list(variant_dirs or []))
     records, problems = collect(out, plan)
     if not records:
-        raise ConfigError(f"{sweep_dir}: no finished run to report on ({len(problems)} not done)")
+        first = f"; the first: {problems[0]}" if problems else ""
+        raise ConfigError(f"{sweep_dir}: no finished run to report on ({len(problems)} not done{first})")
     report = Report(out, plan, records, problems + variant_problems, variants, collect_steps(out, plan))
     figures = report.figures(out)
     if report.curve_points():

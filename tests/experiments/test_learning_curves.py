@@ -175,11 +175,15 @@ def test_the_report_aggregates_each_step_over_seeds_and_says_what_was_not_reache
         assert f"(learning_curves_{figure}.png)" in report
 
 
-def test_a_moved_sweep_is_reported_from_any_directory(tmp_path, monkeypatch):
+def test_a_moved_sweep_is_reported_from_any_directory(tmp_path, monkeypatch, capsys):
     settings = evaluation(tmp_path)
     settings.steps = [16]
     monkeypatch.chdir(tmp_path)  # the sweep as a user runs it: out relative to the project
     sweep = Sweep.create("logs/s", [str(tiny_base(tmp_path))], ["fkl"], [1.0, 2.0], [10], settings)
+    with pytest.raises(SystemExit):  # nothing run yet: the first run that is not done says why
+        main(["report", "logs/s"])
+    error = capsys.readouterr().err
+    assert "logs/s: no finished run to report on (2 not done; the first: fkl/tau_1/seed_10: not run)" in error
     for spec in sweep.runs:
         run = sweep.run_dir(spec)
         write_results(run / "eval-step-16", 3 * spec.tau, 1.0)
