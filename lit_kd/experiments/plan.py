@@ -30,7 +30,8 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from dataclasses import replace
+from typing import Any, Callable, Optional
 
 import yaml
 
@@ -179,9 +180,73 @@ def run_dir(out: Path, spec: RunSpec) -> Path:
 
 
 def read_status(out: Path, spec: RunSpec) -> Optional[RunStatus]:
-    """The run's ``status.json``; None before its first attempt."""
+    """The run's ``status.json``, its paths joined onto the run directory as it lies now (``write_status``); None
+    before its first attempt."""
     path = run_dir(out, spec) / STATUS_FILE
-    return RunStatus.read(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    status = RunStatus.read(path)
+    seen = status_run_dir(status)
+    if seen is not None:  # a status written before the paths were relative to the run directory
+        status = with_paths(status, lambda p: _relative_to(p, seen))
+    return with_paths(status, lambda p: str(path.parent / p))  # an absolute path stays as it is
+
+
+def write_status(out: Path, status: RunStatus) -> RunStatus:
+    """Write the run's ``status.json`` with its paths relative to the run directory (a path outside it absolute),
+    so the sweep directory can be moved or reported on from any working directory; returns ``status``."""
+    run = run_dir(out, status.spec)
+    with_paths(status, lambda p: stored_path(p, run)).write(run / STATUS_FILE)
+    return status
+
+
+def with_paths(status: RunStatus, move: Callable[[str], str]) -> RunStatus:
+    """A copy of ``status`` with every path it records (its own, its step evaluations' and its fit summary's)
+    mapped by ``move``."""
+
+    def moved(path: Optional[str]) -> Optional[str]:
+        return None if path is None else move(path)
+
+    summary = status.fit_summary
+    if summary is not None:
+        summary = replace(summary, best_model_path=moved(summary.best_model_path),
+                          last_model_path=moved(summary.last_model_path))  # fmt: skip
+    points = status.step_evals
+    if points is not None:
+        points = [replace(point, eval_dir=moved(point.eval_dir)) for point in points]
+    return replace(status, fit_dir=moved(status.fit_dir), checkpoint=moved(status.checkpoint), log=moved(status.log),
+                   eval_dir=moved(status.eval_dir), fit_summary=summary, step_evals=points)  # fmt: skip
+
+
+def status_run_dir(status: RunStatus) -> Optional[str]:
+    """The run directory as the status's paths name it: the sweep writes ``<run>/fit.log`` or ``<run>/eval.log``,
+    ``<run>/fit/version_N`` and ``<run>/eval``. ``.`` for a status written by ``write_status`` (its paths relative to
+    the run directory); the run directory as seen from where the sweep ran for one written before; None when the
+    status records no path."""
+    if status.log is not None:
+        seen = os.path.dirname(os.path.normpath(status.log))
+    elif status.fit_dir is not None:
+        seen = os.path.dirname(os.path.dirname(os.path.normpath(status.fit_dir)))
+    elif status.eval_dir is not None:
+        seen = os.path.dirname(os.path.normpath(status.eval_dir))
+    else:
+        return None
+    return seen or os.curdir
+
+
+def stored_path(path: str, directory: Path) -> str:
+    """How a status in ``directory`` stores ``path``: relative to ``directory`` when the path lies inside it (it
+    moves with the directory), else absolute."""
+    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(directory))
+    return os.path.abspath(path) if relative == os.pardir or relative.startswith(os.pardir + os.sep) else relative
+
+
+def _relative_to(path: str, seen: str) -> str:
+    """``path`` relative to ``seen`` (the run directory), both as a status stored them (relative to where the sweep
+    ran, or absolute); ``path`` unchanged when only one of them is absolute."""
+    if os.path.isabs(path) != os.path.isabs(seen):
+        return path
+    return os.path.relpath(path, seen)  # both relative: the unknown working directory cancels out
 
 
 def run_config_path(out: Path, spec: RunSpec) -> Path:

@@ -4,9 +4,7 @@ run stands (``<run>/status.json``) and the sweep's plan (``sweep.json``).
 Each file carries the number of its layout (``"format": N``); a file without one is format 1, the layout lit_kd
 wrote before the number existed. ``read`` converts an older format whose layout maps exactly onto the current one,
 and refuses a newer format, a file that is not JSON, or a missing or unknown field with a ``ConfigError`` that
-names the file and what to do. ``write`` replaces the file atomically. A run's status stores its paths relative to
-its own directory, so a sweep directory can be moved, committed or reported on from anywhere. Pure data: no
-Lightning, no torch.
+names the file and what to do. ``write`` replaces the file atomically. Pure data: no Lightning, no torch.
 """
 
 from __future__ import annotations
@@ -14,9 +12,9 @@ from __future__ import annotations
 import json
 import os
 from abc import ABC, abstractmethod
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Optional, TypeVar
+from typing import Any, ClassVar, Optional, TypeVar
 
 from lit_kd.errors import ConfigError
 from lit_kd.eval.diversity import check_self_bleu_order
@@ -74,21 +72,6 @@ def _from_fields(cls: type[T], data: Any, where: str) -> T:
     return cls(**data)
 
 
-def stored_path(path: str, directory: Path) -> str:
-    """How a record in ``directory`` stores ``path``: relative to ``directory`` when the path lies inside it (it
-    moves with the directory), else absolute."""
-    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(directory))
-    return os.path.abspath(path) if relative == os.pardir or relative.startswith(os.pardir + os.sep) else relative
-
-
-def _relative_to(path: str, old_dir: str) -> str:
-    """``path`` relative to ``old_dir``, both as a record of an older format stored them (relative to the
-    directory the sweep ran in, or both absolute); ``path`` unchanged when only one of them is absolute."""
-    if os.path.isabs(path) != os.path.isabs(old_dir):
-        return path
-    return os.path.relpath(path, old_dir)  # both relative: the unknown working directory cancels out
-
-
 def _read_json(path: Path, what: str, remedy: str, current: int) -> tuple[dict[str, Any], int]:
     """The JSON object in ``path`` without its format number, and that number (1 when absent). Not JSON, not an
     object, or a format newer than ``current``: a ``ConfigError`` naming the file."""
@@ -134,26 +117,16 @@ class JsonRecord(ABC):
         before the number existed: format 1)."""
         return data
 
-    def stored_in(self: R, directory: Path) -> R:
-        """The record as written into ``directory`` (its paths relative to it, where it stores paths so)."""
-        return self
-
-    def found_in(self: R, directory: Path, version: int) -> R:
-        """The record read from a file of format ``version`` in ``directory`` (the inverse of ``stored_in``)."""
-        return self
-
     def write(self, path: str | os.PathLike) -> Path:
-        record = self.stored_in(Path(path).parent)
-        return atomic_write_text(path, json.dumps({FORMAT_KEY: self.FORMAT, **record.to_dict()}, indent=2) + "\n")
+        return atomic_write_text(path, json.dumps({FORMAT_KEY: self.FORMAT, **self.to_dict()}, indent=2) + "\n")
 
     @classmethod
     def read(cls: type[R], path: str | os.PathLike) -> R:
         data, version = _read_json(Path(path), cls.WHAT, cls.REMEDY, cls.FORMAT)
         try:
-            record = cls.from_dict(cls.upgrade(data, version))
+            return cls.from_dict(cls.upgrade(data, version))
         except (ValueError, TypeError) as err:
             raise ConfigError(f"{path} is not a valid {cls.WHAT} ({err}); {cls.REMEDY}") from None
-        return record.found_in(Path(path).parent, version)
 
 
 @dataclass
@@ -268,13 +241,9 @@ class RunStatus(JsonRecord):
     """Where one run stands (``<run>/status.json``): running → done | failed; the fields of its state are set
     (``RUN_STATE_FIELDS``), the others are None and left out of the file. A running or failed run whose fit
     finished keeps ``fit_dir`` and the step evaluations done so far (``step_evals``), so a restart does only the
-    missing ones. Its paths (fit and evaluation directories, checkpoints, log) are stored relative to the run
-    directory and read back joined onto wherever the file lies now; a path outside the run directory is stored
-    absolute. Format 3 made the paths relative to the run directory (formats 1 and 2 stored them as the sweep saw
-    them, relative to the directory it ran in; they are converted), format 2 added ``step_evals``; format 1 is
-    unversioned."""
+    missing ones. Format 2 added ``step_evals``; format 1 (unversioned) statuses are converted."""
 
-    FORMAT: ClassVar[int] = 3
+    FORMAT: ClassVar[int] = 2
     WHAT: ClassVar[str] = "run status"
     REMEDY: ClassVar[str] = "delete it to start that run again"
 
@@ -337,46 +306,6 @@ class RunStatus(JsonRecord):
         if version == 1 and data.get("state") == "done":
             data = {"step_evals": [], **data}
         return data
-
-    def with_paths(self, move: Callable[[str], str]) -> "RunStatus":
-        """A copy with every path it records (its own, its step evaluations' and its fit summary's) mapped by
-        ``move``."""
-
-        def moved(path: Optional[str]) -> Optional[str]:
-            return None if path is None else move(path)
-
-        summary = self.fit_summary
-        if summary is not None:
-            summary = replace(summary, best_model_path=moved(summary.best_model_path),
-                              last_model_path=moved(summary.last_model_path))  # fmt: skip
-        points = self.step_evals
-        if points is not None:
-            points = [replace(point, eval_dir=moved(point.eval_dir)) for point in points]
-        return replace(self, fit_dir=moved(self.fit_dir), checkpoint=moved(self.checkpoint), log=moved(self.log),
-                       eval_dir=moved(self.eval_dir), fit_summary=summary, step_evals=points)  # fmt: skip
-
-    def stored_in(self, directory: Path) -> "RunStatus":
-        return self.with_paths(lambda path: stored_path(path, directory))
-
-    def found_in(self, directory: Path, version: int) -> "RunStatus":
-        status = self
-        old_run_dir = self.old_run_dir() if version < 3 else None
-        if old_run_dir is not None:  # paths as the sweep saw them: made relative to the run directory it saw
-            status = status.with_paths(lambda path: _relative_to(path, old_run_dir))
-        return status.with_paths(lambda path: str(directory / path))  # an absolute path stays as it is
-
-    def old_run_dir(self) -> Optional[str]:
-        """Where a status of format 1 or 2 says its run directory was (the sweep wrote ``<run>/fit.log`` or
-        ``<run>/eval.log``, ``<run>/fit/version_N`` and ``<run>/eval``); None when it records no path."""
-        if self.log is not None:
-            run = os.path.dirname(os.path.normpath(self.log))
-        elif self.fit_dir is not None:
-            run = os.path.dirname(os.path.dirname(os.path.normpath(self.fit_dir)))
-        elif self.eval_dir is not None:
-            run = os.path.dirname(os.path.normpath(self.eval_dir))
-        else:
-            return None
-        return run or os.curdir
 
     def evaluated_step(self, step: int) -> Optional[StepEval]:
         """The recorded evaluation of global step ``step`` (reached or not), if any."""

@@ -47,10 +47,10 @@ from lit_kd.experiments.plan import (
     run_dir,
     teacher_data_splits,
     write_plan,
+    write_status,
 )
 from lit_kd.experiments.records import (
     FIT_SUMMARY_FILE,
-    STATUS_FILE,
     STEP_CHECKPOINT,
     TEACHER_DATA,
     FitSummary,
@@ -177,8 +177,7 @@ class Sweep:
         return None
 
     def _write_status(self, status: RunStatus) -> RunStatus:
-        status.write(self.run_dir(status.spec) / STATUS_FILE)
-        return status
+        return write_status(self.out, status)
 
     def _call(self, command: list[str], log: Path) -> int:
         log.parent.mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,7 @@ def test_step_evaluations_resume_between_steps_and_are_reported(tmp_path, monkey
     monkeypatch.setattr(Sweep, "_call", killed_before_step_4)
     with pytest.raises(KeyboardInterrupt):
         sweep.run_one(sweep.runs[0])
-    status = RunStatus.read(run / "status.json")
+    status = sweep.status(sweep.runs[0])
     assert status.state == "running" and status.step_evals == [StepEval(2, str(run / "eval-step-2"))]
     checkpoints = Path(status.fit_dir) / "checkpoints"
     for step in (2, 4):  # the weights at exactly those optimizer steps, without the optimizer's state

@@ -12,7 +12,7 @@ import pytest
 
 from lit_kd.errors import ConfigError
 from lit_kd.experiments import plan as plan_module
-from lit_kd.experiments.plan import regime_layer
+from lit_kd.experiments.plan import read_status, regime_layer, write_status
 from lit_kd.experiments.records import (
     FIT_SUMMARY_FILE,
     PLAN_FILE,
@@ -69,19 +69,15 @@ def test_run_status_reads_unversioned_files(tmp_path):
     }
     status = RunStatus.read(write_json(tmp_path / STATUS_FILE, done))
     assert status.state == "done" and status.spec == RunSpec(3, "rkl", 2.0, 10)
+    assert status.fit_summary == FitSummary(**UNVERSIONED_SUMMARY) and status.eval_dir == "/runs/eval"
     assert status.step_evals == []  # format 1: the best checkpoint was the only evaluation
-    # the run directory was /runs when the sweep wrote it; its paths follow the file to where it lies now
-    assert status.eval_dir == str(tmp_path / "eval") and status.checkpoint == status.fit_summary.best_model_path
-    assert status.fit_summary.best_model_path == str(tmp_path / "fit/version_0/checkpoints/best-0-2.ckpt")
     failed = {"state": "failed", "stage": "fit", "returncode": 1, "log": "/runs/fit.log", "log_tail": ["x"]}
     status = RunStatus.read(write_json(tmp_path / "failed.json", {**failed, "spec": {**spec, "regime": "seqkd"}}))
     assert (status.stage, status.log_tail, status.spec.regime) == ("fit", ["x"], "seqkd")
-    assert status.log == str(tmp_path / "fit.log")
 
     status.write(tmp_path / "again.json")
     written = json.loads((tmp_path / "again.json").read_text())
-    expected = {"format": RunStatus.FORMAT, **failed, "log": "fit.log", "spec": {**spec, "regime": "seqkd"}}
-    assert written == expected  # unset: left out; the log relative to the run directory
+    assert written == {"format": RunStatus.FORMAT, **failed, "spec": {**spec, "regime": "seqkd"}}  # unset: left out
     assert RunStatus.read(tmp_path / "again.json") == status
 
 
@@ -92,7 +88,7 @@ def test_run_status_keeps_its_step_evaluations(tmp_path):
                         step_evals=points[:1])  # fmt: skip
     running.write(tmp_path / STATUS_FILE)
     written = json.loads((tmp_path / STATUS_FILE).read_text())
-    assert written["format"] == 3 and written["step_evals"] == [{"step": 16, "eval_dir": "/runs/eval-step-16"}]
+    assert written["format"] == 2 and written["step_evals"] == [{"step": 16, "eval_dir": "/runs/eval-step-16"}]
     assert RunStatus.read(tmp_path / STATUS_FILE) == running
     summary = FitSummary(**UNVERSIONED_SUMMARY)
     done = RunStatus("done", spec, fit_dir="/runs/fit/version_0", checkpoint=summary.checkpoint, fit_summary=summary,
@@ -100,60 +96,13 @@ def test_run_status_keeps_its_step_evaluations(tmp_path):
     again = RunStatus.read(done.write(tmp_path / "done.json"))
     assert again == done and again.evaluated_step(64) == StepEval(64) and not again.evaluated_step(64).reached
     assert again.evaluated_step(16).reached and again.evaluated_step(256) is None
-    data = {**done.to_dict(), "format": 3}
-    del data["step_evals"]  # a done status of format 2 or later must say which steps it evaluated (none: [])
+    data = {**done.to_dict(), "format": 2}
+    del data["step_evals"]  # a format-2 done status must say which steps it evaluated (none: [])
     with pytest.raises(ConfigError, match="a done run status needs step_evals"):
         RunStatus.read(write_json(tmp_path / "bad.json", data))
     data["step_evals"] = [{"step": 16}, {"steps": 64}]
     with pytest.raises(ConfigError, match=r"step_evals\[1\]: unknown key\(s\) steps; missing key\(s\) step"):
         RunStatus.read(write_json(tmp_path / "bad.json", data))
-
-
-def done_status(run: Path) -> RunStatus:
-    """A done status whose paths lie in ``run``, as the sweep records them (``run`` relative or absolute)."""
-    summary = FitSummary(64, 1, str(run / "fit/version_0/checkpoints/best-0-64.ckpt"), 0.5, "val/rougeL",
-                         str(run / "fit/version_0/checkpoints/last.ckpt"), {})  # fmt: skip
-    return RunStatus("done", RunSpec(0, "fkl", 1.0, 10), fit_dir=str(run / "fit/version_0"),
-                     checkpoint=summary.checkpoint, fit_summary=summary, eval_dir=str(run / "eval"), minutes=2.0,
-                     step_evals=[StepEval(16, str(run / "eval-step-16")), StepEval(256)])  # fmt: skip
-
-
-@pytest.mark.parametrize("absolute", [False, True], ids=["relative out", "absolute out"])
-def test_a_run_status_moves_with_its_directory(tmp_path, monkeypatch, absolute):
-    monkeypatch.chdir(tmp_path)
-    run = Path("logs/sweeps/study/fkl/tau_1/seed_10")
-    run = tmp_path / run if absolute else run
-    run.mkdir(parents=True)
-    status = done_status(run)
-    status.write(run / STATUS_FILE)
-    written = json.loads((run / STATUS_FILE).read_text())
-    assert (written["fit_dir"], written["eval_dir"], written["step_evals"][0]["eval_dir"]) == (
-        "fit/version_0", "eval", "eval-step-16")
-    assert written["fit_summary"]["last_model_path"] == "fit/version_0/checkpoints/last.ckpt"
-    assert RunStatus.read(run / STATUS_FILE) == status  # read where it was written: the same paths
-    old = {**status.to_dict(), "format": 2}  # format 2: the paths as the sweep saw them, from where it ran
-    write_json(run / "old.json", old)
-
-    (tmp_path / "elsewhere").mkdir()
-    (tmp_path / "logs").rename(tmp_path / "elsewhere/results")  # moved, then read from another directory
-    monkeypatch.chdir(tmp_path / "elsewhere/results/sweeps")
-    for name in (STATUS_FILE, "old.json"):
-        moved = RunStatus.read(Path("study/fkl/tau_1/seed_10") / name)
-        assert moved == done_status(Path("study/fkl/tau_1/seed_10")), name
-
-
-def test_a_path_outside_the_run_directory_is_stored_absolute(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    run = Path("sweep/fkl/tau_1/seed_10")
-    run.mkdir(parents=True)
-    summary = FitSummary(8, 1, "checkpoints/best.ckpt", 0.5, "val/rougeL", None, {})  # a base config's dirpath
-    status = RunStatus("running", RunSpec(0, "fkl", 1.0, 10), started="now", fit_dir=str(run / "fit/version_0"),
-                       fit_summary=summary)  # fmt: skip
-    status.write(run / STATUS_FILE)
-    written = json.loads((run / STATUS_FILE).read_text())
-    assert written["fit_summary"]["best_model_path"] == str(tmp_path / "checkpoints/best.ckpt")
-    monkeypatch.chdir(run)
-    assert RunStatus.read(STATUS_FILE).fit_summary.best_model_path == str(tmp_path / "checkpoints/best.ckpt")
 
 
 def test_a_format_2_plan_reads_without_steps(tmp_path):
@@ -256,3 +205,52 @@ def test_a_regime_declares_its_prerequisites_beside_its_config(tmp_path, monkeyp
     (tmp_path / "distilled.sweep.json").write_text("requires: teacher_data")
     with pytest.raises(ConfigError, match=r"distilled\.sweep\.json is not JSON"):
         regime_layer("distilled")
+
+
+def done_status(run: Path) -> RunStatus:
+    """A done status whose paths lie in ``run``, as the sweep records them (``run`` relative or absolute)."""
+    summary = FitSummary(64, 1, str(run / "fit/version_0/checkpoints/best-0-64.ckpt"), 0.5, "val/rougeL",
+                         str(run / "fit/version_0/checkpoints/last.ckpt"), {})  # fmt: skip
+    return RunStatus("done", RunSpec(0, "fkl", 1.0, 10), fit_dir=str(run / "fit/version_0"),
+                     checkpoint=summary.checkpoint, fit_summary=summary, eval_dir=str(run / "eval"), minutes=2.0,
+                     step_evals=[StepEval(16, str(run / "eval-step-16")), StepEval(256)])  # fmt: skip
+
+
+@pytest.mark.parametrize("absolute", [False, True], ids=["relative out", "absolute out"])
+def test_a_run_status_moves_with_its_sweep_directory(tmp_path, monkeypatch, absolute):
+    monkeypatch.chdir(tmp_path)
+    sweeps = tmp_path / "logs/sweeps" if absolute else Path("logs/sweeps")
+    spec = RunSpec(0, "fkl", 1.0, 10)
+    for name in ("new", "old"):
+        (sweeps / name / spec.run_id).mkdir(parents=True)
+    status = done_status(sweeps / "new" / spec.run_id)
+    assert write_status(sweeps / "new", status) == status
+    written = json.loads((sweeps / "new" / spec.run_id / STATUS_FILE).read_text())
+    assert (written["fit_dir"], written["eval_dir"], written["step_evals"][0]["eval_dir"]) == (
+        "fit/version_0", "eval", "eval-step-16")
+    assert written["fit_summary"]["last_model_path"] == "fit/version_0/checkpoints/last.ckpt"
+    assert read_status(sweeps / "new", spec) == status  # read where it was written: the same paths
+    done_status(sweeps / "old" / spec.run_id).write(sweeps / "old" / spec.run_id / STATUS_FILE)  # as before: paths
+    # as the sweep saw them from where it ran
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "logs").rename(tmp_path / "elsewhere/results")  # moved, then read from another directory
+    monkeypatch.chdir(tmp_path / "elsewhere/results/sweeps")
+    for name in ("new", "old"):
+        assert read_status(Path(name), spec) == done_status(Path(name) / spec.run_id), name
+
+
+def test_a_path_outside_the_run_directory_is_stored_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = RunSpec(0, "fkl", 1.0, 10)
+    run = Path("sweep") / spec.run_id
+    run.mkdir(parents=True)
+    summary = FitSummary(8, 1, "checkpoints/best.ckpt", 0.5, "val/rougeL", None, {})  # a base config's dirpath
+    write_status(Path("sweep"), RunStatus("running", spec, started="now", fit_dir=str(run / "fit/version_0"),
+                                          fit_summary=summary))  # fmt: skip
+    written = json.loads((run / STATUS_FILE).read_text())
+    assert written["fit_summary"]["best_model_path"] == str(tmp_path / "checkpoints/best.ckpt")
+    monkeypatch.chdir(run)
+    status = read_status(Path("../../.."), spec)
+    assert status.fit_summary.best_model_path == str(tmp_path / "checkpoints/best.ckpt")
+    assert status.fit_dir == "../../../fkl/tau_1/seed_10/fit/version_0"

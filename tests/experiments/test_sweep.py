@@ -63,8 +63,9 @@ def test_sweep_records_failures_skips_finished_runs_and_reports(tmp_path, monkey
     assert (checkpoints / "last.ckpt").is_file()  # kept by default
     failed = RunStatus.read(tmp_path / "sweep" / "rkl" / "tau_1" / "seed_10" / "status.json")
     assert failed.stage == "fit" and any("skew_alpha must be in [0.0, 1.0]" in line for line in failed.log_tail)
-    done = RunStatus.read(tmp_path / "sweep" / "fkl" / "tau_2" / "seed_10" / "status.json")
-    assert Path(done.checkpoint).is_file() and (Path(done.eval_dir) / "results.json").is_file()
+    run = tmp_path / "sweep" / "fkl" / "tau_2" / "seed_10"
+    done = RunStatus.read(run / "status.json")  # its paths relative to the run directory
+    assert (run / done.checkpoint).is_file() and (run / done.eval_dir / "results.json").is_file()
 
     # a restart skips the finished runs: their logs are not touched again
     fit_log = tmp_path / "sweep" / "fkl" / "tau_1" / "seed_10" / "fit.log"
