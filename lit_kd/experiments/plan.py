@@ -220,15 +220,15 @@ def with_paths(status: RunStatus, move: Callable[[str], str]) -> RunStatus:
 
 def status_run_dir(status: RunStatus) -> Optional[str]:
     """The run directory as the status's paths name it: the sweep writes ``<run>/fit.log`` or ``<run>/eval.log``,
-    ``<run>/fit/version_N`` and ``<run>/eval``. ``.`` for a status written by ``write_status`` (its paths relative to
-    the run directory); the run directory as seen from where the sweep ran for one written before; None when the
-    status records no path."""
-    if status.log is not None:
-        seen = os.path.dirname(os.path.normpath(status.log))
+    ``<run>/eval[-k]``, ``<run>/eval-step-<N>`` and ``<run>/fit/version_N``. ``.`` for a status written by
+    ``write_status`` (its paths relative to the run directory); the run directory as seen from where the sweep ran for
+    one written before; None when the status records no path."""
+    in_run = [status.log, status.eval_dir, *(point.eval_dir for point in status.step_evals or [])]
+    in_run = [path for path in in_run if path is not None]  # each a file or directory right inside the run directory
+    if in_run:
+        seen = os.path.dirname(os.path.normpath(in_run[0]))
     elif status.fit_dir is not None:
         seen = os.path.dirname(os.path.dirname(os.path.normpath(status.fit_dir)))
-    elif status.eval_dir is not None:
-        seen = os.path.dirname(os.path.normpath(status.eval_dir))
     else:
         return None
     return seen or os.curdir
