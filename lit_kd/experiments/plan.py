@@ -29,8 +29,8 @@ import json
 import os
 import shlex
 import sys
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import yaml
@@ -187,7 +187,7 @@ def read_status(out: Path, spec: RunSpec) -> Optional[RunStatus]:
         return None
     status = RunStatus.read(path)
     seen = status_run_dir(status)
-    if seen is not None:  # a status written before the paths were relative to the run directory
+    if seen is not None:  # paths relative to the run directory as they name it (``.``: as write_status stores them)
         status = with_paths(status, lambda p: _relative_to(p, seen))
     return with_paths(status, lambda p: str(path.parent / p))  # an absolute path stays as it is
 
